@@ -1,0 +1,40 @@
+# ganserve: `make run` serves the bundled model, `make test` runs every test.
+# Both create the virtual environment on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 50051
+METRICS_PORT ?= 8000
+# torch is pinned: an unpinned torch pulls the multi-GB CUDA build.
+STAMP := $(VENV)/.installed
+
+.PHONY: run test model proto lint clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ganserve serve --model-repository models --port $(PORT) --metrics-port $(METRICS_PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Reproduce the bundled model: train on digits, export and verify, keep the checkpoint beside it.
+model: $(STAMP)
+	$(BIN)/gan-train --out build/digits.pt --steps 3000 --seed 0
+	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 1 --overwrite
+	cp build/digits.pt models/digits/1/checkpoint.pt
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,1 @@
+"""Turning checkpoints into verified serving artifacts in a versioned model repository."""

@@ -1,0 +1,1 @@
+"""Generated stubs for the ganserve.v1 contract (regenerate with `python proto/generate.py`)."""

@@ -1,0 +1,67 @@
+"""The one exception hierarchy of the serving path, and its mapping to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GanServeError(Exception):
+    """Base class: an error with a gRPC status code and a message meant for the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgumentError(GanServeError):
+    """A request field is invalid; the message names the field and the valid values."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFoundError(GanServeError):
+    """The requested model is not in the repository."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class QueueFullError(GanServeError):
+    """The model's queue is at capacity; the caller should back off and retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ShuttingDownError(GanServeError):
+    """The server is draining and accepts no new work; retry on another replica."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(GanServeError):
+    """The client's deadline passed before the request reached the engine."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class EngineError(GanServeError):
+    """The engine failed on the batch holding this request (details are in the server log)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class ModelLoadError(GanServeError):
+    """A model folder could not be loaded: missing files, bad metadata, or an unreadable ONNX."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to the (code, message) sent to the caller.
+
+    Known errors keep their message; anything else becomes INTERNAL with a generic message
+    (the caller logs the traceback).
+    """
+    if isinstance(exc, GanServeError):
+        return exc.code, str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -1,0 +1,118 @@
+"""The metadata file written next to every model.onnx: the schema export writes and serve reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from ganserve.serve.errors import ModelLoadError
+
+METADATA_FILE = "metadata.json"
+MODEL_FILE = "model.onnx"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelMetadata:
+    """What a served model takes and returns.
+
+    Args:
+        name: Model name, as requests address it.
+        version: Version folder name (a positive integer, as a string).
+        latent_dim: Length of the latent vector z.
+        num_classes: Number of class labels; 0 for an unconditional model.
+        class_names: One name per class (empty when unconditional).
+        height, width, channels: Output image shape.
+        latent_scheme: Name of the seed->latent mapping (see `ganserve.serve.latent`).
+        architecture: Generator family, e.g. "dcgan".
+        value_range: Range of the raw generator output, always [-1, 1] today.
+        onnx_opset: ONNX opset of model.onnx.
+        source_checkpoint_sha256: SHA-256 of the checkpoint the model was exported from.
+        training_metrics: Evaluation figures recorded at training time.
+        tool_versions: Versions of the tools that produced the model.
+        extra: Anything else the exporter recorded.
+    """
+
+    name: str
+    version: str
+    latent_dim: int
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    height: int
+    width: int
+    channels: int
+    latent_scheme: str
+    architecture: str = "dcgan"
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    onnx_opset: int = 0
+    source_checkpoint_sha256: str = ""
+    training_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tool_versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for field in ("latent_dim", "height", "width"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes is "
+                f"{self.num_classes}"
+            )
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["format_version"] = FORMAT_VERSION
+        out["class_names"] = list(self.class_names)
+        out["value_range"] = list(self.value_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "metadata") -> ModelMetadata:
+        """Build from parsed JSON; raise ModelLoadError naming the missing or bad field."""
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{source}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+            )
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ModelLoadError(f"{source}: missing required field(s) {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["class_names"] = tuple(kwargs.get("class_names", ()))
+        kwargs["value_range"] = tuple(kwargs.get("value_range", (-1.0, 1.0)))
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def read(cls, path: pathlib.Path) -> ModelMetadata:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: metadata file is missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{path}: not readable JSON ({exc})") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def write(self, path: pathlib.Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

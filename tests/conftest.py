@@ -1,0 +1,130 @@
+"""Shared fixtures: the bundled model repository and a real server on loopback port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import pathlib
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from ganserve.serve.config import BatchingConfig, ServerConfig
+from ganserve.serve.server import GanServer
+from ganserve.v1 import generator_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BUNDLED_REPOSITORY = ROOT / "models"
+
+
+class ServerThread:
+    """A GanServer running on its own event loop in a background thread."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.server: GanServer | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ganserve-test")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server = GanServer(self.config)
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_until_complete(self.server.wait_stopped())
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def call(self, coro_fn: Callable[[GanServer], object], timeout: float = 30) -> object:
+        """Run ``coro_fn(server)`` on the server's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro_fn(self.server), self.loop).result(timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None and not self.server._stopped.is_set():
+            self.call(lambda s: s.stop(grace), timeout=grace + 30)
+        self._thread.join(30)
+        self.loop.close()
+
+
+def make_config(repository: pathlib.Path, **overrides: object) -> ServerConfig:
+    batching = {
+        k: overrides.pop(k)
+        for k in list(overrides)
+        if k in {f.name for f in dataclasses.fields(BatchingConfig)}
+    }
+    return ServerConfig(
+        model_repository=repository,
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        batching=BatchingConfig(**batching),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerThread]]:
+    """Factory: start_server(repository, **config overrides) -> a running ServerThread."""
+    started: list[ServerThread] = []
+
+    def start(repository: pathlib.Path = BUNDLED_REPOSITORY, **overrides: object) -> ServerThread:
+        thread = ServerThread(make_config(repository, **overrides)).start()
+        started.append(thread)
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture(scope="module")
+def bundled_server() -> Iterator[ServerThread]:
+    """One server on the bundled model, shared by a test module."""
+    thread = ServerThread(make_config(BUNDLED_REPOSITORY, max_queue_delay_us=2000)).start()
+    yield thread
+    thread.stop()
+
+
+@contextlib.contextmanager
+def generator_stub(target: str) -> Iterator[generator_pb2_grpc.GeneratorStub]:
+    with grpc.insecure_channel(target) as channel:
+        yield generator_pb2_grpc.GeneratorStub(channel)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A real but tiny conditional checkpoint: 20 steps of training on digits (a few seconds)."""
+    from ganserve.train.data import load_digits_split
+    from ganserve.train.loop import TrainConfig, train
+    from ganserve.train.networks import GeneratorConfig
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    data, heldout = load_digits_split(32)
+    train(
+        GeneratorConfig(width=8, latent_dim=16, embed_dim=8),
+        TrainConfig(steps=20, batch_size=16, log_every=10, eval_per_class=0),
+        data,
+        heldout,
+        out,
+    )
+    return out

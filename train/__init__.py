@@ -1,0 +1,1 @@
+"""Training GAN generators: networks, losses, data, the loop, evaluation, checkpoints."""
