@@ -82,9 +82,8 @@ def make_config(repository: pathlib.Path, **overrides: object) -> ServerConfig:
     )
 
 
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., ServerThread]]:
-    """Factory: start_server(repository, **config overrides) -> a running ServerThread."""
+@contextlib.contextmanager
+def _server_factory() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
     def start(repository: pathlib.Path = BUNDLED_REPOSITORY, **overrides: object) -> ServerThread:
@@ -92,9 +91,25 @@ def start_server() -> Iterator[Callable[..., ServerThread]]:
         started.append(thread)
         return thread
 
-    yield start
-    for thread in started:
-        thread.stop()
+    try:
+        yield start
+    finally:
+        for thread in started:
+            thread.stop()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerThread]]:
+    """Factory: start_server(repository, **config overrides) -> a running ServerThread."""
+    with _server_factory() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_server_module() -> Iterator[Callable[..., ServerThread]]:
+    """Like start_server, for servers shared by a whole test module."""
+    with _server_factory() as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +126,37 @@ def generator_stub(target: str) -> Iterator[generator_pb2_grpc.GeneratorStub]:
         yield generator_pb2_grpc.GeneratorStub(channel)
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A real but tiny conditional checkpoint: 20 steps of training on digits (a few seconds)."""
+def _train_tiny(out: pathlib.Path, *, num_classes: int) -> pathlib.Path:
     from ganserve.train.data import load_digits_split
     from ganserve.train.loop import TrainConfig, train
     from ganserve.train.networks import GeneratorConfig
 
-    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     data, heldout = load_digits_split(32)
     train(
-        GeneratorConfig(width=8, latent_dim=16, embed_dim=8),
+        GeneratorConfig(width=8, latent_dim=16, embed_dim=8, num_classes=num_classes),
         TrainConfig(steps=20, batch_size=16, log_every=10, eval_per_class=0),
         data,
         heldout,
         out,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A real but tiny conditional checkpoint: 20 steps of training on digits (a few seconds)."""
+    return _train_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.pt", num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def two_model_repository(
+    tiny_checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """A repository with a conditional model "tiny" and an unconditional one "plain"."""
+    from ganserve.export.onnx_export import ExportConfig, export_checkpoint
+
+    repo = tmp_path_factory.mktemp("two-models")
+    plain = _train_tiny(tmp_path_factory.mktemp("ckpt") / "plain.pt", num_classes=0)
+    export_checkpoint(tiny_checkpoint, ExportConfig(repository=repo, name="tiny"))
+    export_checkpoint(plain, ExportConfig(repository=repo, name="plain"))
+    return repo
