@@ -18,10 +18,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
 
+# System packages the tests use: Debian's prometheus, which tests/serve/test_prometheus_scrape.py
+# runs to scrape a real server. Nothing to do when it is already on PATH.
+.PHONY: system-deps
+system-deps:
+	@if command -v prometheus >/dev/null 2>&1; then exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+	set -x; \
+	$$SUDO apt-get update && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends prometheus
+
 run: $(STAMP)
 	$(BIN)/ganserve serve --model-repository models --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest
 
 # Reproduce the bundled model: train on digits, export and verify, keep the checkpoint beside it.

@@ -8,6 +8,6 @@ with GeneratorClient("localhost:50051") as client:
     print(result.pixels.shape)  # (32, 32, 1) uint8
 """
 
-from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding
+from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding, RetryPolicy
 
-__all__ = ["GeneratedImage", "GeneratorClient", "ImageEncoding"]
+__all__ = ["GeneratedImage", "GeneratorClient", "ImageEncoding", "RetryPolicy"]

@@ -1,17 +1,23 @@
-"""Blocking gRPC client for the ganserve.v1.Generator service."""
+"""Blocking gRPC client for ganserve: Generator and ModelAdmin services.
+
+Retries happen inside gRPC (a service-config retry policy), only on UNAVAILABLE: the status of
+a draining or restarting replica, where the call never started. Every other status is final.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
 import io
+import json
 import pathlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
 from PIL import Image
 
-from ganserve.v1 import generator_pb2, generator_pb2_grpc
+from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 
 class ImageEncoding(enum.IntEnum):
@@ -21,30 +27,69 @@ class ImageEncoding(enum.IntEnum):
     RAW_UINT8 = generator_pb2.IMAGE_ENCODING_RAW_UINT8
 
 
+def _pixels(data: bytes, encoding: int, height: int, width: int, channels: int) -> np.ndarray:
+    if encoding == ImageEncoding.RAW_UINT8:
+        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    return np.asarray(Image.open(io.BytesIO(data))).reshape(height, width, channels)
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratedImage:
-    """One generated image and what produced it."""
+    """One generated image (a GenerateResponse or an InterpolateFrame) and what produced it."""
 
-    response: generator_pb2.GenerateResponse
+    response: generator_pb2.GenerateResponse | generator_pb2.InterpolateFrame
 
     @property
     def pixels(self) -> np.ndarray:
         """(H, W, C) uint8 pixels, whatever the wire encoding."""
         r = self.response
-        if r.encoding == ImageEncoding.RAW_UINT8:
-            flat = np.frombuffer(r.image, dtype=np.uint8)
-            return flat.reshape(r.height, r.width, r.channels)
-        array = np.asarray(Image.open(io.BytesIO(r.image)))
-        return array.reshape(r.height, r.width, r.channels)
+        return _pixels(r.image, r.encoding, r.height, r.width, r.channels)
+
+    def to_pil(self) -> Image.Image:
+        pixels = self.pixels
+        return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
     def save(self, path: str | pathlib.Path) -> None:
         """Write the image; the format follows the file suffix (``.png``, ``.jpg``, ...)."""
         r = self.response
         if r.encoding == ImageEncoding.PNG and str(path).lower().endswith(".png"):
             pathlib.Path(path).write_bytes(r.image)
-            return
-        pixels = self.pixels
-        Image.fromarray(pixels[:, :, 0] if r.channels == 1 else pixels).save(path)
+        else:
+            self.to_pil().save(path)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """gRPC transparent retries, on UNAVAILABLE only.
+
+    Args:
+        max_attempts: Attempts per call, the first included (gRPC caps this at 5).
+        initial_backoff_s, max_backoff_s, multiplier: Exponential backoff with jitter.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    multiplier: float = 2.0
+
+    def service_config(self) -> str:
+        methods = [{"service": "ganserve.v1.Generator"}, {"service": "ganserve.v1.ModelAdmin"}]
+        return json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": methods,
+                        "retryPolicy": {
+                            "maxAttempts": self.max_attempts,
+                            "initialBackoff": f"{self.initial_backoff_s}s",
+                            "maxBackoff": f"{self.max_backoff_s}s",
+                            "backoffMultiplier": self.multiplier,
+                            "retryableStatusCodes": ["UNAVAILABLE"],
+                        },
+                    }
+                ]
+            }
+        )
 
 
 class GeneratorClient:
@@ -53,13 +98,54 @@ class GeneratorClient:
     Args:
         target: ``host:port`` of the server.
         timeout: Default deadline of each call, in seconds.
+        retry: Retry policy (UNAVAILABLE only); None disables retries.
+        token: Bearer token, sent as ``authorization`` metadata.
+        root_certificates: PEM CA bundle for TLS; with it the channel is secure.
+        client_certificate, client_key: PEM client certificate and key for mutual TLS.
+        request_id: Sent as ``x-request-id`` on every call, to find the calls in server logs.
     """
 
-    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = RetryPolicy(),
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
+        request_id: str | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        options = [
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.enable_retries", 1 if retry else 0),
+        ]
+        if retry:
+            options.append(("grpc.service_config", retry.service_config()))
+        if root_certificates is not None or client_certificate is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates,
+                private_key=client_key,
+                certificate_chain=client_certificate,
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._metadata: list[tuple[str, str]] = []
+        if token:
+            self._metadata.append(("authorization", f"Bearer {token}"))
+        if request_id:
+            self._metadata.append(("x-request-id", request_id))
         self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
+        self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
+
+    def _kwargs(self, timeout: float | None) -> dict:
+        return {"timeout": timeout or self.timeout, "metadata": self._metadata or None}
 
     def generate(
         self,
@@ -67,20 +153,82 @@ class GeneratorClient:
         class_label: int | None = None,
         *,
         model: str = "",
+        model_version: str = "",
         encoding: ImageEncoding = ImageEncoding.PNG,
+        truncation: float | None = None,
         timeout: float | None = None,
     ) -> GeneratedImage:
-        request = generator_pb2.GenerateRequest(seed=seed, model=model, encoding=encoding)
-        if class_label is not None:
-            request.class_label = class_label
-        response = self._stub.Generate(request, timeout=timeout or self.timeout)
-        return GeneratedImage(response)
+        request = generator_pb2.GenerateRequest(
+            seed=seed,
+            model=model,
+            model_version=model_version,
+            encoding=encoding,
+            class_label=class_label,
+            truncation=truncation,
+        )
+        return GeneratedImage(self._stub.Generate(request, **self._kwargs(timeout)))
+
+    def generate_batch(
+        self,
+        items: Iterable[tuple[int, int | None]],
+        *,
+        model: str = "",
+        model_version: str = "",
+        encoding: ImageEncoding = ImageEncoding.PNG,
+        truncation: float | None = None,
+        timeout: float | None = None,
+    ) -> list[GeneratedImage]:
+        """One image per (seed, class_label) pair, in order, in one round trip."""
+        request = generator_pb2.GenerateBatchRequest(
+            items=[generator_pb2.BatchItem(seed=s, class_label=c) for s, c in items],
+            model=model,
+            model_version=model_version,
+            encoding=encoding,
+            truncation=truncation,
+        )
+        response = self._stub.GenerateBatch(request, **self._kwargs(timeout))
+        return [GeneratedImage(r) for r in response.images]
+
+    def interpolate(
+        self,
+        seed_start: int,
+        seed_end: int,
+        frames: int,
+        class_label: int | None = None,
+        *,
+        model: str = "",
+        model_version: str = "",
+        encoding: ImageEncoding = ImageEncoding.PNG,
+        truncation: float | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[GeneratedImage]:
+        """Frames of the walk from seed_start to seed_end, streamed in order."""
+        request = generator_pb2.InterpolateRequest(
+            seed_start=seed_start,
+            seed_end=seed_end,
+            frames=frames,
+            class_label=class_label,
+            model=model,
+            model_version=model_version,
+            encoding=encoding,
+            truncation=truncation,
+        )
+        for frame in self._stub.Interpolate(request, **self._kwargs(timeout)):
+            yield GeneratedImage(frame)
 
     def model_info(
         self, model: str = "", *, timeout: float | None = None
     ) -> generator_pb2.ModelInfo:
         request = generator_pb2.GetModelInfoRequest(model=model)
-        return self._stub.GetModelInfo(request, timeout=timeout or self.timeout)
+        return self._stub.GetModelInfo(request, **self._kwargs(timeout))
+
+    def list_models(self, *, timeout: float | None = None) -> Sequence[admin_pb2.ModelStatus]:
+        return self._admin.ListModels(admin_pb2.ListModelsRequest(), **self._kwargs(timeout)).models
+
+    def reload_models(self, *, timeout: float | None = None) -> admin_pb2.ReloadModelsResponse:
+        return self._admin.ReloadModels(
+            admin_pb2.ReloadModelsRequest(), **self._kwargs(timeout or max(self.timeout, 120.0))
+        )
 
     def close(self) -> None:
         self._channel.close()

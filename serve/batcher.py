@@ -1,10 +1,11 @@
 """Dynamic batching for one model version.
 
 A batch closes when it holds ``max_batch_size`` requests or when its oldest request has waited
-``max_queue_delay_us``, whichever comes first. Batches are formed only when an engine instance
-is free, so requests that arrive while the engine is busy are batched together. The engine call
-(latents, inference, post-processing, encoding) runs in a worker thread. Every request carries
-its own future, and the batcher completes or fails every future it takes.
+``max_queue_delay_us``, whichever comes first. A batch is formed only when an engine instance
+is free, so requests arriving while every instance is busy are batched together, and the next
+batch is collected while the current ones run. The engine call (latents, inference,
+post-processing, encoding) runs in a worker thread. Every request carries its own future, and
+the batcher completes or fails every future it takes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from ganserve.serve import imaging, latent
+from ganserve.serve.backends import Engine
 from ganserve.serve.config import BatchingConfig
-from ganserve.serve.engine import OnnxEngine
 from ganserve.serve.errors import (
     DeadlineExceededError,
     EngineError,
@@ -32,49 +34,61 @@ from ganserve.serve.metrics import ServerMetrics
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(slots=True)
-class _Request:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Work:
+    """One image to make. ``latent`` overrides the seed's latent (interpolation frames)."""
+
     seed: int
     label: int | None
     encoding: imaging.Encoding
+    truncation: float = 1.0
+    latent: np.ndarray | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Request:
+    work: Work
     future: asyncio.Future[bytes]
     enqueued: float  # time.monotonic()
     deadline: float | None  # time.monotonic(), from the client's deadline
 
 
 class Batcher:
-    """Queues requests for one engine and runs them in batches."""
+    """Queues requests for one model version and runs them in batches on its engines."""
 
     def __init__(
         self,
-        engine: OnnxEngine,
+        engines: Sequence[Engine],
         config: BatchingConfig,
         metrics: ServerMetrics,
-        *,
-        model: str,
     ) -> None:
-        self._engine = engine
+        if not engines:
+            raise ValueError("a batcher needs at least one engine")
+        self._free = list(engines)
         self._config = config
-        self._metadata = engine.metadata
-        self._model = model
+        self._metadata = m = engines[0].metadata
+        self.model, self.version = m.name, m.version
         self._delay = config.max_queue_delay_us / 1e6
+        self._preferred = sorted(set(config.preferred_batch_sizes))
         self._queue: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()  # set when the queue grows
-        self._instances = asyncio.Semaphore(config.instances)
+        self._instances = asyncio.Semaphore(len(engines))
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.instances, thread_name_prefix=f"engine-{model}"
+            max_workers=len(engines), thread_name_prefix=f"engine-{m.name}-{m.version}"
         )
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = True
         # Metric children resolved once: labels() is a dict lookup under a lock.
-        self._m_depth = metrics.queue_depth.labels(model)
-        self._m_queue_time = metrics.queue_duration.labels(model)
-        self._m_infer_time = metrics.inference_duration.labels(model)
-        self._m_batch = metrics.batch_size.labels(model)
-        self._m_failures = metrics.batch_failures.labels(model)
-        self._m_dropped_deadline = metrics.dropped.labels(model, "deadline")
-        self._m_dropped_cancelled = metrics.dropped.labels(model, "cancelled")
+        labels = (m.name, m.version)
+        self._m_depth = metrics.queue_depth.labels(*labels)
+        self._m_queue_time = metrics.queue_duration.labels(*labels)
+        self._m_infer_time = metrics.inference_duration.labels(*labels)
+        self._m_encode_time = metrics.encode_duration.labels(*labels)
+        self._m_batch = metrics.batch_size.labels(*labels)
+        self._m_failures = metrics.batch_failures.labels(*labels)
+        self._m_dropped_deadline = metrics.dropped.labels(*labels, "deadline")
+        self._m_dropped_cancelled = metrics.dropped.labels(*labels, "cancelled")
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
@@ -83,29 +97,35 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def submit(
-        self,
-        seed: int,
-        label: int | None,
-        encoding: imaging.Encoding,
-        deadline: float | None = None,
-    ) -> asyncio.Future[bytes]:
+    def submit(self, work: Work, deadline: float | None = None) -> asyncio.Future[bytes]:
         """Queue one request; the future resolves to the encoded image bytes.
 
         Raises QueueFullError at once when the queue is full, ShuttingDownError when draining.
         """
+        return self.submit_many((work,), deadline)[0]
+
+    def submit_many(
+        self, works: Sequence[Work], deadline: float | None = None
+    ) -> list[asyncio.Future[bytes]]:
+        """Queue several requests, all or none: refused together if they do not all fit."""
         if not self._accepting:
             raise ShuttingDownError("server is draining; retry on another replica")
-        if len(self._queue) >= self._config.max_queue_size:
+        limit = self._config.max_queue_size
+        if len(self._queue) + len(works) > limit:
             raise QueueFullError(
-                f"model {self._model!r} queue is full ({self._config.max_queue_size} requests "
-                "waiting); retry with backoff"
+                f"model {self.model!r} queue is full ({len(self._queue)} of {limit} requests "
+                f"waiting, {len(works)} more asked); retry with backoff"
             )
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(seed, label, encoding, future, time.monotonic(), deadline))
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = []
+        for work in works:
+            future = loop.create_future()
+            self._queue.append(_Request(work, future, now, deadline))
+            futures.append(future)
         self._m_depth.set(len(self._queue))
         self._arrived.set()
-        return future
+        return futures
 
     async def _loop(self) -> None:
         while True:
@@ -165,13 +185,16 @@ class Batcher:
         for request in batch:
             self._m_queue_time.observe(started - request.enqueued)
         self._m_batch.observe(len(batch))
+        engine = self._free.pop()
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, batch)
+            results = await loop.run_in_executor(self._executor, self._compute, engine, batch)
         except Exception:
-            LOGGER.exception("batch of %d for model %r failed", len(batch), self._model)
+            LOGGER.exception(
+                "batch of %d for model %s v%s failed", len(batch), self.model, self.version
+            )
             self._m_failures.inc()
-            error = EngineError(f"inference failed for model {self._model!r}; see the server log")
+            error = EngineError(f"inference failed for model {self.model!r}; see the server log")
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
@@ -184,29 +207,64 @@ class Batcher:
                 else:
                     request.future.set_result(result)
         finally:
-            self._m_infer_time.observe(time.monotonic() - started)
+            self._free.append(engine)
             self._instances.release()
 
-    def _compute(self, batch: list[_Request]) -> list[bytes | Exception]:
+    def _compute(self, engine: Engine, batch: list[_Request]) -> list[bytes | Exception]:
         """Worker thread: seeds -> latents -> engine -> uint8 -> encoded bytes."""
+        started = time.monotonic()
         m = self._metadata
-        z = latent.seeds_to_latents([r.seed for r in batch], m.latent_dim)  # (N, latent_dim)
+        n = len(batch)
+        z = np.empty((n, m.latent_dim), dtype=np.float32)  # (N, latent_dim)
+        psi = np.ones((n, 1), dtype=np.float32)
+        for i, request in enumerate(batch):
+            work = request.work
+            if work.latent is None:
+                z[i] = latent.seed_to_latent(work.seed, m.latent_dim)
+            else:
+                z[i] = work.latent
+            psi[i, 0] = work.truncation
+        z *= psi  # truncation: z' = psi * z (the z-space mean is 0)
         labels = None
         if m.conditional:
-            labels = np.fromiter((r.label for r in batch), dtype=np.int64, count=len(batch))
-        images = self._engine.run(z, labels)  # (N, C, H, W) float32 in [-1, 1]
-        finite = np.isfinite(images).reshape(len(batch), -1).all(axis=1)  # (N,)
+            labels = np.fromiter((r.work.label for r in batch), dtype=np.int64, count=n)
+        images = self._run_engine(engine, z, labels)  # (N, C, H, W) float32 in [-1, 1]
+        finite = np.isfinite(images).reshape(n, -1).all(axis=1)  # (N,)
         pixels = imaging.to_uint8(images)  # (N, H, W, C) uint8
+        encoding_started = time.monotonic()
+        self._m_infer_time.observe(encoding_started - started)
         results: list[bytes | Exception] = []
         for i, request in enumerate(batch):
-            if not finite[i]:
-                LOGGER.error(
-                    "model %r produced non-finite pixels for seed %d", self._model, request.seed
-                )
-                results.append(EngineError(f"model {self._model!r} produced an invalid image"))
+            if finite[i]:
+                results.append(imaging.encode(pixels[i], request.work.encoding))
             else:
-                results.append(imaging.encode(pixels[i], request.encoding))
+                LOGGER.error(
+                    "model %s v%s produced non-finite pixels for seed %d",
+                    self.model,
+                    self.version,
+                    request.work.seed,
+                )
+                results.append(EngineError(f"model {self.model!r} produced an invalid image"))
+        self._m_encode_time.observe(time.monotonic() - encoding_started)
         return results
+
+    def _run_engine(self, engine: Engine, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Run at the preferred batch sizes: pad up to the smallest that fits, split above the
+        largest. Each sample's output is independent of its batch-mates, so padding rows (copies
+        of the chunk's first row) change nothing and are cut off."""
+        if not self._preferred:
+            return engine.run(z, labels)
+        outputs, start, n = [], 0, len(z)
+        while start < n:
+            remaining = n - start
+            size = next((p for p in self._preferred if p >= remaining), self._preferred[-1])
+            take = min(size, remaining)
+            index = np.full(size, start)  # padding rows repeat the chunk's first row
+            index[:take] = np.arange(start, start + take)
+            out = engine.run(z[index], None if labels is None else labels[index])
+            outputs.append(out[:take])
+            start += take
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     async def close(self, grace_s: float) -> None:
         """Stop accepting, let queued and running batches finish within grace_s, cancel the rest."""
@@ -215,7 +273,12 @@ class Batcher:
         while (self._queue or self._running) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._queue:
-            LOGGER.warning("drain grace ran out: failing %d queued requests", len(self._queue))
+            LOGGER.warning(
+                "drain grace ran out: failing %d queued requests of model %s v%s",
+                len(self._queue),
+                self.model,
+                self.version,
+            )
             while self._queue:
                 request = self._queue.popleft()
                 if not request.future.done():
@@ -227,3 +290,9 @@ class Batcher:
         if self._running:
             await asyncio.wait(self._running, timeout=max(0.0, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for engine in self._free:
+            engine.close()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running

@@ -3,172 +3,294 @@
 Examples:
 
     ganserve serve --model-repository models
-    ganserve serve --model-repository /models --port 50051 --metrics-port 8000 \\
-        --max-batch-size 64 --max-queue-delay-us 500
-    GANSERVE_PORT=6000 ganserve serve --model-repository models
+    ganserve serve --config ganserve.toml --port 6000
+    GANSERVE_MAX_BATCH_SIZE=32 ganserve serve --model-repository /models
+    ganserve serve --tls-cert server.pem --tls-key server.key --auth-token-file token.txt
 
-Every option can also be set by an environment variable GANSERVE_<OPTION>, e.g.
-GANSERVE_MAX_BATCH_SIZE=32.
+Settings come from, later winning: defaults, the --config TOML file (keys are the flag names
+with underscores), GANSERVE_<FLAG> environment variables, flags. The bearer token is read from
+--auth-token-file or the GANSERVE_AUTH_TOKEN variable, never from a flag. SIGTERM drains and
+exits; SIGHUP reloads the model repository.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pathlib
 import signal
 import sys
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from ganserve.serve.config import BatchingConfig, ServerConfig
-from ganserve.serve.engine import Backend
+from ganserve.serve import logs
+from ganserve.serve.backends import Backend
+from ganserve.serve.config import (
+    BatchingConfig,
+    LogFormat,
+    ServerConfig,
+    build_config,
+    read_config_file,
+)
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.server import GanServer
 
 LOGGER = logging.getLogger("ganserve")
+B, S = BatchingConfig, ServerConfig  # dataclass defaults are the flags' defaults
 
 
-@click.group(context_settings={"auto_envvar_prefix": "GANSERVE", "show_default": True})
+def _sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    if value is None or isinstance(value, tuple):
+        return value or ()
+    try:
+        return tuple(int(x) for x in str(value).split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """ganserve: fast single-pass GAN image generation over gRPC."""
 
 
+def _option(*decls: str, env: str, **kwargs: Any):
+    return click.option(*decls, envvar=f"GANSERVE_{env}", show_envvar=True, **kwargs)
+
+
 @main.command(help=__doc__)
-@click.option(
+@_option(
+    "--config",
+    "config_file",
+    env="CONFIG",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="TOML config file.",
+)
+@_option(
     "--model-repository",
-    type=click.Path(path_type=pathlib.Path),
+    env="MODEL_REPOSITORY",
     default="models",
-    envvar="GANSERVE_MODEL_REPOSITORY",
+    type=click.Path(path_type=pathlib.Path),
     help="Folder of <name>/<version>/ models.",
 )
-@click.option(
+@_option(
     "--default-model",
+    env="DEFAULT_MODEL",
     default=None,
-    envvar="GANSERVE_DEFAULT_MODEL",
     help="Model for requests that name none [default: the only model].",
 )
-@click.option("--host", default="0.0.0.0", envvar="GANSERVE_HOST", help="gRPC bind address.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=50051,
-    envvar="GANSERVE_PORT",
-    help="gRPC port (0 = any free port).",
-)
-@click.option(
-    "--metrics-host",
-    default="0.0.0.0",
-    envvar="GANSERVE_METRICS_HOST",
-    help="Bind address of the Prometheus /metrics endpoint.",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(-1, 65535),
-    default=8000,
-    envvar="GANSERVE_METRICS_PORT",
-    help="/metrics port (0 = any, -1 = off).",
-)
-@click.option(
+@_option(
     "--backend",
+    env="BACKEND",
+    default=S.backend.value,
     type=click.Choice([b.value for b in Backend]),
-    default="auto",
-    envvar="GANSERVE_BACKEND",
     help="Execution backend.",
 )
-@click.option(
+@_option("--host", env="HOST", default=S.host, help="gRPC bind address.")
+@_option(
+    "--port",
+    env="PORT",
+    default=S.port,
+    type=click.IntRange(0, 65535),
+    help="gRPC port (0 = any free port).",
+)
+@_option(
+    "--metrics-host", env="METRICS_HOST", default=S.metrics_host, help="Bind address of /metrics."
+)
+@_option(
+    "--metrics-port",
+    env="METRICS_PORT",
+    default=S.metrics_port,
+    type=click.IntRange(-1, 65535),
+    help="/metrics port (0 = any, -1 = off).",
+)
+@_option(
     "--max-batch-size",
+    env="MAX_BATCH_SIZE",
+    default=B.max_batch_size,
     type=click.IntRange(1, 4096),
-    default=64,
-    envvar="GANSERVE_MAX_BATCH_SIZE",
     help="Largest batch sent to the engine.",
 )
-@click.option(
+@_option(
     "--max-queue-delay-us",
+    env="MAX_QUEUE_DELAY_US",
+    default=B.max_queue_delay_us,
     type=click.IntRange(0, 10_000_000),
-    default=0,
-    envvar="GANSERVE_MAX_QUEUE_DELAY_US",
     help="Longest a request waits for its batch to fill (microseconds).",
 )
-@click.option(
+@_option(
     "--max-queue-size",
+    env="MAX_QUEUE_SIZE",
+    default=B.max_queue_size,
     type=click.IntRange(1),
-    default=4096,
-    envvar="GANSERVE_MAX_QUEUE_SIZE",
-    help="Queued requests per model beyond which calls get RESOURCE_EXHAUSTED.",
+    help="Queued requests beyond which calls get RESOURCE_EXHAUSTED.",
 )
-@click.option(
+@_option(
     "--instances",
+    env="INSTANCES",
+    default=B.instances,
     type=click.IntRange(1, 64),
-    default=1,
-    envvar="GANSERVE_INSTANCES",
-    help="Engine calls that may run at once per model.",
+    help="Engine instances per model version.",
 )
-@click.option(
+@_option(
+    "--preferred-batch-sizes",
+    env="PREFERRED_BATCH_SIZES",
+    default="",
+    callback=_sizes,
+    help="Comma-separated batch sizes to pad or split batches to (e.g. 8,32,64).",
+)
+@_option(
     "--intra-op-threads",
+    env="INTRA_OP_THREADS",
+    default=S.intra_op_threads,
     type=click.IntRange(0),
-    default=0,
-    envvar="GANSERVE_INTRA_OP_THREADS",
-    help="ONNX Runtime threads (0 = auto).",
+    help="ONNX Runtime CPU threads per instance (0 = auto).",
 )
-@click.option(
-    "--drain-grace",
+@_option(
+    "--warmup/--no-warmup",
+    env="WARMUP",
+    default=S.warmup,
+    help="Warm up every batch size before reporting SERVING.",
+)
+@_option(
+    "--cache-bytes",
+    env="CACHE_BYTES",
+    default=S.cache_bytes,
+    type=click.IntRange(0),
+    help="Response cache budget in bytes (0 = off).",
+)
+@_option(
+    "--max-items-per-call",
+    env="MAX_ITEMS_PER_CALL",
+    default=S.max_items_per_call,
+    type=click.IntRange(1, 65536),
+    help="Cap on GenerateBatch items / Interpolate frames.",
+)
+@_option(
+    "--max-request-bytes",
+    env="MAX_REQUEST_BYTES",
+    default=S.max_request_bytes,
+    type=click.IntRange(1024),
+    help="Largest request message accepted.",
+)
+@_option(
+    "--shutdown-delay",
+    "shutdown_delay_s",
+    env="SHUTDOWN_DELAY",
+    default=S.shutdown_delay_s,
     type=click.FloatRange(0),
-    default=10.0,
-    envvar="GANSERVE_DRAIN_GRACE",
-    help="Seconds to finish accepted work on SIGTERM.",
+    help="On SIGTERM, seconds to keep serving after health turns NOT_SERVING.",
 )
-@click.option(
+@_option(
+    "--drain-grace",
+    "drain_grace_s",
+    env="DRAIN_GRACE",
+    default=S.drain_grace_s,
+    type=click.FloatRange(0),
+    help="Then, seconds for accepted work to finish.",
+)
+@_option(
+    "--tls-cert",
+    env="TLS_CERT",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="PEM certificate chain.",
+)
+@_option(
+    "--tls-key",
+    env="TLS_KEY",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="PEM private key.",
+)
+@_option(
+    "--tls-client-ca",
+    env="TLS_CLIENT_CA",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="PEM CA for client certificates: turns on mutual TLS.",
+)
+@_option(
+    "--auth-token-file",
+    env="AUTH_TOKEN_FILE",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="File holding the bearer token every RPC but health must send.",
+)
+@_option(
+    "--engine-cache-dir",
+    env="ENGINE_CACHE_DIR",
+    default=None,
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    help="Writable folder for TensorRT engine caches.",
+)
+@_option(
+    "--log-format",
+    env="LOG_FORMAT",
+    default=S.log_format.value,
+    type=click.Choice([f.value for f in LogFormat]),
+    help="Log line format.",
+)
+@_option(
+    "--access-log/--no-access-log",
+    env="ACCESS_LOG",
+    default=S.access_log,
+    help="One log line per request.",
+)
+@_option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    env="LOG_LEVEL",
     default="INFO",
-    envvar="GANSERVE_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
 )
-def serve(**opts: object) -> None:
-    logging.basicConfig(
-        level=opts.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+@click.pass_context
+def serve(
+    ctx: click.Context, config_file: pathlib.Path | None, log_level: str, **flags: Any
+) -> None:
     try:
-        config = ServerConfig(
-            model_repository=opts["model_repository"],
-            default_model=opts["default_model"],
-            host=opts["host"],
-            port=opts["port"],
-            metrics_host=opts["metrics_host"],
-            metrics_port=opts["metrics_port"],
-            backend=Backend(opts["backend"]),
-            intra_op_threads=opts["intra_op_threads"],
-            drain_grace_s=opts["drain_grace"],
-            batching=BatchingConfig(
-                max_batch_size=opts["max_batch_size"],
-                max_queue_delay_us=opts["max_queue_delay_us"],
-                max_queue_size=opts["max_queue_size"],
-                instances=opts["instances"],
-            ),
-        )
+        settings = read_config_file(config_file) if config_file else {}
+        # Flags and env vars win over the file; click's own defaults lose to it.
+        for key, value in flags.items():
+            if key not in settings or ctx.get_parameter_source(key) is not ParameterSource.DEFAULT:
+                settings[key] = value
+        if "GANSERVE_AUTH_TOKEN" in os.environ:
+            settings["auth_token"] = os.environ["GANSERVE_AUTH_TOKEN"]
+        settings = {k: v for k, v in settings.items() if v is not None}
+        config = build_config(settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logs.configure(log_level, config.log_format)
+    try:
         asyncio.run(_serve(config))
-    except (ValueError, ModelLoadError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ModelLoadError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 async def _serve(config: ServerConfig) -> None:
     server = GanServer(config)
-    await server.start()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
     stopping: list[asyncio.Task[None]] = []
 
-    def on_signal(signum: int) -> None:
+    def on_stop(signum: int) -> None:
         if stopping:
             return
-        LOGGER.info(
-            "received %s: draining for up to %.1fs",
-            signal.Signals(signum).name,
-            config.drain_grace_s,
-        )
+        LOGGER.info("received %s: draining", signal.Signals(signum).name)
         stopping.append(loop.create_task(server.stop()))
 
+    def on_reload() -> None:
+        LOGGER.info("received SIGHUP: reloading the model repository")
+        task = loop.create_task(server.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    await server.start()
     await server.wait_stopped()
 
 

@@ -1,41 +1,107 @@
-"""Server configuration: frozen dataclasses built at the edge (CLI flags / GANSERVE_ env vars)."""
+"""Server configuration: frozen dataclasses, validated on construction, built at the edge.
+
+Sources, later ones winning: built-in defaults < config file (TOML) < ``GANSERVE_*`` environment
+variables < command-line flags. The file uses the flag names with underscores, and may hold
+per-model tables:
+
+    max_batch_size = 32
+    cache_bytes = 67108864
+
+    [models.digits]
+    backend = "onnxruntime-cpu"
+    versions = [1, 2]        # pin versions; default: the newest only
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
+import tomllib
+from collections.abc import Mapping
+from typing import Any
 
-from ganserve.serve.engine import Backend
+from ganserve.serve.backends import Backend
+
+
+class LogFormat(enum.Enum):
+    """How log records are written."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BatchingConfig:
-    """How one model's requests are grouped into engine calls.
+    """How one model version's requests are grouped into engine calls.
 
     Args:
         max_batch_size: A batch closes as soon as it holds this many requests.
         max_queue_delay_us: ...or when its oldest request has waited this long (microseconds).
-            0 batches whatever is queued when the engine is free, as Triton does by default.
+            0 batches whatever is queued when an engine instance is free (Triton's default).
         max_queue_size: Requests waiting beyond this many are refused with RESOURCE_EXHAUSTED.
-        instances: Engine calls that may run at once for this model.
+        instances: Engine instances per model version; batches run on them concurrently.
+        preferred_batch_sizes: Sizes the engine is best at (a TensorRT profile's). A batch is
+            padded up to the smallest preferred size that holds it, or split into preferred
+            sizes when larger than all of them. Empty: run batches at their natural size.
     """
 
     max_batch_size: int = 64
     max_queue_delay_us: int = 0
     max_queue_size: int = 4096
     instances: int = 1
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_batch_size <= 4096:
-            raise ValueError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
-        if not 0 <= self.max_queue_delay_us <= 10_000_000:
-            raise ValueError(
-                f"max_queue_delay_us must be in 0..10000000, got {self.max_queue_delay_us}"
-            )
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if not 1 <= self.instances <= 64:
-            raise ValueError(f"instances must be in 1..64, got {self.instances}")
+        _check_range("max_batch_size", self.max_batch_size, 1, 4096)
+        _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
+        _check_range("max_queue_size", self.max_queue_size, 1, 10_000_000)
+        _check_range("instances", self.instances, 1, 64)
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_sizes holds {size}; each must be in 1..max_batch_size "
+                    f"({self.max_batch_size})"
+                )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Per-model settings.
+
+    Args:
+        backend: Execution backend; AUTO picks the fastest available.
+        versions: Versions to serve; empty serves the newest version only.
+    """
+
+    backend: Backend = Backend.AUTO
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(v < 1 for v in self.versions):
+            raise ValueError(f"versions must be positive integers, got {list(self.versions)}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """TLS for the gRPC port; with client_ca_file set, clients must present a certificate
+    signed by it (mutual TLS).
+
+    Args:
+        cert_file: PEM server certificate chain.
+        key_file: PEM private key of the certificate.
+        client_ca_file: PEM CA bundle that client certificates must chain to, or None.
+    """
+
+    cert_file: pathlib.Path
+    key_file: pathlib.Path
+    client_ca_file: pathlib.Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls {name} {path} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,35 +112,162 @@ class ServerConfig:
         model_repository: Folder holding ``<name>/<version>/model.onnx`` trees.
         default_model: Model used when a request's ``model`` is empty; None means the only
             model in the repository (an error if there are several).
-        host: Interface the gRPC server binds.
-        port: gRPC port; 0 picks a free one (tests).
-        metrics_host: Interface of the Prometheus HTTP endpoint.
-        metrics_port: Port of ``/metrics``; 0 picks a free one, -1 disables it.
-        backend: Execution backend for every model.
-        intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose.
-        batching: Batching settings, the same for every model.
-        drain_grace_s: On SIGTERM, how long in-flight requests may take to finish.
+        models: Per-model backend and version pinning, by model name.
+        backend: Backend for models without their own entry.
+        host, port: gRPC bind address; port 0 picks a free one (tests).
+        metrics_host, metrics_port: Prometheus ``/metrics``; port 0 picks one, -1 disables.
+        intra_op_threads: ONNX Runtime CPU threads per engine instance; 0 lets it choose.
+        batching: Batching settings, the same for every model version.
+        warmup: Run every batch size the engine will see before reporting SERVING.
+        cache_bytes: Byte budget of the response cache; 0 disables it.
+        max_items_per_call: Cap on GenerateBatch items and Interpolate frames.
+        max_request_bytes: Largest request message accepted.
+        shutdown_delay_s: On SIGTERM, keep serving this long after health turns NOT_SERVING,
+            so load balancers stop sending traffic before the drain starts.
+        drain_grace_s: Then, how long accepted requests may take to finish.
+        tls: TLS settings, or None for plaintext.
+        auth_token: Bearer token every RPC but health checks must carry; None disables auth.
+        engine_cache_dir: Writable folder for TensorRT engine caches.
+        log_format: Text or JSON log lines.
+        access_log: Write one log line per request.
     """
 
     model_repository: pathlib.Path
     default_model: str | None = None
+    models: Mapping[str, ModelConfig] = dataclasses.field(default_factory=dict)
+    backend: Backend = Backend.AUTO
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
-    backend: Backend = Backend.AUTO
     intra_op_threads: int = 0
     batching: BatchingConfig = dataclasses.field(default_factory=BatchingConfig)
+    warmup: bool = True
+    cache_bytes: int = 0
+    max_items_per_call: int = 1024
+    max_request_bytes: int = 1024 * 1024
+    shutdown_delay_s: float = 0.0
     drain_grace_s: float = 10.0
+    tls: TlsConfig | None = None
+    auth_token: str | None = None
+    engine_cache_dir: pathlib.Path | None = None
+    log_format: LogFormat = LogFormat.TEXT
+    access_log: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if not -1 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be in -1..65535, got {self.metrics_port}")
+        _check_range("port", self.port, 0, 65535)
+        _check_range("metrics_port", self.metrics_port, -1, 65535)
         if self.metrics_port == self.port and self.port != 0:
             raise ValueError(f"port and metrics_port are both {self.port}; pick two ports")
-        if self.intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        _check_range("intra_op_threads", self.intra_op_threads, 0, 1024)
+        _check_range("cache_bytes", self.cache_bytes, 0, 2**40)
+        _check_range("max_items_per_call", self.max_items_per_call, 1, 65536)
+        _check_range("max_request_bytes", self.max_request_bytes, 1024, 2**30)
+        if self.shutdown_delay_s < 0:
+            raise ValueError(f"shutdown_delay_s must be >= 0, got {self.shutdown_delay_s}")
         if self.drain_grace_s < 0:
             raise ValueError(f"drain_grace_s must be >= 0, got {self.drain_grace_s}")
+        if self.auth_token is not None and len(self.auth_token) < 16:
+            raise ValueError("auth_token must be at least 16 characters")
+
+    def model(self, name: str) -> ModelConfig:
+        """The settings of model ``name``, falling back to the server-wide backend."""
+        return self.models.get(name) or ModelConfig(backend=self.backend)
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+
+
+# Keys a config file may hold at top level: the flat settings of ServerConfig, BatchingConfig
+# and TlsConfig, under the same names as the flags (with underscores).
+BATCHING_KEYS = {f.name for f in dataclasses.fields(BatchingConfig)}
+TLS_KEYS = {"tls_cert": "cert_file", "tls_key": "key_file", "tls_client_ca": "client_ca_file"}
+SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"batching", "tls", "models"}
+FILE_KEYS = SERVER_KEYS | BATCHING_KEYS | set(TLS_KEYS) | {"auth_token_file", "models"}
+
+
+def read_config_file(path: pathlib.Path) -> dict[str, Any]:
+    """Parse a TOML config file; unknown keys are errors that name the key and the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - FILE_KEYS)
+    if unknown:
+        raise ValueError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def _model_configs(raw: Any) -> dict[str, ModelConfig]:
+    if not isinstance(raw, Mapping):
+        raise ValueError("models must be a table of [models.<name>] tables")
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(f"models.{name} must be a table")
+        unknown = sorted(set(table) - {"backend", "versions"})
+        if unknown:
+            raise ValueError(f"models.{name}: unknown key(s) {', '.join(unknown)}")
+        try:
+            backend = Backend(table.get("backend", "auto"))
+        except ValueError:
+            choices = ", ".join(b.value for b in Backend)
+            raise ValueError(
+                f"models.{name}.backend {table['backend']!r} is not one of {choices}"
+            ) from None
+        versions = table.get("versions", [])
+        if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+            raise ValueError(f"models.{name}.versions must be a list of integers")
+        try:
+            out[name] = ModelConfig(backend=backend, versions=tuple(versions))
+        except ValueError as exc:
+            raise ValueError(f"models.{name}: {exc}") from None
+    return out
+
+
+def build_config(settings: Mapping[str, Any]) -> ServerConfig:
+    """Build the ServerConfig from merged flat settings (file, env and flags already layered).
+
+    Errors are ValueErrors naming the setting.
+    """
+    settings = dict(settings)
+    token_file = settings.pop("auth_token_file", None)
+    if token_file and settings.get("auth_token"):
+        raise ValueError("set auth_token or auth_token_file, not both")
+    if token_file:
+        try:
+            settings["auth_token"] = pathlib.Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"auth_token_file {token_file}: {exc.strerror}") from None
+    tls_values = {TLS_KEYS[k]: settings.pop(k) for k in list(TLS_KEYS) if k in settings}
+    tls_values = {k: pathlib.Path(v) for k, v in tls_values.items() if v}
+    tls = None
+    if tls_values:
+        if {"cert_file", "key_file"} - set(tls_values):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        tls = TlsConfig(**tls_values)
+    batching = {k: settings.pop(k) for k in list(settings) if k in BATCHING_KEYS}
+    if "preferred_batch_sizes" in batching:
+        batching["preferred_batch_sizes"] = tuple(batching["preferred_batch_sizes"])
+    models = _model_configs(settings.pop("models", {}))
+    unknown = sorted(set(settings) - SERVER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
+    for key, kind in (("backend", Backend), ("log_format", LogFormat)):
+        if key in settings and not isinstance(settings[key], kind):
+            try:
+                settings[key] = kind(settings[key])
+            except ValueError:
+                choices = ", ".join(x.value for x in kind)
+                raise ValueError(f"{key} {settings[key]!r} is not one of {choices}") from None
+    for key in ("model_repository", "engine_cache_dir"):
+        if settings.get(key) is not None:
+            settings[key] = pathlib.Path(settings[key])
+    try:
+        return ServerConfig(batching=BatchingConfig(**batching), tls=tls, models=models, **settings)
+    except TypeError as exc:  # a value of the wrong type in the file
+        raise ValueError(f"invalid setting: {exc}") from None

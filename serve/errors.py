@@ -29,10 +29,14 @@ class QueueFullError(GanServeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class ShuttingDownError(GanServeError):
-    """The server is draining and accepts no new work; retry on another replica."""
+class UnavailableError(GanServeError):
+    """The server cannot take work right now (starting or draining); retry elsewhere or later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ShuttingDownError(UnavailableError):
+    """The server is draining and accepts no new work; retry on another replica."""
 
 
 class DeadlineExceededError(GanServeError):

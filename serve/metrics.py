@@ -1,28 +1,16 @@
-"""Prometheus metrics of the server, on a registry of its own (one per server instance)."""
+"""Prometheus metrics of the server, on a registry of its own (one per server instance).
+
+Names are under ``ganserve_``, in base units (seconds, bytes); per-model series carry
+``model`` and ``version``. See docs/metrics.md.
+"""
 
 from __future__ import annotations
 
 import prometheus_client as prom
 
-# Request latencies on this service run from ~0.3 ms (cached, batch 1) to seconds (overload).
-LATENCY_BUCKETS = (
-    0.0002,
-    0.0005,
-    0.001,
-    0.002,
-    0.004,
-    0.008,
-    0.016,
-    0.032,
-    0.064,
-    0.128,
-    0.256,
-    0.512,
-    1.024,
-    2.048,
-    4.096,
-    8.192,
-)
+# Doubling from 100 us to ~6.5 s: sub-millisecond cache hits to seconds-long overload.
+LATENCY_BUCKETS = tuple(0.0001 * 2**i for i in range(17))
+MODEL = ("model", "version")
 
 
 def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -36,78 +24,104 @@ def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class ServerMetrics:
-    """Every metric the server exports. See docs/metrics.md."""
+    """Every metric the server exports."""
 
     def __init__(self, *, max_batch_size: int, registry: prom.CollectorRegistry | None = None):
-        self.registry = registry or prom.CollectorRegistry()
-        r = self.registry
+        self.registry = r = registry or prom.CollectorRegistry()
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...] = MODEL, buckets=None):
+            return prom.Histogram(name, doc, labels, registry=r, buckets=buckets or LATENCY_BUCKETS)
+
         self.requests = prom.Counter(
             "ganserve_requests",
-            "RPCs answered, by final gRPC status code.",
-            ["method", "model", "code"],
+            "RPCs answered, by method and final gRPC status code.",
+            ("method", *MODEL, "code"),
             registry=r,
         )
-        self.request_duration = prom.Histogram(
+        self.request_duration = histogram(
             "ganserve_request_duration_seconds",
-            "Time from receiving an RPC to answering it, by method and model.",
-            ["method", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "Receipt to answer of an RPC, server side.",
+            ("method", *MODEL),
         )
-        self.queue_duration = prom.Histogram(
+        self.queue_duration = histogram(
             "ganserve_queue_duration_seconds",
             "Time a request waited in its model's queue before its batch started.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.inference_duration = prom.Histogram(
+        self.inference_duration = histogram(
             "ganserve_inference_duration_seconds",
-            "Time of one batch in the worker: latents, engine call, post-processing, encoding.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "One batch in the worker: latents, engine call, conversion to uint8.",
         )
-        self.batch_size = prom.Histogram(
+        self.encode_duration = histogram(
+            "ganserve_encode_duration_seconds", "Encoding one batch's images (PNG or raw)."
+        )
+        self.batch_size = histogram(
             "ganserve_batch_size",
             "Requests in each batch sent to the engine.",
-            ["model"],
             buckets=_batch_buckets(max_batch_size),
-            registry=r,
         )
         self.queue_depth = prom.Gauge(
             "ganserve_queue_depth",
-            "Requests waiting in the model's queue.",
-            ["model"],
+            "Requests waiting in the model version's queue.",
+            MODEL,
             registry=r,
         )
         self.in_flight = prom.Gauge(
-            "ganserve_inflight_requests",
-            "Requests accepted and not yet answered.",
-            ["model"],
-            registry=r,
+            "ganserve_inflight_requests", "RPCs accepted and not yet answered.", MODEL, registry=r
         )
         self.images = prom.Counter(
             "ganserve_images_generated",
-            "Images returned successfully.",
-            ["model"],
+            "Images returned successfully (cache hits included).",
+            MODEL,
             registry=r,
         )
         self.dropped = prom.Counter(
             "ganserve_requests_dropped",
             "Queued requests dropped before reaching the engine, by reason.",
-            ["model", "reason"],
+            (*MODEL, "reason"),
             registry=r,
         )
         self.batch_failures = prom.Counter(
-            "ganserve_batch_failures",
-            "Batches whose engine call failed.",
-            ["model"],
+            "ganserve_batch_failures", "Batches whose engine call raised.", MODEL, registry=r
+        )
+        self.cache_hits = prom.Counter(
+            "ganserve_cache_hits", "Images served from the response cache.", MODEL, registry=r
+        )
+        self.cache_misses = prom.Counter(
+            "ganserve_cache_misses",
+            "Cacheable images not found in the response cache.",
+            MODEL,
+            registry=r,
+        )
+        self.cache_bytes = prom.Gauge(
+            "ganserve_cache_bytes", "Bytes held by the response cache.", registry=r
+        )
+        self.cache_entries = prom.Gauge(
+            "ganserve_cache_entries", "Images held by the response cache.", registry=r
+        )
+        self.model_load_duration = prom.Gauge(
+            "ganserve_model_load_duration_seconds",
+            "Time to load and warm up the model version being served.",
+            MODEL,
+            registry=r,
+        )
+        self.model_load_failures = prom.Counter(
+            "ganserve_model_load_failures",
+            "Model versions that failed to load.",
+            ("model",),
+            registry=r,
+        )
+        self.reloads = prom.Counter(
+            "ganserve_repository_reloads",
+            "Repository reloads, by outcome.",
+            ("outcome",),
             registry=r,
         )
         self.model_info = prom.Gauge(
             "ganserve_model_info",
             "1 for each model version being served.",
-            ["model", "version", "backend"],
+            (*MODEL, "backend"),
             registry=r,
+        )
+        self.health = prom.Gauge(
+            "ganserve_serving", "1 while the server reports SERVING, else 0.", registry=r
         )

@@ -1,8 +1,10 @@
-"""Server lifecycle: load the repository, start gRPC (+ health, reflection) and /metrics, drain.
+"""Server lifecycle.
 
 server = GanServer(config)
-await server.start()          # server.port, server.metrics_port are the bound ports
-await server.stop()           # NOT_SERVING, refuse new work, drain within the grace period
+await server.start()   # port open at once with health NOT_SERVING; SERVING once warm
+await server.reload()  # what SIGHUP and ModelAdmin/ReloadModels do
+await server.stop()    # NOT_SERVING, keep serving for shutdown_delay_s, then refuse new
+                       # work with UNAVAILABLE and drain within drain_grace_s, then exit
 """
 
 from __future__ import annotations
@@ -17,136 +19,154 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ganserve.serve import repository
-from ganserve.serve.batcher import Batcher
+from ganserve.serve.admin import ModelAdminServicer
+from ganserve.serve.auth import BearerTokenInterceptor
+from ganserve.serve.cache import ResponseCache
 from ganserve.serve.config import ServerConfig
-from ganserve.serve.engine import OnnxEngine
-from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metrics import ServerMetrics
-from ganserve.serve.servicer import GeneratorServicer, LoadedModel
-from ganserve.v1 import generator_pb2, generator_pb2_grpc
+from ganserve.serve.models import ModelManager, Status
+from ganserve.serve.servicer import GeneratorServicer
+from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 # Health is reported for the whole server ("") and for the Generator service by name.
 HEALTH_NAMES = ("", SERVICE_NAME)
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def load_models(config: ServerConfig, metrics: ServerMetrics) -> tuple[dict[str, LoadedModel], str]:
-    """Open the latest version of every model in the repository; return them and the default."""
-    root = config.model_repository
-    names = repository.model_names(root)
-    if not names:
-        raise ModelLoadError(f"model repository {root} holds no <name>/<version>/ folders")
-    default = config.default_model
-    if default is None:
-        if len(names) > 1:
-            raise ModelLoadError(
-                f"model repository {root} holds several models ({', '.join(names)}); "
-                "choose one with --default-model"
-            )
-        default = names[0]
-    elif default not in names:
-        raise ModelLoadError(
-            f"--default-model {default!r} is not in {root} (found: {', '.join(names)})"
-        )
-    models = {}
-    for name in names:
-        version = repository.latest(root, name)
-        engine = OnnxEngine(
-            version.onnx_path,
-            version.metadata,
-            backend=config.backend,
-            intra_op_threads=config.intra_op_threads,
-        )
-        batcher = Batcher(engine, config.batching, metrics, model=name)
-        models[name] = LoadedModel(version.metadata, engine.backend.value, batcher)
-        metrics.model_info.labels(name, version.metadata.version, engine.backend.value).set(1)
-        LOGGER.info("loaded model %s version %s on %s", name, version.version, engine.backend.value)
-    return models, default
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    tls = config.tls
+    if tls is None:
+        return None
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 class GanServer:
-    """One ganserve process: gRPC server, health, reflection, metrics endpoint, batchers."""
+    """One ganserve process: gRPC (Generator, ModelAdmin, health, reflection) and /metrics."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics(max_batch_size=config.batching.max_batch_size)
-        self.models, self.default_model = load_models(config, self.metrics)
+        self.models = ModelManager(config, self.metrics)
         self.health = health_aio.HealthServicer()
+        cache = ResponseCache(config.cache_bytes, self.metrics) if config.cache_bytes else None
+        self.servicer = GeneratorServicer(
+            self.models,
+            metrics=self.metrics,
+            max_batch_size=config.batching.max_batch_size,
+            max_items_per_call=config.max_items_per_call,
+            cache=cache,
+            access_log=config.access_log,
+        )
         self._server: grpc.aio.Server | None = None
         self._metrics_http = None
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
+        self._auth_failures = prom.Counter(
+            "ganserve_auth_failures",
+            "Calls refused for a missing or wrong bearer token.",
+            registry=self.metrics.registry,
+        )
+
+    async def _set_health(self, status: int) -> None:
+        for name in HEALTH_NAMES:
+            await self.health.set(name, status)
+        self.metrics.health.set(1 if status == SERVING else 0)
 
     async def start(self) -> None:
+        """Open the port (NOT_SERVING), load and warm every model, then report SERVING."""
         config = self.config
+        interceptors = []
+        if config.auth_token:
+            interceptors.append(BearerTokenInterceptor(config.auth_token, self._auth_failures.inc))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ]
+                ("grpc.max_receive_message_length", config.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
         )
-        servicer = GeneratorServicer(
-            self.models,
-            default_model=self.default_model,
-            max_batch_size=config.batching.max_batch_size,
-            metrics=self.metrics,
-        )
-        generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server)
+        generator_pb2_grpc.add_GeneratorServicer_to_server(self.servicer, server)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.models), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             server,
         )
         address = f"{config.host}:{config.port}"
-        self.port = server.add_insecure_port(address)
+        credentials = _credentials(config)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
+        await self._set_health(NOT_SERVING)
+        await server.start()
+        self._server = server
         if config.metrics_port >= 0:
             self._metrics_http, _ = prom.start_http_server(
                 config.metrics_port, addr=config.metrics_host, registry=self.metrics.registry
             )
             self.metrics_port = self._metrics_http.server_port
-        for model in self.models.values():
-            model.batcher.start()
-        await server.start()
-        self._server = server
-        for name in HEALTH_NAMES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        try:
+            await self.models.start()
+        except BaseException:
+            await self._shutdown_transport(0)
+            raise
+        self.servicer.ready = True
+        await self._set_health(SERVING)
         LOGGER.info(
-            "serving %s on port %d (metrics on %s)",
-            ", ".join(self.models),
+            "serving %s on port %d%s (metrics on %s)",
+            ", ".join(self.models.names()),
             self.port,
+            " with TLS" if credentials else "",
             self.metrics_port or "off",
         )
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new work with UNAVAILABLE, finish accepted work, exit.
+    async def reload(self) -> list[Status]:
+        return await self.models.reload()
 
-        The port stays open while draining, so health checks see NOT_SERVING and new calls get
-        a clear UNAVAILABLE instead of a refused connection.
-        """
+    async def stop(self, grace_s: float | None = None, delay_s: float | None = None) -> None:
+        """Drain in order: NOT_SERVING; keep serving for the shutdown delay so load balancers
+        notice; refuse new work with UNAVAILABLE while accepted work finishes within the grace
+        period; then close the port. The port stays open while draining, so health checks see
+        NOT_SERVING and new calls get a clear UNAVAILABLE instead of a refused connection."""
         grace = self.config.drain_grace_s if grace_s is None else grace_s
+        delay = self.config.shutdown_delay_s if delay_s is None else delay_s
+        await self._set_health(NOT_SERVING)
+        if delay > 0:
+            LOGGER.info("NOT_SERVING; still accepting requests for %.1fs", delay)
+            await asyncio.sleep(delay)
         started = time.monotonic()
-        for name in HEALTH_NAMES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await asyncio.gather(*(m.batcher.close(grace) for m in self.models.values()))
+        await self.models.close(grace)
+        await self._shutdown_transport(max(grace - (time.monotonic() - started), 1.0))
+        LOGGER.info("stopped after draining for %.2fs", time.monotonic() - started)
+
+    async def _shutdown_transport(self, grace_s: float) -> None:
         if self._server is not None:
             # Handlers whose batches finished only have their responses left to write.
-            remaining = grace - (time.monotonic() - started)
-            await self._server.stop(max(remaining, 1.0))
+            await self._server.stop(grace_s)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-        LOGGER.info("stopped after draining for %.2fs", time.monotonic() - started)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

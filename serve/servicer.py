@@ -1,51 +1,50 @@
-"""The ganserve.v1.Generator service: validates requests and hands them to a model's batcher."""
+"""The ganserve.v1.Generator service: validates requests and hands them to a model's batcher.
+
+Every RPC runs inside `_Call`, which owns the request id, the deadline, the metrics, the access
+log line, and the one translation of exceptions into gRPC status codes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+import math
 import time
+import uuid
+from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
-from ganserve.serve import imaging
-from ganserve.serve.batcher import Batcher
-from ganserve.serve.errors import InvalidArgumentError, ModelNotFoundError, to_status
+from ganserve.serve import imaging, latent
+from ganserve.serve.batcher import Work
+from ganserve.serve.cache import ResponseCache
+from ganserve.serve.errors import InvalidArgumentError, UnavailableError, to_status
+from ganserve.serve.logs import ACCESS_LOGGER, REQUEST_ID
 from ganserve.serve.metadata import ModelMetadata
 from ganserve.serve.metrics import ServerMetrics
-from ganserve.v1 import generator_pb2, generator_pb2_grpc
+from ganserve.serve.models import ModelManager, ServedVersion
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc
 
 LOGGER = logging.getLogger(__name__)
+MAX_TRUNCATION = 2.0
+TRUNCATION_MODE = "z-scale"
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    """A model version being served: its metadata, backend name and batcher."""
-
-    metadata: ModelMetadata
-    backend: str
-    batcher: Batcher
-
-
-def _class_range(metadata: ModelMetadata) -> str:
-    return f"model {metadata.name!r} has classes 0..{metadata.num_classes - 1}"
-
-
-def validate_label(metadata: ModelMetadata, request: generator_pb2.GenerateRequest) -> int | None:
-    """The request's class label, checked against the model; None for unconditional models."""
-    has_label = request.HasField("class_label")
+def validate_label(metadata: ModelMetadata, has_label: bool, label: int, field: str) -> int | None:
+    """The class label, checked against the model; None for unconditional models."""
     if not metadata.conditional:
         if has_label:
             raise InvalidArgumentError(
-                f"class_label must be unset: model {metadata.name!r} is unconditional"
+                f"{field} must be unset: model {metadata.name!r} is unconditional"
             )
         return None
+    classes = f"model {metadata.name!r} has classes 0..{metadata.num_classes - 1}"
     if not has_label:
-        raise InvalidArgumentError(f"class_label is required: {_class_range(metadata)}")
-    label = request.class_label
+        raise InvalidArgumentError(f"{field} is required: {classes}")
     if not 0 <= label < metadata.num_classes:
-        raise InvalidArgumentError(f"class_label {label} is out of range: {_class_range(metadata)}")
+        raise InvalidArgumentError(f"{field} {label} is out of range: {classes}")
     return label
 
 
@@ -59,80 +58,270 @@ def validate_encoding(value: int) -> imaging.Encoding:
         ) from None
 
 
+def validate_truncation(has_value: bool, value: float) -> float:
+    if not has_value:
+        return 1.0
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_TRUNCATION):
+        raise InvalidArgumentError(
+            f"truncation {value} is out of range: use 0 <= truncation <= {MAX_TRUNCATION:g} "
+            "(1 = no truncation)"
+        )
+    return value
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation from a to b at each t in [0, 1]; (T,) -> (T, D) float32.
+
+    The angle is taken between the directions of a and b; nearly parallel vectors fall back
+    to linear interpolation, where slerp's formula divides by ~0.
+    """
+    cos = float(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)))
+    omega = math.acos(min(1.0, max(-1.0, cos)))
+    t = t[:, None]  # (T, 1)
+    if math.sin(omega) < 1e-6:
+        return ((1 - t) * a + t * b).astype(np.float32)
+    s = math.sin(omega)
+    return (np.sin((1 - t) * omega) / s * a + np.sin(t * omega) / s * b).astype(np.float32)
+
+
+class _Call:
+    """One RPC: request id, deadline, status mapping, metrics and the access log line."""
+
+    def __init__(self, servicer: GeneratorServicer, method: str, context: grpc.aio.ServicerContext):
+        self._servicer, self.method, self.context = servicer, method, context
+        self.started = time.monotonic()
+        remaining = context.time_remaining()
+        self.deadline = None if remaining is None else self.started + remaining
+        metadata = context.invocation_metadata() or ()
+        self.request_id = (
+            next((v for k, v in metadata if k == "x-request-id"), None) or uuid.uuid4().hex[:16]
+        )
+        self.served: ServedVersion | None = None
+        self.items = 1
+        self.code = grpc.StatusCode.OK
+
+    async def __aenter__(self) -> _Call:
+        self._token = REQUEST_ID.set(self.request_id)
+        self.context.set_trailing_metadata((("x-request-id", self.request_id),))
+        if not self._servicer.ready:
+            raise UnavailableError("server is starting: models are still loading")
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        in_flight = self.served is not None
+        try:
+            if exc is None:
+                return
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                self.code = grpc.StatusCode.CANCELLED
+                return
+            self.code, message = to_status(exc)
+            if self.code is grpc.StatusCode.INTERNAL:
+                LOGGER.error("%s failed: %s", self.method, exc, exc_info=exc)
+            await self.context.abort(
+                self.code, message, trailing_metadata=(("x-request-id", self.request_id),)
+            )
+        finally:
+            self._servicer._finish(self, in_flight)
+            REQUEST_ID.reset(self._token)
+
+
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
-    """Implements Generate and GetModelInfo over a fixed set of loaded models."""
+    """Implements the Generator service over the ModelManager's versions."""
 
     def __init__(
         self,
-        models: dict[str, LoadedModel],
+        models: ModelManager,
         *,
-        default_model: str,
-        max_batch_size: int,
         metrics: ServerMetrics,
+        max_batch_size: int,
+        max_items_per_call: int,
+        cache: ResponseCache | None = None,
+        access_log: bool = False,
     ) -> None:
         self._models = models
-        self._default = default_model
-        self._max_batch_size = max_batch_size
         self._metrics = metrics
+        self._max_batch_size = max_batch_size
+        self._max_items = max_items_per_call
+        self._cache = cache
+        self._access_log = access_log
+        self.ready = False
 
-    def _resolve(self, name: str) -> LoadedModel:
-        model = self._models.get(name or self._default)
-        if model is None:
-            available = ", ".join(sorted(self._models))
-            raise ModelNotFoundError(f"model {name!r} not found; available: {available}")
-        return model
+    def _enter(self, call: _Call, name: str, version: str) -> ServedVersion:
+        served = self._models.resolve(name, version)
+        call.served = served
+        self._metrics.in_flight.labels(*served.key).inc()
+        return served
+
+    def _finish(self, call: _Call, in_flight: bool) -> None:
+        seconds = time.monotonic() - call.started
+        model, version = call.served.key if call.served else ("_unknown", "")
+        if in_flight:
+            self._metrics.in_flight.labels(model, version).dec()
+        self._metrics.requests.labels(call.method, model, version, call.code.name).inc()
+        self._metrics.request_duration.labels(call.method, model, version).observe(seconds)
+        if self._access_log:
+            ACCESS_LOGGER.info(
+                "%s %s v%s %s %.2fms",
+                call.method,
+                model,
+                version,
+                call.code.name,
+                seconds * 1e3,
+                extra={
+                    "method": call.method,
+                    "model": model,
+                    "version": version,
+                    "code": call.code.name,
+                    "duration_ms": round(seconds * 1e3, 3),
+                    "peer": call.context.peer(),
+                    "items": call.items,
+                },
+            )
+
+    async def _images(
+        self, served: ServedVersion, works: list[Work], deadline: float | None
+    ) -> list[bytes]:
+        """Encoded images for ``works``, from the cache where possible, in order."""
+        out: list[bytes | None] = [None] * len(works)
+        keys: list[tuple | None] = [None] * len(works)
+        cache, (name, version) = self._cache, served.key
+        if cache is not None:
+            for i, work in enumerate(works):
+                if work.latent is not None:
+                    continue  # interpolation frames are not addressable by seed
+                keys[i] = (name, version, work.seed, work.label, work.encoding, work.truncation)
+                out[i] = cache.get(keys[i])
+            hits = sum(x is not None for x in out)
+            if hits:
+                self._metrics.cache_hits.labels(name, version).inc(hits)
+            if misses := sum(k is not None for k in keys) - hits:
+                self._metrics.cache_misses.labels(name, version).inc(misses)
+        todo = [i for i, x in enumerate(out) if x is None]
+        if todo:
+            futures = served.batcher.submit_many([works[i] for i in todo], deadline)
+            try:
+                results = await asyncio.gather(*futures)
+            finally:
+                for future in futures:  # a failed or cancelled call frees its other slots
+                    future.cancel()
+            for i, image in zip(todo, results, strict=True):
+                out[i] = image
+                if keys[i] is not None:
+                    cache.put(keys[i], image)
+        self._metrics.images.labels(name, version).inc(len(works))
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _response(m: ModelMetadata, work: Work, image: bytes) -> pb.GenerateResponse:
+        return pb.GenerateResponse(
+            image=image,
+            encoding=work.encoding.value,
+            height=m.height,
+            width=m.width,
+            channels=m.channels,
+            seed=work.seed,
+            class_label=-1 if work.label is None else work.label,
+            model=m.name,
+            model_version=m.version,
+        )
 
     async def Generate(
-        self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> generator_pb2.GenerateResponse:
-        started = time.monotonic()
-        model_label = request.model or self._default
-        code = grpc.StatusCode.OK
-        in_flight = None
-        try:
-            model = self._resolve(request.model)
-            metadata = model.metadata
-            label = validate_label(metadata, request)
-            encoding = validate_encoding(request.encoding)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else started + remaining
-            in_flight = self._metrics.in_flight.labels(metadata.name)
-            in_flight.inc()
-            image = await model.batcher.submit(request.seed, label, encoding, deadline)
-            self._metrics.images.labels(metadata.name).inc()
-            return generator_pb2.GenerateResponse(
-                image=image,
-                encoding=encoding.value,
-                height=metadata.height,
-                width=metadata.width,
-                channels=metadata.channels,
-                seed=request.seed,
-                class_label=-1 if label is None else label,
-                model=metadata.name,
-                model_version=metadata.version,
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        async with _Call(self, "Generate", context) as call:
+            served = self._enter(call, request.model, request.model_version)
+            m = served.metadata
+            work = Work(
+                request.seed,
+                validate_label(
+                    m, request.HasField("class_label"), request.class_label, "class_label"
+                ),
+                validate_encoding(request.encoding),
+                validate_truncation(request.HasField("truncation"), request.truncation),
             )
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code, message = to_status(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                LOGGER.error("Generate failed: %s", exc, exc_info=exc)
-            await context.abort(code, message)
-        finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self._observe("Generate", model_label, code, started)
+            (image,) = await self._images(served, [work], call.deadline)
+            return self._response(m, work, image)
+
+    async def GenerateBatch(
+        self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateBatchResponse:
+        async with _Call(self, "GenerateBatch", context) as call:
+            call.items = count = len(request.items)
+            if not 1 <= count <= self._max_items:
+                raise InvalidArgumentError(
+                    f"items has {count} entries; send 1..{self._max_items} per call"
+                )
+            served = self._enter(call, request.model, request.model_version)
+            m = served.metadata
+            encoding = validate_encoding(request.encoding)
+            psi = validate_truncation(request.HasField("truncation"), request.truncation)
+            works = [
+                Work(
+                    item.seed,
+                    validate_label(
+                        m, item.HasField("class_label"), item.class_label, f"items[{i}].class_label"
+                    ),
+                    encoding,
+                    psi,
+                )
+                for i, item in enumerate(request.items)
+            ]
+            images = await self._images(served, works, call.deadline)
+            return pb.GenerateBatchResponse(
+                images=[self._response(m, w, img) for w, img in zip(works, images, strict=True)]
+            )
+
+    async def Interpolate(
+        self, request: pb.InterpolateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InterpolateFrame]:
+        async with _Call(self, "Interpolate", context) as call:
+            call.items = frames = request.frames
+            if not 2 <= frames <= self._max_items:
+                raise InvalidArgumentError(
+                    f"frames {frames} is out of range: use 2..{self._max_items}"
+                )
+            served = self._enter(call, request.model, request.model_version)
+            m = served.metadata
+            label = validate_label(
+                m, request.HasField("class_label"), request.class_label, "class_label"
+            )
+            encoding = validate_encoding(request.encoding)
+            psi = validate_truncation(request.HasField("truncation"), request.truncation)
+            t = np.linspace(0.0, 1.0, frames)
+            path = slerp(
+                latent.seed_to_latent(request.seed_start, m.latent_dim),
+                latent.seed_to_latent(request.seed_end, m.latent_dim),
+                t,
+            )  # (T, D)
+            works = [Work(request.seed_start, label, encoding, psi, path[i]) for i in range(frames)]
+            futures = served.batcher.submit_many(works, call.deadline)
+            try:
+                for i, future in enumerate(futures):
+                    image = await future
+                    self._metrics.images.labels(*served.key).inc()
+                    yield pb.InterpolateFrame(
+                        index=i,
+                        t=float(t[i]),
+                        image=image,
+                        encoding=encoding.value,
+                        height=m.height,
+                        width=m.width,
+                        channels=m.channels,
+                        model=m.name,
+                        model_version=m.version,
+                    )
+            finally:
+                for future in futures:
+                    future.cancel()
 
     async def GetModelInfo(
-        self, request: generator_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> generator_pb2.ModelInfo:
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
-            model = self._resolve(request.model)
-            m = model.metadata
-            return generator_pb2.ModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        async with _Call(self, "GetModelInfo", context) as call:
+            served = self._enter(call, request.model, "")
+            m = served.metadata
+            return pb.ModelInfo(
                 name=m.name,
                 version=m.version,
                 latent_dim=m.latent_dim,
@@ -142,16 +331,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 channels=m.channels,
                 class_names=list(m.class_names),
                 max_batch_size=self._max_batch_size,
-                backend=model.backend,
+                backend=served.backend.value,
+                versions=[v.metadata.version for v in self._models.versions(m.name)],
+                max_items_per_call=self._max_items,
+                truncation_mode=TRUNCATION_MODE,
             )
-        except Exception as exc:
-            code, message = to_status(exc)
-            await context.abort(code, message)
-        finally:
-            self._observe("GetModelInfo", request.model or self._default, code, started)
-
-    def _observe(self, method: str, model: str, code: grpc.StatusCode, started: float) -> None:
-        # Unknown model names come from clients: keep them out of label values.
-        model = model if model in self._models else "_unknown"
-        self._metrics.requests.labels(method, model, code.name).inc()
-        self._metrics.request_duration.labels(method, model).observe(time.monotonic() - started)

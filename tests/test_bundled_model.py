@@ -7,7 +7,8 @@ import torch
 
 from conftest import BUNDLED_REPOSITORY
 from ganserve.serve import repository
-from ganserve.serve.engine import Backend, OnnxEngine
+from ganserve.serve.backends import EngineOptions
+from ganserve.serve.backends.cpu import OnnxCpuEngine
 from ganserve.serve.latent import seeds_to_latents
 from ganserve.train import checkpoint
 from ganserve.train.data import load_digits_split
@@ -25,7 +26,7 @@ def test_metadata_names_the_committed_checkpoint() -> None:
 
 def test_served_samples_are_legible_digits_of_the_asked_class() -> None:
     """A classifier fit on real training digits reads the served samples as the asked class."""
-    engine = OnnxEngine(VERSION.onnx_path, VERSION.metadata, backend=Backend.ONNXRUNTIME_CPU)
+    engine = OnnxCpuEngine(VERSION.path, VERSION.metadata, EngineOptions())
     per_class = 50
     z = seeds_to_latents(list(range(per_class)) * 10, VERSION.metadata.latent_dim)
     labels = torch.arange(10).repeat_interleave(per_class)
@@ -40,7 +41,7 @@ def test_served_samples_are_legible_digits_of_the_asked_class() -> None:
 
 @pytest.mark.parametrize("digit", range(10))
 def test_every_class_is_recognised(digit: int) -> None:
-    engine = OnnxEngine(VERSION.onnx_path, VERSION.metadata, backend=Backend.ONNXRUNTIME_CPU)
+    engine = OnnxCpuEngine(VERSION.path, VERSION.metadata, EngineOptions())
     z = seeds_to_latents(range(20), VERSION.metadata.latent_dim)
     images = engine.run(z, torch.full((20,), digit).numpy())
     judge = DigitClassifier(load_digits_split(32)[0])

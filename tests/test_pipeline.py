@@ -90,9 +90,9 @@ def test_train_export_serve_generate(tmp_path: pathlib.Path) -> None:
         png = tmp_path / "seven.png"
         out = run(
             "gan-client",
-            "generate",
             "--target",
             f"127.0.0.1:{port}",
+            "generate",
             "--seed",
             "42",
             "--class",
@@ -106,9 +106,9 @@ def test_train_export_serve_generate(tmp_path: pathlib.Path) -> None:
         failed = subprocess.run(
             [
                 str(BIN / "gan-client"),
-                "generate",
                 "--target",
                 f"127.0.0.1:{port}",
+                "generate",
                 "--seed",
                 "1",
                 "--class",
@@ -122,7 +122,7 @@ def test_train_export_serve_generate(tmp_path: pathlib.Path) -> None:
         assert failed.returncode == 1
         assert "INVALID_ARGUMENT: class_label 10 is out of range" in failed.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as reply:
-            assert b'ganserve_images_generated_total{model="tiny"} 1.0' in reply.read()
+            assert b'ganserve_images_generated_total{model="tiny",version="1"} 1.0' in reply.read()
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(30)

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import BUNDLED_REPOSITORY
-from ganserve.serve import repository
-from ganserve.serve.batcher import Batcher
+from ganserve.serve import latent, repository
+from ganserve.serve.backends import EngineOptions
+from ganserve.serve.backends.cpu import OnnxCpuEngine as OnnxEngine
+from ganserve.serve.batcher import Batcher, Work
 from ganserve.serve.config import BatchingConfig
-from ganserve.serve.engine import Backend, OnnxEngine
 from ganserve.serve.errors import (
     DeadlineExceededError,
     EngineError,
@@ -32,7 +33,7 @@ from ganserve.serve.metrics import ServerMetrics
 @pytest.fixture(scope="module")
 def real_engine() -> OnnxEngine:
     version = repository.latest(BUNDLED_REPOSITORY, "digits")
-    return OnnxEngine(version.onnx_path, version.metadata, backend=Backend.ONNXRUNTIME_CPU)
+    return OnnxEngine(version.path, version.metadata, EngineOptions())
 
 
 class RecordingEngine:
@@ -48,6 +49,9 @@ class RecordingEngine:
         self.fail_next = False
         self.nan_rows: set[int] = set()
 
+    def close(self) -> None:
+        pass
+
     def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         self.batches.append(len(z))
         self.started.set()
@@ -61,11 +65,9 @@ class RecordingEngine:
         return out
 
 
-def make_batcher(engine: RecordingEngine, **batching: int) -> Batcher:
+def make_batcher(*engines: RecordingEngine, **batching: object) -> Batcher:
     config = BatchingConfig(**batching)
-    return Batcher(
-        engine, config, ServerMetrics(max_batch_size=config.max_batch_size), model="digits"
-    )
+    return Batcher(list(engines), config, ServerMetrics(max_batch_size=config.max_batch_size))
 
 
 def run(coro):
@@ -78,7 +80,7 @@ def test_batcher_closes_batch_at_max_batch_size(real_engine: OnnxEngine) -> None
     async def scenario() -> list[bytes]:
         batcher = make_batcher(engine, max_batch_size=4, max_queue_delay_us=5_000_000)
         batcher.start()
-        futures = [batcher.submit(seed, seed % 10, Encoding.PNG) for seed in range(8)]
+        futures = [batcher.submit(Work(seed, seed % 10, Encoding.PNG)) for seed in range(8)]
         results = await asyncio.gather(*futures)
         await batcher.close(1)
         return results
@@ -94,9 +96,9 @@ def test_batcher_flushes_partial_batch_at_queue_delay(real_engine: OnnxEngine) -
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=64, max_queue_delay_us=300_000)
         batcher.start()
-        first = batcher.submit(1, 1, Encoding.PNG)
+        first = batcher.submit(Work(1, 1, Encoding.PNG))
         await asyncio.sleep(0.02)  # well inside the delay: joins the same batch
-        rest = [batcher.submit(s, 2, Encoding.PNG) for s in (2, 3)]
+        rest = [batcher.submit(Work(s, 2, Encoding.PNG)) for s in (2, 3)]
         await asyncio.gather(first, *rest)
         await batcher.close(1)
 
@@ -111,9 +113,9 @@ def test_requests_queued_while_engine_busy_form_the_next_batch(real_engine: Onnx
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=64, max_queue_delay_us=0)
         batcher.start()
-        first = batcher.submit(0, 0, Encoding.PNG)
+        first = batcher.submit(Work(0, 0, Encoding.PNG))
         await asyncio.to_thread(engine.started.wait, 10)
-        rest = [batcher.submit(s, s % 10, Encoding.PNG) for s in range(1, 11)]
+        rest = [batcher.submit(Work(s, s % 10, Encoding.PNG)) for s in range(1, 11)]
         engine.gate.set()
         await asyncio.gather(first, *rest)
         await batcher.close(1)
@@ -129,11 +131,11 @@ def test_full_queue_is_refused_at_once(real_engine: OnnxEngine) -> None:
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=1, max_queue_size=2)
         batcher.start()
-        running = batcher.submit(0, 0, Encoding.PNG)
+        running = batcher.submit(Work(0, 0, Encoding.PNG))
         await asyncio.to_thread(engine.started.wait, 10)
-        queued = [batcher.submit(s, 0, Encoding.PNG) for s in (1, 2)]
+        queued = [batcher.submit(Work(s, 0, Encoding.PNG)) for s in (1, 2)]
         with pytest.raises(QueueFullError, match="queue is full"):
-            batcher.submit(3, 0, Encoding.PNG)
+            batcher.submit(Work(3, 0, Encoding.PNG))
         engine.gate.set()
         await asyncio.gather(running, *queued)
         await batcher.close(1)
@@ -148,12 +150,12 @@ def test_expired_and_cancelled_requests_never_reach_the_engine(real_engine: Onnx
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=8)
         batcher.start()
-        running = batcher.submit(0, 0, Encoding.PNG)
+        running = batcher.submit(Work(0, 0, Encoding.PNG))
         await asyncio.to_thread(engine.started.wait, 10)
-        expired = batcher.submit(1, 1, Encoding.PNG, deadline=time.monotonic() - 1)
-        cancelled = batcher.submit(2, 2, Encoding.PNG)
+        expired = batcher.submit(Work(1, 1, Encoding.PNG), deadline=time.monotonic() - 1)
+        cancelled = batcher.submit(Work(2, 2, Encoding.PNG))
         cancelled.cancel()
-        alive = batcher.submit(3, 3, Encoding.PNG, deadline=time.monotonic() + 60)
+        alive = batcher.submit(Work(3, 3, Encoding.PNG), deadline=time.monotonic() + 60)
         engine.gate.set()
         await asyncio.gather(running, alive)
         with pytest.raises(DeadlineExceededError, match="deadline"):
@@ -174,10 +176,10 @@ def test_failing_batch_fails_its_own_requests_and_batcher_recovers(
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=4, max_queue_delay_us=1_000_000)
         batcher.start()
-        doomed = [batcher.submit(s, 0, Encoding.PNG) for s in range(4)]
+        doomed = [batcher.submit(Work(s, 0, Encoding.PNG)) for s in range(4)]
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(isinstance(r, EngineError) for r in results)
-        healthy = await batcher.submit(9, 9, Encoding.PNG)
+        healthy = await batcher.submit(Work(9, 9, Encoding.PNG))
         assert healthy.startswith(b"\x89PNG")
         await batcher.close(1)
 
@@ -191,7 +193,7 @@ def test_non_finite_images_fail_only_their_requests(real_engine: OnnxEngine) -> 
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=3, max_queue_delay_us=1_000_000)
         batcher.start()
-        futures = [batcher.submit(s, 0, Encoding.PNG) for s in range(3)]
+        futures = [batcher.submit(Work(s, 0, Encoding.PNG)) for s in range(3)]
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert isinstance(results[1], EngineError)
         assert isinstance(results[0], bytes) and isinstance(results[2], bytes)
@@ -206,10 +208,91 @@ def test_close_finishes_queued_work_then_refuses_new(real_engine: OnnxEngine) ->
     async def scenario() -> None:
         batcher = make_batcher(engine, max_batch_size=2)
         batcher.start()
-        futures = [batcher.submit(s, 0, Encoding.PNG) for s in range(5)]
+        futures = [batcher.submit(Work(s, 0, Encoding.PNG)) for s in range(5)]
         await batcher.close(10)
         assert all(f.done() and f.exception() is None for f in futures)
         with pytest.raises(ShuttingDownError):
-            batcher.submit(9, 0, Encoding.PNG)
+            batcher.submit(Work(9, 0, Encoding.PNG))
+
+    run(scenario())
+
+
+def test_preferred_sizes_pad_and_split_without_changing_images(real_engine: OnnxEngine) -> None:
+    plain, padded = RecordingEngine(real_engine), RecordingEngine(real_engine)
+
+    async def images(engine: RecordingEngine, **batching: object) -> list[bytes]:
+        batcher = make_batcher(engine, max_batch_size=64, max_queue_delay_us=1_000_000, **batching)
+        batcher.start()
+        works = [Work(s, s % 10, Encoding.RAW_UINT8) for s in range(11)]
+        out = await asyncio.gather(*batcher.submit_many(works))
+        await batcher.close(1)
+        return out
+
+    want = run(images(plain))
+    got = run(images(padded, preferred_batch_sizes=(4, 8)))
+    assert plain.batches == [11]
+    assert padded.batches == [8, 4]  # 11 = 8 + 3, the 3 padded up to 4
+    assert got == want
+
+
+def test_instances_run_batches_concurrently(real_engine: OnnxEngine) -> None:
+    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    for engine in (first, second):
+        engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(first, second, max_batch_size=2)
+        batcher.start()
+        futures = batcher.submit_many([Work(s, 1, Encoding.PNG) for s in range(4)])
+        # Both instances hold a batch at the same time: neither has been released yet.
+        await asyncio.to_thread(first.started.wait, 10)
+        await asyncio.to_thread(second.started.wait, 10)
+        first.gate.set()
+        second.gate.set()
+        await asyncio.gather(*futures)
+        await batcher.close(1)
+
+    run(scenario())
+    assert sorted(first.batches + second.batches) == [2, 2]
+
+
+def test_truncation_scales_the_latent(real_engine: OnnxEngine) -> None:
+    engine = RecordingEngine(real_engine)
+
+    async def scenario() -> list[bytes]:
+        batcher = make_batcher(engine, max_batch_size=8)
+        batcher.start()
+        works = [
+            Work(1, 3, Encoding.RAW_UINT8, 0.0),
+            Work(2, 3, Encoding.RAW_UINT8, 0.0),
+            Work(1, 3, Encoding.RAW_UINT8, 0.5),
+            Work(1, 3, Encoding.RAW_UINT8),
+            Work(99, 3, Encoding.RAW_UINT8, 1.0, latent.seed_to_latent(1, 64)),
+        ]
+        out = await asyncio.gather(*batcher.submit_many(works))
+        await batcher.close(1)
+        return out
+
+    zero_a, zero_b, half, full, explicit = run(scenario())
+    assert zero_a == zero_b  # psi = 0: every seed maps to the mean latent
+    assert half not in (zero_a, full)
+    assert explicit == full  # an explicit latent overrides the seed
+
+
+def test_submit_many_is_all_or_nothing(real_engine: OnnxEngine) -> None:
+    engine = RecordingEngine(real_engine)
+    engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_size=1, max_queue_size=3)
+        batcher.start()
+        running = batcher.submit(Work(0, 0, Encoding.PNG))
+        await asyncio.to_thread(engine.started.wait, 10)
+        with pytest.raises(QueueFullError, match="4 more asked"):
+            batcher.submit_many([Work(s, 0, Encoding.PNG) for s in range(4)])
+        assert batcher.queue_depth == 0
+        engine.gate.set()
+        await running
+        await batcher.close(1)
 
     run(scenario())

@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import threading
 import time
-import types
 import urllib.request
 
 import grpc
@@ -162,11 +161,12 @@ def test_reflection_lists_and_describes_the_generator(bundled_server: ServerThre
         ]
         listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"ganserve.v1.Generator", "grpc.health.v1.Health"} <= names
+    assert {"ganserve.v1.Generator", "ganserve.v1.ModelAdmin", "grpc.health.v1.Health"} <= names
     proto = descriptor_pb2.FileDescriptorProto.FromString(
         described.file_descriptor_response.file_descriptor_proto[0]
     )
-    assert [m.name for m in proto.service[0].method] == ["Generate", "GetModelInfo"]
+    methods = [m.name for m in proto.service[0].method]
+    assert methods == ["Generate", "GetModelInfo", "GenerateBatch", "Interpolate"]
 
 
 def scrape(server: ServerThread) -> dict[str, float]:
@@ -192,7 +192,7 @@ def test_metrics_endpoint_counts_requests_and_batches(bundled_server: ServerThre
     )
     after = scrape(bundled_server)
     text = after["_text"]
-    assert 'ganserve_requests_total{code="OK",method="Generate",model="digits"}' in text
+    assert 'ganserve_requests_total{code="OK",method="Generate",model="digits",version="1"}' in text
     assert 'code="INVALID_ARGUMENT"' in text
     assert after["ganserve_requests_total"] - before["ganserve_requests_total"] == 2
     assert after["ganserve_batch_size_count"] > before["ganserve_batch_size_count"]
@@ -208,16 +208,17 @@ def test_metrics_endpoint_counts_requests_and_batches(bundled_server: ServerThre
 
 def test_drain_flips_health_finishes_accepted_work_and_refuses_new(start_server) -> None:
     server = start_server()
-    batcher = server.server.models["digits"].batcher
+    batcher = server.server.models.resolve("digits").batcher
     gate, started = threading.Event(), threading.Event()
-    real_run = batcher._engine.run
+    engine = batcher._free[0]
+    real_run = engine.run
 
-    def held_run(z, labels):
+    def held_run(z, labels):  # hold the batch in the engine until the test says go
         started.set()
         gate.wait(20)
         return real_run(z, labels)
 
-    batcher._engine = types.SimpleNamespace(metadata=batcher._engine.metadata, run=held_run)
+    engine.run = held_run
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         accepted = pool.submit(generate, server, seed=8, class_label=8)
         assert started.wait(20)

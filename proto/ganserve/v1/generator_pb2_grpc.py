@@ -46,6 +46,16 @@ class GeneratorStub:
                 request_serializer=ganserve_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=ganserve_dot_v1_dot_generator__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GenerateBatch = channel.unary_unary(
+                '/ganserve.v1.Generator/GenerateBatch',
+                request_serializer=ganserve_dot_v1_dot_generator__pb2.GenerateBatchRequest.SerializeToString,
+                response_deserializer=ganserve_dot_v1_dot_generator__pb2.GenerateBatchResponse.FromString,
+                _registered_method=True)
+        self.Interpolate = channel.unary_stream(
+                '/ganserve.v1.Generator/Interpolate',
+                request_serializer=ganserve_dot_v1_dot_generator__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=ganserve_dot_v1_dot_generator__pb2.InterpolateFrame.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -67,6 +77,21 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateBatch(self, request, context):
+        """Many (seed, class_label) pairs in one call; images come back in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Interpolate(self, request, context):
+        """A walk from seed_start's latent to seed_end's (spherical interpolation), one frame per
+        message, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +104,16 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=ganserve_dot_v1_dot_generator__pb2.GetModelInfoRequest.FromString,
                     response_serializer=ganserve_dot_v1_dot_generator__pb2.ModelInfo.SerializeToString,
+            ),
+            'GenerateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateBatch,
+                    request_deserializer=ganserve_dot_v1_dot_generator__pb2.GenerateBatchRequest.FromString,
+                    response_serializer=ganserve_dot_v1_dot_generator__pb2.GenerateBatchResponse.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=ganserve_dot_v1_dot_generator__pb2.InterpolateRequest.FromString,
+                    response_serializer=ganserve_dot_v1_dot_generator__pb2.InterpolateFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +172,60 @@ class Generator:
             '/ganserve.v1.Generator/GetModelInfo',
             ganserve_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
             ganserve_dot_v1_dot_generator__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ganserve.v1.Generator/GenerateBatch',
+            ganserve_dot_v1_dot_generator__pb2.GenerateBatchRequest.SerializeToString,
+            ganserve_dot_v1_dot_generator__pb2.GenerateBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ganserve.v1.Generator/Interpolate',
+            ganserve_dot_v1_dot_generator__pb2.InterpolateRequest.SerializeToString,
+            ganserve_dot_v1_dot_generator__pb2.InterpolateFrame.FromString,
             options,
             channel_credentials,
             insecure,

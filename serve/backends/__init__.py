@@ -1,0 +1,135 @@
+"""Execution backends: turn (z, label) into images on some device.
+
+Every backend is an `Engine`: ``run(z, labels) -> (N, C, H, W) float32`` on the host, callable
+from one worker thread at a time per engine instance. Backends that need a GPU import their
+libraries lazily, so the CPU install never needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import pathlib
+from collections.abc import Iterable
+from typing import Protocol
+
+import numpy as np
+
+from ganserve.serve.errors import ModelLoadError
+from ganserve.serve.metadata import ModelMetadata
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Backend(enum.Enum):
+    """Execution backend of a model; AUTO picks the fastest one available (see resolve)."""
+
+    AUTO = "auto"
+    ONNXRUNTIME_CPU = "onnxruntime-cpu"
+    ONNXRUNTIME_CUDA = "onnxruntime-cuda"
+    ONNXRUNTIME_TENSORRT = "onnxruntime-tensorrt"
+    TENSORRT = "tensorrt"  # the native model.plan engine built by export-gan
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    """Settings shared by the backends.
+
+    Args:
+        intra_op_threads: ONNX Runtime CPU threads per engine instance; 0 lets it choose.
+        device_id: CUDA device.
+        max_batch_size: Largest batch the engine will see (TensorRT profile max).
+        preferred_batch_sizes: Batch sizes the engine will mostly see (TensorRT profile opt,
+            warm-up sizes).
+        cache_dir: Writable folder for TensorRT engine caches; None disables caching.
+    """
+
+    intra_op_threads: int = 0
+    device_id: int = 0
+    max_batch_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = ()
+    cache_dir: pathlib.Path | None = None
+
+
+class Engine(Protocol):
+    """What the batcher needs from a backend."""
+
+    metadata: ModelMetadata
+    backend: Backend
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """(N, latent_dim) float32 [+ (N,) int64] -> (N, C, H, W) float32 in [-1, 1]."""
+        ...
+
+    def close(self) -> None:
+        """Release device memory and sessions."""
+        ...
+
+
+def warmup(engine: Engine, batch_sizes: Iterable[int]) -> None:
+    """Run every batch size once so first requests do not pay for kernel selection or
+    allocation (cuDNN algorithm search, TensorRT engine build, CPU arena growth)."""
+    m = engine.metadata
+    for size in sorted(set(batch_sizes)):
+        z = np.zeros((size, m.latent_dim), dtype=np.float32)
+        labels = np.zeros(size, dtype=np.int64) if m.conditional else None
+        out = engine.run(z, labels)
+        if out.shape != (size, m.channels, m.height, m.width):
+            raise ModelLoadError(
+                f"model {m.name!r} v{m.version}: warm-up at batch {size} returned shape "
+                f"{out.shape}, expected {(size, m.channels, m.height, m.width)}"
+            )
+
+
+def _gpu_unavailable(backend: Backend, version_dir: pathlib.Path) -> str | None:
+    """None if ``backend`` can run here, else the reason it cannot."""
+    if backend is Backend.ONNXRUNTIME_CPU:
+        return None
+    if backend in (Backend.ONNXRUNTIME_CUDA, Backend.ONNXRUNTIME_TENSORRT):
+        from ganserve.serve.backends import cuda
+
+        return cuda.unavailable(backend)
+    from ganserve.serve.backends import tensorrt
+
+    return tensorrt.unavailable(version_dir)
+
+
+def resolve(requested: Backend, version_dir: pathlib.Path) -> Backend:
+    """Turn AUTO into a concrete backend; refuse an explicit one that cannot run here.
+
+    AUTO prefers the native TensorRT engine when the version folder has a model.plan built
+    for this GPU and TensorRT version, then ONNX Runtime CUDA, then CPU.
+    """
+    if requested is not Backend.AUTO:
+        reason = _gpu_unavailable(requested, version_dir)
+        if reason:
+            raise ModelLoadError(f"backend {requested.value} cannot run here: {reason}")
+        return requested
+    for candidate in (Backend.TENSORRT, Backend.ONNXRUNTIME_CUDA):
+        reason = _gpu_unavailable(candidate, version_dir)
+        if reason is None:
+            return candidate
+        LOGGER.debug("auto backend: not %s (%s)", candidate.value, reason)
+    return Backend.ONNXRUNTIME_CPU
+
+
+def create_engine(
+    version_dir: pathlib.Path,
+    metadata: ModelMetadata,
+    backend: Backend,
+    options: EngineOptions,
+) -> Engine:
+    """Open one engine instance for the model version in ``version_dir``."""
+    backend = resolve(backend, version_dir)
+    if backend is Backend.ONNXRUNTIME_CPU:
+        from ganserve.serve.backends.cpu import OnnxCpuEngine
+
+        return OnnxCpuEngine(version_dir, metadata, options)
+    if backend in (Backend.ONNXRUNTIME_CUDA, Backend.ONNXRUNTIME_TENSORRT):
+        from ganserve.serve.backends.cuda import OnnxCudaEngine
+
+        return OnnxCudaEngine(version_dir, metadata, options, backend)
+    from ganserve.serve.backends.tensorrt import TensorRTEngine
+
+    return TensorRTEngine(version_dir, metadata, options)

@@ -1,0 +1,76 @@
+"""ONNX Runtime on the CPU: the embedded default backend, and the one CI runs."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import onnxruntime as ort
+
+from ganserve.serve.errors import ModelLoadError
+from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
+
+LOGGER = logging.getLogger(__name__)
+
+
+def check_signature(session: ort.InferenceSession, metadata: ModelMetadata, source: str) -> str:
+    """Check the session's inputs and output against the metadata; return the output name."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    expected = {"z"} | ({"label"} if metadata.conditional else set())
+    if set(inputs) != expected:
+        raise ModelLoadError(
+            f"{source}: inputs are {sorted(inputs)}, metadata implies {sorted(expected)}"
+        )
+    z_shape = inputs["z"].shape
+    if len(z_shape) != 2 or z_shape[1] != metadata.latent_dim:
+        raise ModelLoadError(
+            f"{source}: input z has shape {z_shape}, metadata says latent_dim {metadata.latent_dim}"
+        )
+    outputs = session.get_outputs()
+    if len(outputs) != 1:
+        raise ModelLoadError(f"{source}: expected one output, found {len(outputs)}")
+    m = metadata
+    if list(outputs[0].shape[1:]) != [m.channels, m.height, m.width]:
+        raise ModelLoadError(
+            f"{source}: output shape {outputs[0].shape} does not match metadata "
+            f"(N, {m.channels}, {m.height}, {m.width})"
+        )
+    return outputs[0].name
+
+
+def open_session(
+    onnx_path: pathlib.Path,
+    options: ort.SessionOptions,
+    providers: list,
+) -> ort.InferenceSession:
+    """An InferenceSession, with any load failure turned into a ModelLoadError."""
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=providers)
+    except Exception as exc:  # ORT raises several unrelated types for a bad file
+        raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it ({exc})") from exc
+
+
+class OnnxCpuEngine:
+    """An ONNX Runtime CPU session for one model version."""
+
+    def __init__(self, version_dir: pathlib.Path, metadata: ModelMetadata, options) -> None:
+        from ganserve.serve.backends import Backend
+
+        self.metadata = metadata
+        self.backend = Backend.ONNXRUNTIME_CPU
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.intra_op_num_threads = options.intra_op_threads
+        onnx_path = version_dir / MODEL_FILE
+        self._session = open_session(onnx_path, session_options, ["CPUExecutionProvider"])
+        self._output = check_signature(self._session, metadata, str(onnx_path))
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        feeds = {"z": z}
+        if self.metadata.conditional:
+            feeds["label"] = labels
+        return self._session.run([self._output], feeds)[0]
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,321 @@
+"""The models being served: which versions, their engines and batchers, and reloads.
+
+Routing is a dict replaced whole on every change, so a request sees either the old set of
+versions or the new one. A version is loaded and warmed up before it is routed to; a version
+that is no longer wanted is taken out of routing first and closed after its queue drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import pathlib
+import time
+
+from ganserve.serve import backends, repository
+from ganserve.serve.backends import Backend, EngineOptions
+from ganserve.serve.batcher import Batcher
+from ganserve.serve.config import ServerConfig
+from ganserve.serve.errors import ModelLoadError, ModelNotFoundError
+from ganserve.serve.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
+from ganserve.serve.metrics import ServerMetrics
+
+LOGGER = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    """Lifecycle state of one model version; values match ganserve.v1.ModelState."""
+
+    READY = 1
+    FAILED = 2
+    UNLOADED = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """One model version's state, as ListModels and ReloadModels report it."""
+
+    name: str
+    version: str
+    state: State
+    message: str = ""
+    backend: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedVersion:
+    """A loaded, warmed-up model version and the batcher in front of its engines."""
+
+    metadata: ModelMetadata
+    backend: Backend
+    batcher: Batcher
+    fingerprint: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.metadata.name, self.metadata.version
+
+
+def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
+    """Sizes and mtimes of the files that define a version, to notice changes on reload."""
+    out: list[int] = []
+    for name in (MODEL_FILE, METADATA_FILE, "model.plan"):
+        try:
+            stat = (path / name).stat()
+        except FileNotFoundError:
+            out += [-1, -1]
+        else:
+            out += [stat.st_size, stat.st_mtime_ns]
+    return tuple(out)
+
+
+class ModelManager:
+    """Loads model versions from the repository and routes requests to them."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._routes: dict[str, dict[str, ServedVersion]] = {}
+        self._failed: dict[tuple[str, str], str] = {}
+        self._default: str | None = config.default_model
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # --- routing (event loop, hot path) ---
+
+    @property
+    def default_model(self) -> str | None:
+        return self._default
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)
+
+    def versions(self, name: str) -> list[ServedVersion]:
+        """Served versions of ``name``, oldest first."""
+        return sorted(self._routes.get(name, {}).values(), key=lambda v: int(v.metadata.version))
+
+    def resolve(self, name: str, version: str = "") -> ServedVersion:
+        """The version serving (name or default, version or newest); NOT_FOUND names options."""
+        versions = self._routes.get(name or self._default or "")
+        if versions is None:
+            available = ", ".join(sorted(self._routes)) or "none"
+            raise ModelNotFoundError(f"model {name!r} not found; available: {available}")
+        if not version:
+            return versions[max(versions, key=int)]
+        served = versions.get(version)
+        if served is None:
+            listed = ", ".join(sorted(versions, key=int))
+            raise ModelNotFoundError(
+                f"model {name or self._default!r} version {version!r} is not served; "
+                f"served versions: {listed}"
+            )
+        return served
+
+    # --- loading ---
+
+    def _wanted(self) -> tuple[dict[tuple[str, str], pathlib.Path], dict[tuple[str, str], str]]:
+        """(name, version) -> folder for every version that should serve; plus errors."""
+        root = self._config.model_repository
+        wanted, errors = {}, {}
+        for name in repository.model_names(root):
+            found = repository.versions(root, name)
+            pinned = self._config.model(name).versions
+            for v in pinned or found[-1:]:
+                if v in found:
+                    wanted[(name, str(v))] = root / name / str(v)
+                else:
+                    errors[(name, str(v))] = f"pinned version {v} is not in {root / name}"
+        return wanted, errors
+
+    def _load(self, name: str, version: str) -> ServedVersion:
+        """Worker thread: open, check and warm up one version (all engine instances)."""
+        started = time.monotonic()
+        config = self._config
+        opened = repository.open_version(config.model_repository, name, int(version))
+        batching = config.batching
+        options = EngineOptions(
+            intra_op_threads=config.intra_op_threads,
+            max_batch_size=batching.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            cache_dir=config.engine_cache_dir,
+        )
+        backend = backends.resolve(config.model(name).backend, opened.path)
+        engines = []
+        try:
+            for _ in range(batching.instances):
+                engine = backends.create_engine(opened.path, opened.metadata, backend, options)
+                engines.append(engine)
+                if config.warmup:
+                    backends.warmup(engine, self._warmup_sizes(backend))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        seconds = time.monotonic() - started
+        self._metrics.model_load_duration.labels(name, version).set(seconds)
+        LOGGER.info(
+            "loaded model %s version %s on %s in %.2fs", name, version, backend.value, seconds
+        )
+        return ServedVersion(
+            opened.metadata,
+            backend,
+            Batcher(engines, batching, self._metrics),
+            _fingerprint(opened.path),
+        )
+
+    def _warmup_sizes(self, backend: Backend) -> list[int]:
+        batching = self._config.batching
+        if batching.preferred_batch_sizes:
+            return list(batching.preferred_batch_sizes)
+        if backend is Backend.ONNXRUNTIME_CPU:  # CPU kernels do not specialise per shape
+            return [1, batching.max_batch_size]
+        return list(range(1, batching.max_batch_size + 1))
+
+    async def start(self) -> None:
+        """Load every wanted version; any failure stops start-up with its message."""
+        async with self._lock:
+            wanted, errors = self._wanted()
+            if errors:
+                raise ModelLoadError("; ".join(errors.values()))
+            if not wanted:
+                raise ModelLoadError(
+                    f"model repository {self._config.model_repository} holds no "
+                    "<name>/<version>/ folders"
+                )
+            names = sorted({name for name, _ in wanted})
+            if self._default is None:
+                if len(names) > 1:
+                    raise ModelLoadError(
+                        f"model repository {self._config.model_repository} holds several "
+                        f"models ({', '.join(names)}); choose one with --default-model"
+                    )
+                self._default = names[0]
+            elif self._default not in names:
+                raise ModelLoadError(
+                    f"--default-model {self._default!r} is not in "
+                    f"{self._config.model_repository} (found: {', '.join(names)})"
+                )
+            loop = asyncio.get_running_loop()
+            routes: dict[str, dict[str, ServedVersion]] = {}
+            try:
+                for name, version in sorted(wanted):
+                    served = await loop.run_in_executor(None, self._load, name, version)
+                    routes.setdefault(name, {})[version] = served
+                    served.batcher.start()
+            except BaseException:
+                await self._close_all(routes, 0)
+                raise
+            self._routes = routes
+            self._publish_info()
+
+    async def reload(self) -> list[Status]:
+        """Bring the served versions in line with the repository; return what changed.
+
+        New or changed versions are loaded before they are routed to; a version that fails to
+        load is reported and whatever served before keeps serving.
+        """
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            changes: list[Status] = []
+            try:
+                wanted, errors = self._wanted()
+            except ModelLoadError as exc:
+                self._metrics.reloads.labels("failed").inc()
+                LOGGER.error("reload failed: %s", exc)
+                return [Status("", "", State.FAILED, str(exc))]
+            routes = {name: dict(versions) for name, versions in self._routes.items()}
+            for (name, version), message in errors.items():
+                changes.append(self._fail(name, version, message))
+            for (name, version), path in sorted(wanted.items()):
+                current = routes.get(name, {}).get(version)
+                if current is not None and current.fingerprint == _fingerprint(path):
+                    continue
+                try:
+                    served = await loop.run_in_executor(None, self._load, name, version)
+                except Exception as exc:  # any load failure leaves the old version serving
+                    changes.append(self._fail(name, version, str(exc)))
+                    continue
+                self._failed.pop((name, version), None)
+                served.batcher.start()
+                routes.setdefault(name, {})[version] = served
+                if current is not None:
+                    self._retire(current)
+                changes.append(Status(name, version, State.READY, backend=served.backend.value))
+            keep = set(wanted) | {k for k in errors if k[0] in routes}
+            for name in list(routes):
+                for version in list(routes[name]):
+                    # A failed newer version never unloads the version that still serves.
+                    if (name, version) in keep or self._only_survivor(routes, wanted, name):
+                        continue
+                    self._retire(routes[name].pop(version))
+                    changes.append(Status(name, version, State.UNLOADED))
+                if not routes[name]:
+                    del routes[name]
+            self._routes = routes
+            self._publish_info()
+            self._metrics.reloads.labels("ok").inc()
+            LOGGER.info(
+                "reload: %s",
+                ", ".join(f"{c.name} v{c.version} {c.state.name}" for c in changes) or "no changes",
+            )
+            return changes
+
+    def _only_survivor(self, routes: dict, wanted: dict, name: str) -> bool:
+        """True when ``name`` would lose its last version although it is still wanted."""
+        still_wanted = any(n == name for n, _ in wanted)
+        loaded_wanted = any((name, v) in wanted for v in routes[name])
+        return still_wanted and not loaded_wanted
+
+    def _fail(self, name: str, version: str, message: str) -> Status:
+        LOGGER.error("model %s version %s failed to load: %s", name, version, message)
+        self._metrics.model_load_failures.labels(name).inc()
+        self._failed[(name, version)] = message
+        return Status(name, version, State.FAILED, message)
+
+    def _retire(self, served: ServedVersion) -> None:
+        """Close a version that no longer receives requests, once its queue has drained."""
+        name, version = served.key
+        self._metrics.model_info.remove(name, version, served.backend.value)
+        task = asyncio.get_running_loop().create_task(
+            served.batcher.close(self._config.drain_grace_s)
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _publish_info(self) -> None:
+        for versions in self._routes.values():
+            for served in versions.values():
+                name, version = served.key
+                self._metrics.model_info.labels(name, version, served.backend.value).set(1)
+
+    def statuses(self) -> list[Status]:
+        out = [
+            Status(*v.key, State.READY, backend=v.backend.value)
+            for versions in self._routes.values()
+            for v in versions.values()
+        ]
+        out += [Status(n, v, State.FAILED, m) for (n, v), m in self._failed.items()]
+        return sorted(out, key=lambda s: (s.name, int(s.version or 0)))
+
+    # --- shutdown ---
+
+    def stop_accepting_and_drain(self, grace_s: float) -> list[asyncio.Future]:
+        """Close every batcher (they refuse new work at once and drain); return the waits."""
+        return [
+            asyncio.ensure_future(v.batcher.close(grace_s))
+            for versions in self._routes.values()
+            for v in versions.values()
+        ]
+
+    async def close(self, grace_s: float) -> None:
+        await asyncio.gather(*self.stop_accepting_and_drain(grace_s))
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=grace_s)
+
+    @staticmethod
+    async def _close_all(routes: dict[str, dict[str, ServedVersion]], grace_s: float) -> None:
+        await asyncio.gather(
+            *(v.batcher.close(grace_s) for versions in routes.values() for v in versions.values())
+        )
