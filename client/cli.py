@@ -32,15 +32,31 @@ from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncodin
 from ganserve.v1 import admin_pb2
 
 _path = click.Path(dir_okay=False, path_type=pathlib.Path)
+_existing = click.Path(exists=True, dir_okay=False, readable=True, path_type=pathlib.Path)
+
+
+MAX_SEED = 2**64 - 1
+INT32 = click.IntRange(-(2**31), 2**31 - 1)
 
 
 def _seeds(value: str) -> list[int]:
-    """'0-9' or '1,5,9' or '0-3,10'."""
+    """'0-9' or '1,5,9' or '0-3,10'; ValueError when malformed or outside 0..2**64-1."""
     out = []
     for part in value.split(","):
         low, _, high = part.strip().partition("-")
         out += range(int(low), int(high) + 1) if high else [int(low)]
+    if not out or min(out) < 0 or max(out) > MAX_SEED:
+        raise ValueError(value)
     return out
+
+
+def _image_path(ctx: click.Context, param: click.Parameter, value: pathlib.Path) -> pathlib.Path:
+    """Refuse a file suffix Pillow cannot write, before any RPC runs."""
+    if value.suffix.lower() not in Image.registered_extensions():
+        raise click.BadParameter(
+            f"cannot write images with suffix {value.suffix!r}; use .png, .jpg, .gif, ..."
+        )
+    return value
 
 
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,15 +88,15 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--token-file",
-    type=_path,
+    type=_existing,
     default=None,
     envvar="GANSERVE_TOKEN_FILE",
     show_envvar=True,
     help="File holding the bearer token (or set GANSERVE_TOKEN).",
 )
-@click.option("--tls-ca", type=_path, default=None, help="PEM CA bundle: use TLS.")
-@click.option("--tls-cert", type=_path, default=None, help="PEM client certificate (mTLS).")
-@click.option("--tls-key", type=_path, default=None, help="PEM client key (mTLS).")
+@click.option("--tls-ca", type=_existing, default=None, help="PEM CA bundle: use TLS.")
+@click.option("--tls-cert", type=_existing, default=None, help="PEM client certificate (mTLS).")
+@click.option("--tls-key", type=_existing, default=None, help="PEM client key (mTLS).")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -112,7 +128,7 @@ _version = click.option("--model-version", default="", help="Version [default: n
 _class = click.option(
     "--class",
     "class_label",
-    type=int,
+    type=INT32,
     default=None,
     help="Class label (required for conditional models).",
 )
@@ -133,7 +149,14 @@ _truncation = click.option(
 @_version
 @_truncation
 @click.option("--raw", is_flag=True, help="Ask for raw uint8 pixels instead of PNG on the wire.")
-@click.option("-o", "--output", type=_path, required=True, help="Image file (.png, .jpg, ...).")
+@click.option(
+    "-o",
+    "--output",
+    type=_path,
+    callback=_image_path,
+    required=True,
+    help="Image file (.png, .jpg, ...).",
+)
 @click.pass_obj
 @_rpc
 def generate(
@@ -182,7 +205,9 @@ def _grid(images: list[GeneratedImage], columns: int) -> Image.Image:
 @_version
 @_truncation
 @click.option("--columns", type=click.IntRange(1), default=10, help="Grid columns.")
-@click.option("-o", "--output", type=_path, required=True, help="Grid image file.")
+@click.option(
+    "-o", "--output", type=_path, callback=_image_path, required=True, help="Grid image file."
+)
 @click.pass_obj
 @_rpc
 def batch(
@@ -225,6 +250,7 @@ def batch(
     "-o",
     "--output",
     type=_path,
+    callback=_image_path,
     required=True,
     help="Animated .gif, or any other image format for a strip of frames.",
 )

@@ -168,9 +168,10 @@ class Batcher:
         now = time.monotonic()
         while self._queue and len(batch) < max_size:
             request = self._queue.popleft()
-            if request.future.done():  # the client cancelled; the handler is gone
-                self._m_dropped_cancelled.inc()
-            elif request.deadline is not None and request.deadline <= now:
+            expired = request.deadline is not None and request.deadline <= now
+            if request.future.done():  # the handler is gone: gRPC cancels it at the deadline
+                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc()
+            elif expired:
                 self._m_dropped_deadline.inc()
                 request.future.set_exception(
                     DeadlineExceededError("deadline passed while the request was queued")

@@ -16,6 +16,9 @@ exits; SIGHUP reloads the model repository.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
+import json
 import logging
 import os
 import pathlib
@@ -246,9 +249,16 @@ def _option(*decls: str, env: str, **kwargs: Any):
     default="INFO",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Validate the settings, print them resolved as JSON, and exit."
+)
 @click.pass_context
 def serve(
-    ctx: click.Context, config_file: pathlib.Path | None, log_level: str, **flags: Any
+    ctx: click.Context,
+    config_file: pathlib.Path | None,
+    log_level: str,
+    dry_run: bool,
+    **flags: Any,
 ) -> None:
     try:
         settings = read_config_file(config_file) if config_file else {}
@@ -258,15 +268,42 @@ def serve(
                 settings[key] = value
         if "GANSERVE_AUTH_TOKEN" in os.environ:
             settings["auth_token"] = os.environ["GANSERVE_AUTH_TOKEN"]
+            if ctx.get_parameter_source("auth_token_file") is ParameterSource.DEFAULT:
+                settings.pop("auth_token_file", None)  # the environment beats the file
         settings = {k: v for k, v in settings.items() if v is not None}
         config = build_config(settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if dry_run:
+        click.echo(json.dumps(_describe(config), indent=2, sort_keys=True))
+        return
     logs.configure(log_level, config.log_format)
     try:
         asyncio.run(_serve(config))
     except (ModelLoadError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _describe(config: ServerConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON values, secrets redacted."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, pathlib.Path):
+            return str(value)
+        return value
+
+    out = plain(config)
+    if out["auth_token"] is not None:
+        out["auth_token"] = "<redacted>"
+    return out
 
 
 async def _serve(config: ServerConfig) -> None:

@@ -185,7 +185,51 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 BATCHING_KEYS = {f.name for f in dataclasses.fields(BatchingConfig)}
 TLS_KEYS = {"tls_cert": "cert_file", "tls_key": "key_file", "tls_client_ca": "client_ca_file"}
 SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"batching", "tls", "models"}
-FILE_KEYS = SERVER_KEYS | BATCHING_KEYS | set(TLS_KEYS) | {"auth_token_file", "models"}
+# Settings whose flag name differs from the field: the file uses the flag's name.
+FILE_ALIASES = {"shutdown_delay": "shutdown_delay_s", "drain_grace": "drain_grace_s"}
+FILE_KEYS = (
+    (SERVER_KEYS - set(FILE_ALIASES.values()))
+    | set(FILE_ALIASES)
+    | BATCHING_KEYS
+    | set(TLS_KEYS)
+    | {"auth_token_file", "models"}
+)
+# The type every flat setting must have, from the dataclasses' annotations (strings here).
+_FIELD_TYPES = {
+    f.name: str(f.type) for cls in (ServerConfig, BatchingConfig) for f in dataclasses.fields(cls)
+}
+_FIELD_TYPES.update({k: "pathlib.Path | None" for k in TLS_KEYS} | {"auth_token_file": "str"})
+
+
+def _typed(key: str, value: Any) -> Any:
+    """``value`` checked against the setting's declared type; ValueError names the key."""
+    kind = _FIELD_TYPES.get(key)
+    if kind is None or value is None:
+        return value
+    base = kind.removesuffix(" | None")
+
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"{key} must be {expected}, got {value!r}")
+
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number")
+        value = float(value)
+    elif base == "tuple[int, ...]":
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise wrong("a list of integers")
+        value = tuple(value)
+    elif base in ("str", "pathlib.Path") and not isinstance(value, str | pathlib.Path):
+        raise wrong("a string")
+    return value
 
 
 def read_config_file(path: pathlib.Path) -> dict[str, Any]:
@@ -199,7 +243,13 @@ def read_config_file(path: pathlib.Path) -> dict[str, Any]:
     unknown = sorted(set(data) - FILE_KEYS)
     if unknown:
         raise ValueError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
-    return data
+    try:
+        return {
+            FILE_ALIASES.get(k, k): v if k == "models" else _typed(FILE_ALIASES.get(k, k), v)
+            for k, v in data.items()
+        }
+    except ValueError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
 
 
 def _model_configs(raw: Any) -> dict[str, ModelConfig]:
@@ -234,7 +284,7 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
 
     Errors are ValueErrors naming the setting.
     """
-    settings = dict(settings)
+    settings = {k: v if k == "models" else _typed(k, v) for k, v in settings.items()}
     token_file = settings.pop("auth_token_file", None)
     if token_file and settings.get("auth_token"):
         raise ValueError("set auth_token or auth_token_file, not both")
@@ -251,8 +301,6 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         tls = TlsConfig(**tls_values)
     batching = {k: settings.pop(k) for k in list(settings) if k in BATCHING_KEYS}
-    if "preferred_batch_sizes" in batching:
-        batching["preferred_batch_sizes"] = tuple(batching["preferred_batch_sizes"])
     models = _model_configs(settings.pop("models", {}))
     unknown = sorted(set(settings) - SERVER_KEYS)
     if unknown:

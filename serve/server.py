@@ -23,6 +23,7 @@ from ganserve.serve.admin import ModelAdminServicer
 from ganserve.serve.auth import BearerTokenInterceptor
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.config import ServerConfig
+from ganserve.serve.gpu_metrics import register_gpu_metrics
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, Status
 from ganserve.serve.servicer import GeneratorServicer
@@ -57,6 +58,7 @@ class GanServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics(max_batch_size=config.batching.max_batch_size)
+        register_gpu_metrics(self.metrics.registry)  # no-op without NVML and a GPU
         self.models = ModelManager(config, self.metrics)
         self.health = health_aio.HealthServicer()
         cache = ResponseCache(config.cache_bytes, self.metrics) if config.cache_bytes else None

@@ -103,27 +103,31 @@ class _Call:
     async def __aenter__(self) -> _Call:
         self._token = REQUEST_ID.set(self.request_id)
         self.context.set_trailing_metadata((("x-request-id", self.request_id),))
-        if not self._servicer.ready:
-            raise UnavailableError("server is starting: models are still loading")
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         in_flight = self.served is not None
+        message = None
         try:
-            if exc is None:
-                return
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                self.code = grpc.StatusCode.CANCELLED
-                return
-            self.code, message = to_status(exc)
-            if self.code is grpc.StatusCode.INTERNAL:
-                LOGGER.error("%s failed: %s", self.method, exc, exc_info=exc)
+                # gRPC cancels the handler both when the client cancels and at its deadline.
+                expired = self.deadline is not None and time.monotonic() >= self.deadline
+                self.code = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                )
+            elif exc is not None:
+                self.code, message = to_status(exc)
+                if self.code is grpc.StatusCode.INTERNAL:
+                    LOGGER.error("%s failed: %s", self.method, exc, exc_info=exc)
+        finally:
+            # Account for the call before the caller can see its outcome, so a scrape that
+            # follows a reply always includes it.
+            self._servicer._finish(self, in_flight)
+            REQUEST_ID.reset(self._token)
+        if message is not None:
             await self.context.abort(
                 self.code, message, trailing_metadata=(("x-request-id", self.request_id),)
             )
-        finally:
-            self._servicer._finish(self, in_flight)
-            REQUEST_ID.reset(self._token)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -148,6 +152,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self.ready = False
 
     def _enter(self, call: _Call, name: str, version: str) -> ServedVersion:
+        """Route the call (inside its `async with`, so errors become statuses)."""
+        if not self.ready:
+            raise UnavailableError("server is starting: models are still loading")
         served = self._models.resolve(name, version)
         call.served = served
         self._metrics.in_flight.labels(*served.key).inc()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import pathlib
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -160,3 +161,57 @@ def two_model_repository(
     export_checkpoint(tiny_checkpoint, ExportConfig(repository=repo, name="tiny"))
     export_checkpoint(plain, ExportConfig(repository=repo, name="plain"))
     return repo
+
+
+class EngineControl:
+    """Wraps every engine instance of a served version: can hold batches in the engine, record
+    batch sizes, and plant a failure. The engines themselves are the real ONNX Runtime ones."""
+
+    def __init__(self, batcher: object) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+        self.fail_next = 0
+        self._lock = threading.Lock()
+        for engine in batcher._free:  # type: ignore[attr-defined]
+            engine.run = self._wrap(engine.run)
+
+    def _wrap(self, run: Callable) -> Callable:
+        def controlled(z, labels):
+            with self._lock:
+                self.batches.append(len(z))
+                fail, self.fail_next = self.fail_next > 0, max(self.fail_next - 1, 0)
+            self.entered.set()
+            self.gate.wait(30)
+            if fail:
+                raise RuntimeError("planted engine failure")
+            return run(z, labels)
+
+        return controlled
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def control_engine(server: ServerThread, model: str = "digits") -> EngineControl:
+    return EngineControl(server.server.models.resolve(model).batcher)
+
+
+def scrape(server: ServerThread) -> dict[str, float]:
+    """Sum each sample name's values over labels, from a real /metrics scrape."""
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            name = name_labels.split("{")[0]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    totals["_text"] = text  # type: ignore[assignment]
+    return totals

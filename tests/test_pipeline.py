@@ -123,6 +123,24 @@ def test_train_export_serve_generate(tmp_path: pathlib.Path) -> None:
         assert "INVALID_ARGUMENT: class_label 10 is out of range" in failed.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as reply:
             assert b'ganserve_images_generated_total{model="tiny",version="1"} 1.0' in reply.read()
+
+        # A new export, then SIGHUP: the running server picks up version 2.
+        run("export-gan", str(ckpt), "--repository", str(repo), "--name", "tiny")
+        server.send_signal(signal.SIGHUP)
+        wait_for_line(server, r"reload: tiny v2 READY, tiny v1 UNLOADED")
+        out = run(
+            "gan-client",
+            "--target",
+            f"127.0.0.1:{port}",
+            "generate",
+            "--seed",
+            "42",
+            "--class",
+            "7",
+            "-o",
+            str(png),
+        )
+        assert "from tiny v2" in out.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(30)

@@ -34,3 +34,17 @@ def test_readme_python_example_runs(
         exec(compile(code, "README.md", "exec"), {})
     assert out.getvalue().splitlines() == ["(32, 32, 1)", "10"]
     assert (tmp_path / "seven.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_deploy_doc_config_example_is_a_valid_config_file(tmp_path: pathlib.Path) -> None:
+    """The TOML example in docs/deploy.md only uses keys and types the server accepts."""
+    from ganserve.serve.config import read_config_file
+
+    (block,) = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    path = tmp_path / "ganserve.toml"
+    path.write_text(block)
+    settings = read_config_file(path)
+    assert settings["shutdown_delay_s"] == 5.0 and settings["models"]["digits"]["versions"] == [
+        1,
+        2,
+    ]

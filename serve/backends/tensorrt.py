@@ -112,22 +112,23 @@ def plan_mismatch(extra: Mapping[str, Any], trt_version: str, gpus: Sequence[str
         )
     if gpu.casefold() not in {name.casefold() for name in gpus}:
         return (
-            f"{PLAN_FILE} was built for a {gpu} but this machine has {', '.join(gpus)} "
-            "(rebuild the plan on this GPU model)"
+            f"{PLAN_FILE} was built for GPU model {gpu!r} but this machine has "
+            f"{', '.join(repr(name) for name in gpus)} (rebuild the plan on this GPU model)"
         )
     return None
 
 
 def runtime_unavailable() -> str | None:
     """None if TensorRT, cuda-python and at least one CUDA device are present, else why not."""
+    # OSError too: the Python package imports its shared libraries, which may be missing.
     try:
         import tensorrt  # noqa: F401
-    except ImportError as exc:
-        return f"the tensorrt package is not installed (pip install tensorrt): {exc}"
+    except (ImportError, OSError) as exc:
+        return f"the tensorrt package cannot be imported (pip install tensorrt): {exc}"
     try:
         cudart = import_cudart()
-    except ImportError as exc:
-        return f"cuda-python is not installed (pip install cuda-python): {exc}"
+    except (ImportError, OSError) as exc:
+        return f"cuda-python cannot be imported (pip install cuda-python): {exc}"
     try:
         names = gpu_names(cudart)
     except RuntimeError as exc:
@@ -274,7 +275,7 @@ class TensorRTEngine:
             import tensorrt as trt
 
             cudart = import_cudart()
-        except ImportError as exc:
+        except (ImportError, OSError) as exc:
             raise ModelLoadError(
                 f"{plan_path}: backend tensorrt needs the tensorrt and cuda-python packages ({exc})"
             ) from exc

@@ -140,7 +140,7 @@ def test_tensorrt_unavailable_reports_unreadable_metadata_instead_of_raising(
     [
         ({"tensorrt": {"version": "10.1.0"}}, "no extra.tensorrt record"),
         ({"tensorrt": {"version": "10.0.1", "gpu": "NVIDIA H100 80GB HBM3"}}, "TensorRT 10.0.1"),
-        ({"tensorrt": {"version": "10.1.0", "gpu": "NVIDIA A10G"}}, "built for a NVIDIA A10G"),
+        ({"tensorrt": {"version": "10.1.0", "gpu": "NVIDIA A10G"}}, "model 'NVIDIA A10G'"),
     ],
     ids=["no-gpu-recorded", "other-version", "other-gpu"],
 )
@@ -493,7 +493,7 @@ def test_tensorrt_engine_refuses_a_plan_recorded_for_another_gpu(plan_dir: pathl
     metadata = ModelMetadata.read(plan_dir / METADATA_FILE)
     record = {"tensorrt": {**metadata.extra["tensorrt"], "gpu": "No Such GPU"}}
     metadata = dataclasses.replace(metadata, extra={**metadata.extra, **record})
-    with pytest.raises(ModelLoadError, match="built for a No Such GPU"):
+    with pytest.raises(ModelLoadError, match="built for GPU model 'No Such GPU'"):
         tensorrt.TensorRTEngine(plan_dir, metadata, EngineOptions(max_batch_size=64))
 
 

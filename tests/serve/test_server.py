@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from conftest import ServerThread, generator_stub
+from conftest import ServerThread, generator_stub, scrape
 from ganserve.v1 import generator_pb2 as pb
 
 PNG = pb.IMAGE_ENCODING_PNG
@@ -167,21 +166,6 @@ def test_reflection_lists_and_describes_the_generator(bundled_server: ServerThre
     )
     methods = [m.name for m in proto.service[0].method]
     assert methods == ["Generate", "GetModelInfo", "GenerateBatch", "Interpolate"]
-
-
-def scrape(server: ServerThread) -> dict[str, float]:
-    """Sum each sample name's values over labels, from a real /metrics scrape."""
-    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name_labels, value = line.rsplit(" ", 1)
-            name = name_labels.split("{")[0]
-            totals[name] = totals.get(name, 0.0) + float(value)
-    totals["_text"] = text  # type: ignore[assignment]
-    return totals
 
 
 def test_metrics_endpoint_counts_requests_and_batches(bundled_server: ServerThread) -> None:

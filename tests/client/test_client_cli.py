@@ -1,0 +1,417 @@
+"""`gan-client` end to end against a real server on the bundled digits model (conditional,
+10 classes, 32x32x1), and the Python client's retry policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+
+import grpc
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ServerThread
+from ganserve.client.cli import main
+from ganserve.client.client import GeneratorClient, RetryPolicy
+
+TOKEN = "s3cret-token-0123456789"
+SIZE = 32  # the bundled model's images are 32x32, one channel
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    """GANSERVE_TARGET / GANSERVE_TOKEN from the calling shell must not leak into these tests,
+    and relative output paths land in the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("GANSERVE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def server(start_server_module: Callable[..., ServerThread]) -> ServerThread:
+    return start_server_module()
+
+
+@pytest.fixture(scope="module")
+def auth_server(start_server_module: Callable[..., ServerThread]) -> ServerThread:
+    return start_server_module(auth_token=TOKEN)
+
+
+def gan_client(target: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Run `gan-client --target TARGET ARGS...` in-process."""
+    return CliRunner().invoke(main, ["--target", target, "--timeout", "10", *args], env=env)
+
+
+def succeeded(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    return result.output
+
+
+def failed_cleanly(result: Result, exit_code: int) -> str:
+    """The command failed with ``exit_code`` and one 'Error: ...' line, no traceback."""
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def test_generate_writes_a_png_of_the_model_shape(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    out = tmp_path / "seven.png"
+    output = succeeded(
+        gan_client(server.target, "generate", "--seed", "46", "--class", "7", "-o", str(out))
+    )
+    with Image.open(out) as image:
+        assert (image.format, image.size, image.mode) == ("PNG", (SIZE, SIZE), "L")
+    assert f"{out}: 32x32x1 from digits v1 (seed 46, class 7)" in output
+
+
+def test_generate_raw_writes_the_same_image_as_png(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    png, raw = tmp_path / "png.png", tmp_path / "raw.png"
+    succeeded(gan_client(server.target, "generate", "--seed", "46", "--class", "7", "-o", str(png)))
+    succeeded(
+        gan_client(
+            server.target, "generate", "--seed", "46", "--class", "7", "--raw", "-o", str(raw)
+        )
+    )
+    with Image.open(png) as a, Image.open(raw) as b:
+        assert (b.format, b.size) == ("PNG", (SIZE, SIZE))
+        assert a.tobytes() == b.tobytes()
+
+
+def test_generate_writes_other_formats_by_suffix(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    out = tmp_path / "seven.bmp"
+    succeeded(gan_client(server.target, "generate", "--seed", "46", "--class", "7", "-o", str(out)))
+    with Image.open(out) as image:
+        assert (image.format, image.size) == ("BMP", (SIZE, SIZE))
+
+
+def test_generate_with_truncation_zero_is_the_same_for_every_seed(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """psi = 0 scales every latent to zero, so the seed no longer matters."""
+    pixels = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"{seed}.png"
+        args = ["generate", "--seed", seed, "--class", "4", "--truncation", "0", "-o", str(out)]
+        succeeded(gan_client(server.target, *args))
+        with Image.open(out) as image:
+            pixels.append(image.tobytes())
+    assert pixels[0] == pixels[1]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "columns", "count", "size"),
+    [
+        ("0-9", "5", 10, (5 * SIZE, 2 * SIZE)),
+        ("0-9", "10", 10, (10 * SIZE, SIZE)),
+        ("1,5,9", "2", 3, (2 * SIZE, 2 * SIZE)),  # the last row is padded
+        ("0-3,10", "5", 5, (5 * SIZE, SIZE)),
+    ],
+)
+def test_batch_writes_a_grid(
+    server: ServerThread,
+    tmp_path: pathlib.Path,
+    seeds: str,
+    columns: str,
+    count: int,
+    size: tuple[int, int],
+) -> None:
+    out = tmp_path / "grid.png"
+    output = succeeded(
+        gan_client(
+            server.target,
+            *("batch", "--seeds", seeds, "--class", "3", "--columns", columns, "-o", str(out)),
+        )
+    )
+    with Image.open(out) as image:
+        assert image.size == size
+    assert f"{count} images from digits v1" in output
+
+
+def test_batch_grid_tiles_are_the_single_images(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """Tile (row 1, column 2) of a 5-column grid of seeds 0-9 is seed 7's image."""
+    grid, single = tmp_path / "grid.png", tmp_path / "seven.png"
+    succeeded(
+        gan_client(
+            server.target,
+            *("batch", "--seeds", "0-9", "--class", "3", "--columns", "5", "-o", str(grid)),
+        )
+    )
+    succeeded(
+        gan_client(server.target, "generate", "--seed", "7", "--class", "3", "-o", str(single))
+    )
+    with Image.open(grid) as g, Image.open(single) as s:
+        tile = g.crop((2 * SIZE, SIZE, 3 * SIZE, 2 * SIZE))
+        assert tile.tobytes() == s.tobytes()
+
+
+def test_interpolate_writes_an_animated_gif(server: ServerThread, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "walk.gif"
+    args = ["interpolate", "--from", "1", "--to", "2", "--class", "5", "--frames", "6"]
+    output = succeeded(gan_client(server.target, *args, "-o", str(out)))
+    with Image.open(out) as image:
+        assert (image.format, image.size, image.n_frames) == ("GIF", (SIZE, SIZE), 6)
+        assert image.is_animated
+    assert "6 frames from seed 1 to 2" in output
+
+
+def test_interpolate_to_png_writes_a_strip(server: ServerThread, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "walk.png"
+    args = ["interpolate", "--from", "1", "--to", "2", "--class", "5", "--frames", "4"]
+    succeeded(gan_client(server.target, *args, "-o", str(out)))
+    with Image.open(out) as image:
+        assert image.size == (4 * SIZE, SIZE)
+
+
+def test_info_prints_model_info_as_json(server: ServerThread) -> None:
+    info = json.loads(succeeded(gan_client(server.target, "info")))
+    assert info["name"] == "digits" and info["version"] == "1"
+    assert (info["numClasses"], info["height"], info["width"], info["channels"]) == (10, 32, 32, 1)
+    assert info["versions"] == ["1"] and info["truncationMode"] == "z-scale"
+
+
+def test_models_lists_the_ready_model(server: ServerThread) -> None:
+    (line,) = succeeded(gan_client(server.target, "models")).splitlines()
+    assert line.split() == ["digits", "v1", "READY", "onnxruntime-cpu"]
+
+
+def test_reload_without_changes_says_so(server: ServerThread) -> None:
+    assert succeeded(gan_client(server.target, "reload")) == "no changes\n"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_class_out_of_range_is_one_line_with_the_status(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    out = tmp_path / "x.png"
+    result = gan_client(server.target, "generate", "--seed", "1", "--class", "12", "-o", str(out))
+    error = failed_cleanly(result, 1)
+    assert error == (
+        "Error: INVALID_ARGUMENT: class_label 12 is out of range: model 'digits' has classes 0..9"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["batch", "--seeds", "0-9"], "INVALID_ARGUMENT: items[0].class_label is required"),
+        (
+            ["batch", "--seeds", "0-2", "--class", "12"],
+            "INVALID_ARGUMENT: items[0].class_label 12 is out of range",
+        ),
+        (["generate", "--seed", "1", "--model", "nope"], "NOT_FOUND: "),
+        (
+            ["interpolate", "--from", "1", "--to", "2", "--class", "1", "--frames", "2000"],
+            "INVALID_ARGUMENT: frames 2000 is out of range",
+        ),
+    ],
+)
+def test_server_errors_are_one_line_with_the_status(
+    server: ServerThread, tmp_path: pathlib.Path, args: list[str], message: str
+) -> None:
+    result = gan_client(server.target, *args, "-o", str(tmp_path / "x.png"))
+    assert message in failed_cleanly(result, 1)
+
+
+@pytest.mark.parametrize("seeds", ["x-y", "1,,2", "-3", "1-2-3", ""])
+def test_bad_seed_list_is_a_usage_error(
+    server: ServerThread, tmp_path: pathlib.Path, seeds: str
+) -> None:
+    result = gan_client(server.target, "batch", "--seeds", seeds, "--class", "1", "-o", "g.png")
+    error = failed_cleanly(result, 2)
+    assert f"{seeds!r} is not a seed list like '0-9' or '1,5,9'" in error
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["generate", "--seed", "-1", "--class", "1"], "'--seed'"),
+        (["generate", "--seed", str(2**64), "--class", "1"], "'--seed'"),
+        (["generate", "--seed", "1", "--truncation", "3"], "'--truncation'"),
+        (["batch", "--seeds", "0-3", "--columns", "0"], "'--columns'"),
+        (["interpolate", "--from", "1", "--to", "2", "--frames", "1"], "'--frames'"),
+    ],
+)
+def test_bad_option_value_is_a_usage_error_naming_it(
+    server: ServerThread, args: list[str], option: str
+) -> None:
+    assert option in failed_cleanly(gan_client(server.target, *args, "-o", "x.png"), 2)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(
+            ["batch", "--seeds", str(2**64), "--class", "1", "-o", "g.png"],
+            id="seed-over-uint64",
+        ),
+        pytest.param(
+            ["generate", "--seed", "1", "--class", str(2**31), "-o", "g.png"],
+            id="class-over-int32",
+        ),
+        pytest.param(
+            ["--token-file", "/nonexistent/token", "info"],
+            id="missing-token-file",
+        ),
+        pytest.param(
+            ["--tls-ca", "/nonexistent/ca.pem", "info"],
+            id="missing-tls-ca",
+        ),
+        pytest.param(
+            ["generate", "--seed", "1", "--class", "1", "-o", "seven.nosuchformat"],
+            id="unknown-image-suffix",
+        ),
+    ],
+)
+def test_bad_local_input_fails_without_a_traceback(
+    server: ServerThread, tmp_path: pathlib.Path, args: list[str]
+) -> None:
+    result = CliRunner().invoke(main, ["--target", server.target, "--timeout", "10", *args])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (1, 2)
+    assert "Traceback" not in result.output
+
+
+def test_tls_cert_without_tls_key_is_a_usage_error(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("not used")
+    error = failed_cleanly(gan_client(server.target, "--tls-cert", str(cert), "info"), 2)
+    assert "--tls-cert and --tls-key go together" in error
+
+
+def test_unreachable_server_is_unavailable(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as sock:  # a loopback port with nothing listening once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = CliRunner().invoke(main, ["--target", f"127.0.0.1:{port}", "--timeout", "5", "info"])
+    assert failed_cleanly(result, 1).startswith("Error: UNAVAILABLE: ")
+
+
+# --- auth ---------------------------------------------------------------------------------------
+
+
+def test_token_file_authenticates(auth_server: ServerThread, tmp_path: pathlib.Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    output = succeeded(
+        CliRunner().invoke(
+            main, ["--target", auth_server.target, "--token-file", str(token_file), "models"]
+        )
+    )
+    assert "READY" in output
+
+
+def test_token_from_the_environment_authenticates(
+    auth_server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    out = tmp_path / "x.png"
+    args = ["generate", "--seed", "46", "--class", "7", "-o", str(out)]
+    succeeded(gan_client(auth_server.target, *args, env={"GANSERVE_TOKEN": TOKEN}))
+    assert out.is_file()
+
+
+def test_token_file_from_the_environment_authenticates(
+    auth_server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    result = gan_client(auth_server.target, "info", env={"GANSERVE_TOKEN_FILE": str(token_file)})
+    assert json.loads(succeeded(result))["name"] == "digits"
+
+
+@pytest.mark.parametrize("command", [["info"], ["models"], ["reload"]])
+def test_missing_token_is_unauthenticated(auth_server: ServerThread, command: list[str]) -> None:
+    error = failed_cleanly(gan_client(auth_server.target, *command), 1)
+    assert error.startswith("Error: UNAUTHENTICATED: missing bearer token")
+
+
+def test_wrong_token_is_unauthenticated(auth_server: ServerThread, tmp_path: pathlib.Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("not-the-right-token")
+    result = CliRunner().invoke(
+        main, ["--target", auth_server.target, "--token-file", str(token_file), "info"]
+    )
+    assert failed_cleanly(result, 1).startswith("Error: UNAUTHENTICATED: invalid bearer token")
+
+
+# --- the Python client's retries ----------------------------------------------------------------
+
+
+def requests_total(server: ServerThread, code: str) -> float:
+    """ganserve_requests_total{code=...} summed over method, model and version."""
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ganserve_requests_total" and sample.labels["code"] == code
+    )
+
+
+def test_retry_policy_retries_only_unavailable() -> None:
+    config = json.loads(RetryPolicy(max_attempts=5).service_config())
+    (method,) = config["methodConfig"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method["retryPolicy"]["maxAttempts"] == 5
+    services = {name["service"] for name in method["name"]}
+    assert services == {"ganserve.v1.Generator", "ganserve.v1.ModelAdmin"}
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda c: c.generate(1, 12), "INVALID_ARGUMENT"),
+        (lambda c: c.generate_batch([(1, None)]), "INVALID_ARGUMENT"),
+        (lambda c: list(c.interpolate(1, 2, 1, 3)), "INVALID_ARGUMENT"),
+        (lambda c: c.generate(1, 1, model="nope"), "NOT_FOUND"),
+    ],
+    ids=["Generate", "GenerateBatch", "Interpolate", "unknown-model"],
+)
+def test_client_does_not_retry_final_errors(
+    server: ServerThread, call: Callable[[GeneratorClient], object], code: str
+) -> None:
+    """Each failed call reaches the server exactly once, though the client has retries on."""
+    calls = 3
+    before = requests_total(server, code)
+    with GeneratorClient(server.target, retry=RetryPolicy(max_attempts=5)) as client:
+        for _ in range(calls):
+            with pytest.raises(grpc.RpcError) as info:
+                call(client)
+            assert info.value.code().name == code
+    # The server counts a call just after its status is sent (context.abort sends it, then the
+    # handler's bookkeeping runs), so give the last count a moment to land; a retry would
+    # have been counted before the client saw the final status.
+    deadline = time.monotonic() + 5.0
+    while requests_total(server, code) - before < calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert requests_total(server, code) - before == calls

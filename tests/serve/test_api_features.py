@@ -1,0 +1,136 @@
+"""GenerateBatch, Interpolate, truncation, version pinning and the response cache, through a
+real server on the bundled model."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import ServerThread, generator_stub, scrape
+from ganserve.client import GeneratorClient, ImageEncoding
+from ganserve.serve.cache import ENTRY_OVERHEAD_BYTES, ResponseCache
+from ganserve.serve.metrics import ServerMetrics
+from ganserve.v1 import generator_pb2 as pb
+
+RAW = ImageEncoding.RAW_UINT8
+
+
+@pytest.fixture(scope="module")
+def server(start_server_module) -> ServerThread:
+    return start_server_module(cache_bytes=1 << 20, max_items_per_call=64)
+
+
+@pytest.fixture
+def client(server: ServerThread) -> GeneratorClient:
+    with GeneratorClient(server.target) as c:
+        yield c
+
+
+def test_generate_batch_returns_images_in_request_order(client: GeneratorClient) -> None:
+    items = [(s, s % 10) for s in (5, 1, 9, 2**64 - 1, 0)]
+    batch = client.generate_batch(items, encoding=RAW)
+    assert [(r.response.seed, r.response.class_label) for r in batch] == items
+    for (seed, label), image in zip(items, batch, strict=True):
+        assert image.response.image == client.generate(seed, label, encoding=RAW).response.image
+
+
+def test_generate_batch_names_the_bad_item(client: GeneratorClient) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.generate_batch([(1, 1), (2, 11)])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "items[1].class_label 11 is out of range: model 'digits' has classes 0..9"
+    )
+
+
+def test_interpolate_streams_frames_from_start_to_end_seed(client: GeneratorClient) -> None:
+    frames = list(client.interpolate(3, 4, 7, class_label=2, encoding=RAW))
+    assert [f.response.index for f in frames] == list(range(7))
+    assert [round(f.response.t, 4) for f in frames] == [round(t, 4) for t in np.linspace(0, 1, 7)]
+    # The ends of the walk are exactly the two seeds' images.
+    assert frames[0].response.image == client.generate(3, 2, encoding=RAW).response.image
+    assert frames[-1].response.image == client.generate(4, 2, encoding=RAW).response.image
+    assert len({f.response.image for f in frames}) == 7
+
+
+@pytest.mark.parametrize("frames", [0, 1, 65])
+def test_interpolate_rejects_frame_counts_outside_the_cap(
+    client: GeneratorClient, frames: int
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.interpolate(1, 2, frames, class_label=1))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"frames {frames} is out of range: use 2..64" in info.value.details()
+
+
+def test_truncation_zero_maps_every_seed_to_the_mean_image(client: GeneratorClient) -> None:
+    means = {client.generate(s, 4, truncation=0.0, encoding=RAW).response.image for s in (1, 2, 3)}
+    plain = client.generate(1, 4, encoding=RAW).response.image
+    half = client.generate(1, 4, truncation=0.5, encoding=RAW).response.image
+    assert len(means) == 1 and plain not in means and half not in means | {plain}
+    assert client.generate(1, 4, truncation=1.0, encoding=RAW).response.image == plain
+
+
+@pytest.mark.parametrize("psi", [-0.1, 2.5, float("nan"), float("inf")])
+def test_truncation_out_of_range_is_invalid(client: GeneratorClient, psi: float) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.generate(1, 1, truncation=psi)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "truncation" in info.value.details() and "0 <= truncation <= 2" in info.value.details()
+
+
+def test_model_version_can_be_pinned(client: GeneratorClient) -> None:
+    assert client.generate(1, 1, model_version="1").response.model_version == "1"
+    with pytest.raises(grpc.RpcError) as info:
+        client.generate(1, 1, model_version="7")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == ("model 'digits' version '7' is not served; served versions: 1")
+
+
+def test_model_info_reports_versions_limits_and_truncation_mode(client: GeneratorClient) -> None:
+    info = client.model_info()
+    assert list(info.versions) == ["1"]
+    assert info.max_items_per_call == 64 and info.truncation_mode == "z-scale"
+
+
+def test_repeated_requests_hit_the_cache(server: ServerThread, client: GeneratorClient) -> None:
+    def counts() -> tuple[float, float]:
+        m = scrape(server)
+        return m.get("ganserve_cache_hits_total", 0.0), m.get("ganserve_cache_misses_total", 0.0)
+
+    hits0, misses0 = counts()
+    first = client.generate(123456, 6).response.image
+    again = client.generate(123456, 6).response.image
+    other_encoding = client.generate(123456, 6, encoding=RAW).response.image
+    hits1, misses1 = counts()
+    assert again == first and other_encoding != first
+    assert (hits1 - hits0, misses1 - misses0) == (1, 2)
+    assert scrape(server)["ganserve_cache_bytes"] > 0
+
+
+def test_cache_keeps_within_its_byte_budget_evicting_least_recent() -> None:
+    cache = ResponseCache(3 * (100 + ENTRY_OVERHEAD_BYTES), ServerMetrics(max_batch_size=1))
+    for key in "abc":
+        cache.put(key, bytes(100))
+    cache.get("a")  # a is now the most recent
+    cache.put("d", bytes(100))
+    assert cache.get("b") is None and cache.get("a") is not None
+    assert len(cache) == 3 and cache.size_bytes <= cache.budget
+    cache.put("huge", bytes(10_000))  # larger than the whole budget: not stored
+    assert cache.get("huge") is None and len(cache) == 3
+
+
+def test_request_id_is_echoed_in_trailing_metadata(server: ServerThread) -> None:
+    with generator_stub(server.target) as stub:
+        _, call = stub.Generate.with_call(
+            pb.GenerateRequest(seed=1, class_label=1),
+            metadata=[("x-request-id", "abc-123")],
+            timeout=30,
+        )
+        trailing = dict(call.trailing_metadata())
+        _, anonymous = stub.Generate.with_call(
+            pb.GenerateRequest(seed=1, class_label=1), timeout=30
+        )
+    assert trailing["x-request-id"] == "abc-123"
+    assert len(dict(anonymous.trailing_metadata())["x-request-id"]) == 16

@@ -1,0 +1,117 @@
+"""Batching behaviour seen from outside, through a real server: batches form under
+concurrency, dead requests never reach the engine, a full queue answers RESOURCE_EXHAUSTED at
+once, and a planted engine failure fails one batch only."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import grpc
+import pytest
+
+from conftest import ServerThread, control_engine, generator_stub, scrape
+from ganserve.v1 import generator_pb2 as pb
+
+
+def call(server: ServerThread, seed: int, timeout: float = 30) -> grpc.StatusCode:
+    with generator_stub(server.target) as stub:
+        try:
+            stub.Generate(pb.GenerateRequest(seed=seed, class_label=seed % 10), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_concurrent_requests_are_batched(start_server) -> None:
+    server = start_server(max_queue_delay_us=20_000, max_batch_size=16)
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        codes = list(pool.map(lambda s: call(server, s), range(64)))
+    assert set(codes) == {grpc.StatusCode.OK}
+    metrics = scrape(server)
+    requests, batches = metrics["ganserve_batch_size_sum"], metrics["ganserve_batch_size_count"]
+    assert requests >= 64  # warm-up runs bypass the batcher
+    assert batches < requests / 2, f"{requests} requests in {batches} batches: no batching"
+    # The histogram's buckets show batches larger than one.
+    text = metrics["_text"]
+    ones = float(
+        next(
+            line.split()[-1]
+            for line in text.splitlines()
+            if line.startswith("ganserve_batch_size_bucket") and 'le="1.0"' in line
+        )
+    )
+    assert ones < batches
+
+
+def test_deadlines_and_cancellations_never_reach_the_engine(start_server) -> None:
+    server = start_server(max_batch_size=64)
+    control = control_engine(server)
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        blocker = pool.submit(call, server, 0)
+        assert control.entered.wait(10)
+        short = [pool.submit(call, server, s, 0.3) for s in range(1, 5)]
+        codes = [f.result(10) for f in short]
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 4
+        with generator_stub(server.target) as stub:
+            future = stub.Generate.future(pb.GenerateRequest(seed=9, class_label=9), timeout=30)
+            time.sleep(0.2)
+            future.cancel()
+        time.sleep(0.2)  # let the server see the cancellation
+        control.release()
+        assert blocker.result(10) == grpc.StatusCode.OK
+    assert call(server, 10) == grpc.StatusCode.OK
+    # The engine saw the blocker and the last call, never the 5 dead requests.
+    assert control.batches == [1, 1]
+    metrics = scrape(server)["_text"]
+    assert (
+        'ganserve_requests_dropped_total{model="digits",reason="deadline",version="1"} 4.0'
+        in metrics
+    )
+    assert (
+        'ganserve_requests_dropped_total{model="digits",reason="cancelled",version="1"} 1.0'
+        in metrics
+    )
+    assert server.server.models.resolve("digits").batcher.queue_depth == 0
+
+
+def test_full_queue_answers_resource_exhausted_at_once(start_server) -> None:
+    server = start_server(max_batch_size=1, max_queue_size=4)
+    control = control_engine(server)
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        blocker = pool.submit(call, server, 0)
+        assert control.entered.wait(10)
+        queued = [pool.submit(call, server, s) for s in range(1, 5)]
+        deadline = time.monotonic() + 10
+        while server.server.models.resolve("digits").batcher.queue_depth < 4:
+            assert time.monotonic() < deadline, "requests never queued"
+            time.sleep(0.01)
+        refused = [call(server, s) for s in range(5, 8)]  # answered while the engine is held
+        control.release()
+        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert [f.result(10) for f in [blocker, *queued]] == [grpc.StatusCode.OK] * 5
+
+
+def test_planted_engine_failure_fails_one_batch_only(start_server) -> None:
+    server = start_server(max_batch_size=8, max_queue_delay_us=50_000)
+    control = control_engine(server)
+    control.fail_next = 1
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        failed = list(pool.map(lambda s: call(server, s), range(4)))
+    assert failed == [grpc.StatusCode.INTERNAL] * 4  # one batch of four, failed together
+    assert control.batches == [4]
+    assert [call(server, s) for s in range(4)] == [grpc.StatusCode.OK] * 4
+    assert (
+        'ganserve_batch_failures_total{model="digits",version="1"} 1.0' in scrape(server)["_text"]
+    )
+
+
+@pytest.mark.parametrize("instances", [2])
+def test_several_instances_serve_one_version(start_server, instances: int) -> None:
+    server = start_server(instances=instances, max_batch_size=4)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda s: call(server, s), range(32)))
+    assert set(codes) == {grpc.StatusCode.OK}
+    assert len(server.server.models.resolve("digits").batcher._free) == instances

@@ -1,0 +1,201 @@
+"""Lifecycle: NOT_SERVING until warm, retries on UNAVAILABLE, the drain order, and reloads
+that keep serving."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import (
+    BUNDLED_REPOSITORY,
+    ServerThread,
+    control_engine,
+    generator_stub,
+    make_config,
+    scrape,
+)
+from ganserve.client import GeneratorClient, RetryPolicy
+from ganserve.serve.config import ModelConfig
+from ganserve.serve.models import ModelManager
+from ganserve.v1 import admin_pb2
+from ganserve.v1 import generator_pb2 as pb
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        request = health_pb2.HealthCheckRequest(service="ganserve.v1.Generator")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+def wait_until(predicate, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def loading_server(monkeypatch: pytest.MonkeyPatch):
+    """A server whose model loading waits for `gate`; yields (thread, gate) with the port open."""
+    gate = threading.Event()
+    original = ModelManager.start
+
+    async def slow_start(self: ModelManager) -> None:
+        import asyncio
+
+        await asyncio.to_thread(gate.wait, 30)
+        await original(self)
+
+    monkeypatch.setattr(ModelManager, "start", slow_start)
+    thread = ServerThread(make_config(BUNDLED_REPOSITORY))
+    thread._thread.start()  # do not wait for start() to finish: loading is held
+    wait_until(lambda: thread.server is not None and thread.server.port, "the port to open")
+    yield thread, gate
+    gate.set()
+    thread._ready.wait(30)
+    thread.stop()
+
+
+def test_health_is_not_serving_until_models_are_warm(loading_server) -> None:
+    thread, gate = loading_server
+    assert health(thread.target) == NOT_SERVING
+    with generator_stub(thread.target) as stub, pytest.raises(grpc.RpcError) as info:
+        stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "models are still loading" in info.value.details()
+    with grpc.insecure_channel(thread.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        assert next(watch).status == NOT_SERVING
+        gate.set()
+        assert next(watch).status == SERVING
+        watch.cancel()
+
+
+def test_client_retries_unavailable_until_the_server_is_ready(loading_server) -> None:
+    thread, gate = loading_server
+    with (
+        GeneratorClient(thread.target, retry=None) as impatient,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        impatient.generate(1, 1)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    threading.Timer(0.3, gate.set).start()
+    retry = RetryPolicy(max_attempts=5, initial_backoff_s=0.2, max_backoff_s=1.0)
+    with GeneratorClient(thread.target, retry=retry) as patient:
+        assert patient.generate(1, 1).response.model == "digits"
+
+
+def test_drain_order_not_serving_then_delay_then_unavailable(start_server) -> None:
+    server = start_server(shutdown_delay_s=1.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(server.stop, 10)
+        wait_until(lambda: health(server.target) == NOT_SERVING, "NOT_SERVING")
+        # Still inside the shutdown delay: load balancers may not have noticed yet.
+        with generator_stub(server.target) as stub:
+            assert stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=5).image
+
+            def refused() -> bool:
+                try:
+                    stub.Generate(pb.GenerateRequest(seed=2, class_label=2), timeout=5)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    return True
+                return False
+
+            wait_until(refused, "UNAVAILABLE after the delay")
+        stopping.result(30)
+
+
+def copy_repository(tmp_path: pathlib.Path) -> pathlib.Path:
+    repo = tmp_path / "models"
+    (repo / "digits").mkdir(parents=True)
+    shutil.copytree(
+        BUNDLED_REPOSITORY / "digits" / "1",
+        repo / "digits" / "1",
+        ignore=shutil.ignore_patterns("*.pt"),
+    )
+    return repo
+
+
+def add_version(repo: pathlib.Path, version: int, *, corrupt: bool = False) -> None:
+    folder = repo / "digits" / str(version)
+    shutil.copytree(repo / "digits" / "1", folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["version"] = str(version)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    if corrupt:
+        (folder / "model.onnx").write_bytes(b"\x08\x07 not a model")
+
+
+def admin(server: ServerThread) -> GeneratorClient:
+    return GeneratorClient(server.target)
+
+
+def test_reload_switches_to_a_new_version_without_dropping_in_flight(
+    start_server,
+    tmp_path: pathlib.Path,
+) -> None:
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    control = control_engine(server)
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool, admin(server) as client:
+        in_flight = pool.submit(client.generate, 5, 5)
+        assert control.entered.wait(10)
+        add_version(repo, 2)
+        reply = client.reload_models()
+        changes = {(c.version, c.state) for c in reply.changes}
+        assert changes == {
+            ("2", admin_pb2.MODEL_STATE_READY),
+            ("1", admin_pb2.MODEL_STATE_UNLOADED),
+        }
+        assert client.generate(6, 6).response.model_version == "2"  # routed to the new one
+        control.release()
+        assert in_flight.result(10).response.model_version == "1"  # finished on the old one
+        assert list(client.model_info().versions) == ["2"]
+        assert client.reload_models().changes == []  # nothing changed since
+
+
+def test_a_broken_new_version_is_reported_and_the_old_keeps_serving(
+    start_server,
+    tmp_path: pathlib.Path,
+) -> None:
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    add_version(repo, 3, corrupt=True)
+    with admin(server) as client:
+        reply = client.reload_models()
+        (change,) = reply.changes
+        assert (change.version, change.state) == ("3", admin_pb2.MODEL_STATE_FAILED)
+        assert "ONNX Runtime cannot load it" in change.message
+        assert client.generate(1, 1).response.model_version == "1"
+        states = {(m.version, m.state) for m in client.list_models()}
+        assert states == {("1", admin_pb2.MODEL_STATE_READY), ("3", admin_pb2.MODEL_STATE_FAILED)}
+    assert 'ganserve_model_load_failures_total{model="digits"} 1.0' in scrape(server)["_text"]
+
+
+def test_pinned_versions_are_served_side_by_side(start_server, tmp_path: pathlib.Path) -> None:
+    repo = copy_repository(tmp_path)
+    add_version(repo, 2)
+    add_version(repo, 3)
+    server = start_server(repo, models={"digits": ModelConfig(versions=(1, 2))})
+    with admin(server) as client:
+        assert list(client.model_info().versions) == ["1", "2"]
+        assert client.generate(1, 1).response.model_version == "2"  # newest served
+        assert client.generate(1, 1, model_version="1").response.model_version == "1"
+        with pytest.raises(grpc.RpcError) as info:
+            client.generate(1, 1, model_version="3")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
