@@ -38,7 +38,7 @@ test: system-deps $(STAMP)
 # Reproduce the bundled model: train on digits, export and verify, keep the checkpoint beside it.
 model: $(STAMP)
 	$(BIN)/gan-train --out build/digits.pt --steps 3000 --seed 0
-	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 1 --overwrite
+	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 1 --force --fp16-onnx
 	cp build/digits.pt models/digits/1/checkpoint.pt
 
 proto: $(STAMP)

@@ -1,10 +1,15 @@
-"""`export-gan`: turn a training checkpoint into a verified ONNX model in a model repository.
+"""`export-gan`: turn a training checkpoint into a verified model version for serving.
+
+Writes <repository>/<name>/<version>/ with model.onnx (FP32, verified against PyTorch),
+metadata.json, and on request model.fp16.onnx and model.plan (TensorRT; built by default
+where tensorrt and a GPU are present). Nothing is written unless every artifact passes.
 
 Examples:
 
     export-gan checkpoints/digits.pt
     export-gan checkpoints/digits.pt --repository models --name digits --version 2
-    export-gan checkpoints/digits.pt --version 1 --overwrite
+    export-gan checkpoints/digits.pt --version 1 --force
+    export-gan checkpoints/digits.pt --fp16-onnx --tensorrt on --precision fp16 --max-batch 64
 """
 
 from __future__ import annotations
@@ -15,7 +20,22 @@ import sys
 
 import click
 
-from ganserve.export.onnx_export import DEFAULT_OPSET, ExportConfig, ExportError, export_checkpoint
+from ganserve.export.pipeline import (
+    ExportConfig,
+    ExportError,
+    Precision,
+    TensorRTMode,
+    export_checkpoint,
+)
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -33,29 +53,100 @@ from ganserve.export.onnx_export import DEFAULT_OPSET, ExportConfig, ExportError
     default=None,
     help="Version folder [default: highest existing + 1].",
 )
-@click.option("--opset", type=click.IntRange(17, 23), default=DEFAULT_OPSET, help="ONNX opset.")
-@click.option("--overwrite", is_flag=True, help="Replace the version folder if it exists.")
+@click.option("--force", is_flag=True, help="Replace the version folder if it exists.")
+@click.option("--opset", type=click.IntRange(17, 23), default=18, help="ONNX opset.")
+@click.option(
+    "--optimize/--no-optimize",
+    default=True,
+    help="Run the exporter's graph optimiser (constant folding, dead code).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 4096),
+    default=64,
+    help="Largest batch the server will send: TensorRT profile max, verified size.",
+)
+@click.option(
+    "--opt-batch",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Batch size TensorRT tunes for [default: --max-batch].",
+)
+@click.option(
+    "--verify-batch-sizes",
+    default=None,
+    callback=_sizes,
+    help="Comma-separated batch sizes to verify [default: 1,7,MAX_BATCH].",
+)
+@click.option("--fp16-onnx", is_flag=True, help="Also write model.fp16.onnx.")
+@click.option(
+    "--tensorrt",
+    type=click.Choice([m.value for m in TensorRTMode]),
+    default="auto",
+    help="Build model.plan: when possible, always (fail if impossible), never.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice([p.value for p in Precision]),
+    default="fp32",
+    help="TensorRT engine precision.",
+)
+@click.option("--device", type=click.IntRange(0), default=0, help="CUDA device for TensorRT.")
 def main(
     checkpoint: pathlib.Path,
     repository: pathlib.Path,
     name: str,
     version: int | None,
+    force: bool,
     opset: int,
-    overwrite: bool,
+    optimize: bool,
+    max_batch: int,
+    opt_batch: int | None,
+    verify_batch_sizes: tuple[int, ...] | None,
+    fp16_onnx: bool,
+    tensorrt: str,
+    precision: str,
+    device: int,
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = ExportConfig(
-            repository=repository, name=name, version=version, opset=opset, overwrite=overwrite
+            repository=repository,
+            name=name,
+            version=version,
+            force=force,
+            opset=opset,
+            optimize=optimize,
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            verify_batch_sizes=verify_batch_sizes,
+            fp16_onnx=fp16_onnx,
+            tensorrt=TensorRTMode(tensorrt),
+            tensorrt_precision=Precision(precision),
+            device_id=device,
         )
-        written = export_checkpoint(checkpoint, config)
-    except (ExportError, ValueError) as exc:
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        result = export_checkpoint(checkpoint, config)
+    except ExportError as exc:
         raise click.ClickException(str(exc)) from None
-    verification = written.metadata.extra.get("verification", {})
-    click.echo(
-        f"wrote {written.path} (max |ONNX - PyTorch| "
-        f"{verification.get('max_abs_diff', float('nan')):.2g})"
-    )
+    for note in result.notes:
+        click.echo(note)
+    extra = result.version.metadata.extra
+    for key, label in (
+        ("onnx", "model.onnx"),
+        ("onnx_fp16", "model.fp16.onnx"),
+        ("tensorrt", "model.plan"),
+    ):
+        if key in extra:
+            v = extra[key]["verification"]
+            click.echo(
+                f"  {label:<16} {extra[key]['precision']}: max |diff| "
+                f"{v['max_abs_diff']:.2g}, max {v['max_level_diff']} uint8 levels, "
+                f"batch sizes {v['batch_sizes']}"
+            )
+    click.echo(f"wrote {result.version.path}")
 
 
 if __name__ == "__main__":

@@ -1,74 +1,23 @@
-"""Checkpoint -> verified ``model.onnx`` + ``metadata.json`` in ``<repo>/<name>/<version>/``.
+"""PyTorch generator -> ONNX: one file, dynamic batch, self-describing.
 
-Export inputs are ``z`` (N, latent_dim) float32 and, for conditional models, ``label`` (N,)
-int64; the output ``image`` is (N, C, H, W) float32 in [-1, 1]. The batch axis is dynamic.
-Nothing lands in the repository unless ONNX Runtime reproduces PyTorch within tolerance.
+Inputs ``z`` (N, latent_dim) float32 and, for conditional models, ``label`` (N,) int64; output
+``image`` (N, C, H, W) float32 in [-1, 1]. Turning that into uint8 pixels is the serving
+side's job, in one place for every backend: `ganserve.serve.imaging.to_uint8`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
-import os
 import pathlib
-import shutil
-import tempfile
 import warnings
+from typing import Any
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
-from ganserve.serve import repository
-from ganserve.serve.imaging import to_uint8
-from ganserve.serve.latent import LATENT_SCHEME, seeds_to_latents
-from ganserve.serve.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
-from ganserve.train import checkpoint
 from ganserve.train.networks import Generator
 
-LOGGER = logging.getLogger(__name__)
-
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-4
-
-
-class ExportError(RuntimeError):
-    """Export refused: the artifact failed a check, or the destination is not writable."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ExportConfig:
-    """One export.
-
-    Args:
-        repository: Model repository root.
-        name: Model name (the folder under the repository).
-        version: Version folder; None takes the highest existing version + 1.
-        opset: ONNX opset.
-        verify_batch_sizes: Batch sizes checked against PyTorch.
-        tolerance: Largest |ONNX - PyTorch| accepted, in the [-1, 1] output range.
-        overwrite: Replace an existing version folder instead of refusing.
-    """
-
-    repository: pathlib.Path
-    name: str
-    version: int | None = None
-    opset: int = DEFAULT_OPSET
-    verify_batch_sizes: tuple[int, ...] = (1, 7, 64)
-    tolerance: float = DEFAULT_TOLERANCE
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"name {self.name!r} is not a valid folder name")
-        if self.version is not None and self.version < 1:
-            raise ValueError(f"version must be >= 1, got {self.version}")
-        if not 17 <= self.opset <= 23:
-            raise ValueError(f"opset must be in 17..23, got {self.opset}")
-        if not self.verify_batch_sizes or min(self.verify_batch_sizes) < 1:
-            raise ValueError(f"verify_batch_sizes must be >= 1, got {self.verify_batch_sizes}")
+METADATA_PROP = "ganserve.metadata"
 
 
 class _ExportWrapper(torch.nn.Module):
@@ -82,7 +31,9 @@ class _ExportWrapper(torch.nn.Module):
         return self.generator(z, label)
 
 
-def _export_onnx(generator: Generator, path: pathlib.Path, opset: int) -> None:
+def export_onnx(generator: Generator, path: pathlib.Path, *, opset: int, optimize: bool) -> None:
+    """Export with the dynamo exporter; ``optimize`` runs its onnxscript optimiser (constant
+    folding, dead-code removal), which makes the graph smaller without changing results."""
     cfg = generator.config
     batch = torch.export.Dim("batch", min=1, max=4096)
     z = torch.zeros(2, cfg.latent_dim)
@@ -103,123 +54,30 @@ def _export_onnx(generator: Generator, path: pathlib.Path, opset: int) -> None:
             opset_version=opset,
             dynamo=True,
             external_data=False,
-            optimize=True,
+            optimize=optimize,
             verbose=False,
         )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def verify(
-    generator: Generator, onnx_path: pathlib.Path, batch_sizes: tuple[int, ...], tolerance: float
-) -> dict[str, float]:
-    """Compare ONNX Runtime with PyTorch on fixed seeds and every class; check batch invariance.
-
-    Raises ExportError with the worst case when out of tolerance.
-    """
-    cfg = generator.config
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    classes = max(cfg.num_classes, 1)
-    worst = 0.0
-    for batch in batch_sizes:
-        seeds = list(range(1000 * batch, 1000 * batch + batch))
-        z = seeds_to_latents(seeds, cfg.latent_dim)  # (B, latent_dim)
-        labels = np.arange(batch, dtype=np.int64) % classes  # every class appears when B >= C
-        feeds = {"z": z} | ({"label": labels} if cfg.num_classes else {})
-        got = session.run(None, feeds)[0]
-        with torch.no_grad():
-            want = generator(
-                torch.from_numpy(z), torch.from_numpy(labels) if cfg.num_classes else None
-            ).numpy()
-        diff = np.abs(got - want)
-        if got.shape != want.shape:
-            raise ExportError(f"ONNX output shape {got.shape} != PyTorch {want.shape}")
-        if not np.isfinite(got).all():
-            raise ExportError(f"ONNX output has non-finite values at batch size {batch}")
-        worst = max(worst, float(diff.max()))
-        if diff.max() > tolerance:
-            i = int(np.unravel_index(diff.argmax(), diff.shape)[0])
-            raise ExportError(
-                f"ONNX differs from PyTorch by {diff.max():.3g} > {tolerance:g} at batch size "
-                f"{batch}, seed {seeds[i]}, class {labels[i] if cfg.num_classes else '-'}"
-            )
-        # Batch invariance: each seed computed alone gives the same pixels as inside the batch.
-        alone = np.concatenate(
-            [
-                session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0]
-                for i in range(batch)
-            ]
-        )
-        if not np.array_equal(to_uint8(alone), to_uint8(got)):
-            raise ExportError(f"batch invariance broken: batch {batch} pixels differ from batch 1")
-    return {"max_abs_diff": worst}
+def embed_metadata(path: pathlib.Path, metadata: dict[str, Any]) -> None:
+    """Store the metadata in the ONNX file's metadata_props, so a lone .onnx describes itself."""
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {METADATA_PROP: json.dumps(metadata, sort_keys=True)})
+    onnx.save(model, str(path))
 
 
-def _next_version(root: pathlib.Path, name: str) -> int:
-    found = repository.versions(root, name)
-    return found[-1] + 1 if found else 1
+def read_embedded_metadata(path: pathlib.Path) -> dict[str, Any]:
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(props[METADATA_PROP])
 
 
-def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> repository.ModelVersionPath:
-    """Export, verify and publish one model version; return what was written."""
-    try:
-        ckpt = checkpoint.load(ckpt_path)
-        generator = checkpoint.build_generator(ckpt, ema=True)
-    except checkpoint.CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
-    cfg = generator.config
-    version = config.version or _next_version(config.repository, config.name)
-    final = config.repository / config.name / str(version)
-    if final.exists() and not config.overwrite:
-        raise ExportError(f"{final} already exists; pass --version N for a new one or --overwrite")
+def to_fp16(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """An FP16 copy of an FP32 model for the CUDA and TensorRT providers. Inputs and outputs
+    keep their FP32/int64 types (casts are inserted), so callers feed it exactly like the FP32
+    model."""
+    from onnxconverter_common import float16
 
-    class_names = tuple(ckpt.get("dataset", {}).get("class_names", ())) if cfg.num_classes else ()
-    metadata = ModelMetadata(
-        name=config.name,
-        version=str(version),
-        latent_dim=cfg.latent_dim,
-        num_classes=cfg.num_classes,
-        class_names=class_names or tuple(str(i) for i in range(cfg.num_classes)),
-        height=cfg.image_size,
-        width=cfg.image_size,
-        channels=cfg.channels,
-        latent_scheme=LATENT_SCHEME,
-        architecture="dcgan",
-        onnx_opset=config.opset,
-        source_checkpoint_sha256=checkpoint.file_sha256(ckpt_path),
-        training_metrics=dict(ckpt.get("metrics", {})),
-        tool_versions={
-            "torch": str(torch.__version__),
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-        },
-        extra={"step": int(ckpt["step"]), "dataset": ckpt.get("dataset", {})},
-    )
-
-    config.repository.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temp folder, then rename: the repository never holds half a version.
-    with tempfile.TemporaryDirectory(dir=config.repository, prefix=".export-") as tmp:
-        staging = pathlib.Path(tmp)
-        onnx_path = staging / MODEL_FILE
-        _export_onnx(generator, onnx_path, config.opset)
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model, full_check=True)
-        onnx.helper.set_model_props(
-            model,
-            {
-                "ganserve.metadata": json.dumps(metadata.to_dict(), sort_keys=True),
-            },
-        )
-        onnx.save(model, str(onnx_path))
-        stray = [p.name for p in staging.iterdir() if p.name != MODEL_FILE]
-        if stray:
-            raise ExportError(f"export wrote external data files {stray}; expected one file")
-        report = verify(generator, onnx_path, config.verify_batch_sizes, config.tolerance)
-        LOGGER.info("verified against PyTorch: max |diff| %.3g", report["max_abs_diff"])
-        metadata = dataclasses.replace(metadata, extra={**metadata.extra, "verification": report})
-        metadata.write(staging / METADATA_FILE)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.chmod(0o755)  # TemporaryDirectory makes 0700; servers may run as another user
-        os.rename(staging, final)
-        staging.mkdir()  # TemporaryDirectory cleans up the (now empty) staging name
-    return repository.open_version(config.repository, config.name, version)
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))

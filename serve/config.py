@@ -72,14 +72,19 @@ class ModelConfig:
     Args:
         backend: Execution backend; AUTO picks the fastest available.
         versions: Versions to serve; empty serves the newest version only.
+        precision: "fp32" serves model.onnx; "fp16" serves model.fp16.onnx (ONNX Runtime
+            backends; a TensorRT plan has its own precision).
     """
 
     backend: Backend = Backend.AUTO
     versions: tuple[int, ...] = ()
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if any(v < 1 for v in self.versions):
             raise ValueError(f"versions must be positive integers, got {list(self.versions)}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -259,7 +264,7 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
     for name, table in raw.items():
         if not isinstance(table, Mapping):
             raise ValueError(f"models.{name} must be a table")
-        unknown = sorted(set(table) - {"backend", "versions"})
+        unknown = sorted(set(table) - {"backend", "versions", "precision"})
         if unknown:
             raise ValueError(f"models.{name}: unknown key(s) {', '.join(unknown)}")
         try:
@@ -273,7 +278,9 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
         if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
             raise ValueError(f"models.{name}.versions must be a list of integers")
         try:
-            out[name] = ModelConfig(backend=backend, versions=tuple(versions))
+            out[name] = ModelConfig(
+                backend=backend, versions=tuple(versions), precision=table.get("precision", "fp32")
+            )
         except ValueError as exc:
             raise ValueError(f"models.{name}: {exc}") from None
     return out

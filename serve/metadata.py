@@ -11,6 +11,7 @@ from ganserve.serve.errors import ModelLoadError
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
+FP16_MODEL_FILE = "model.fp16.onnx"
 FORMAT_VERSION = 1
 
 

@@ -19,7 +19,7 @@ from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.batcher import Batcher
 from ganserve.serve.config import ServerConfig
 from ganserve.serve.errors import ModelLoadError, ModelNotFoundError
-from ganserve.serve.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import FP16_MODEL_FILE, METADATA_FILE, MODEL_FILE, ModelMetadata
 from ganserve.serve.metrics import ServerMetrics
 
 LOGGER = logging.getLogger(__name__)
@@ -135,13 +135,21 @@ class ModelManager:
         config = self._config
         opened = repository.open_version(config.model_repository, name, int(version))
         batching = config.batching
+        model_config = config.model(name)
+        model_file = FP16_MODEL_FILE if model_config.precision == "fp16" else MODEL_FILE
+        if not (opened.path / model_file).is_file():
+            raise ModelLoadError(
+                f"{opened.path}: precision fp16 needs {model_file}; export it with "
+                "`export-gan --fp16-onnx`"
+            )
         options = EngineOptions(
+            model_file=model_file,
             intra_op_threads=config.intra_op_threads,
             max_batch_size=batching.max_batch_size,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             cache_dir=config.engine_cache_dir,
         )
-        backend = backends.resolve(config.model(name).backend, opened.path)
+        backend = backends.resolve(model_config.backend, opened.path)
         engines = []
         try:
             for _ in range(batching.instances):

@@ -154,7 +154,7 @@ def two_model_repository(
     tiny_checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """A repository with a conditional model "tiny" and an unconditional one "plain"."""
-    from ganserve.export.onnx_export import ExportConfig, export_checkpoint
+    from ganserve.export.pipeline import ExportConfig, export_checkpoint
 
     repo = tmp_path_factory.mktemp("two-models")
     plain = _train_tiny(tmp_path_factory.mktemp("ckpt") / "plain.pt", num_classes=0)

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from ganserve.serve.errors import ModelLoadError
-from ganserve.serve.metadata import ModelMetadata
+from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class EngineOptions:
         preferred_batch_sizes: Batch sizes the engine will mostly see (TensorRT profile opt,
             warm-up sizes).
         cache_dir: Writable folder for TensorRT engine caches; None disables caching.
+        model_file: The ONNX file the ONNX Runtime backends open: model.onnx (FP32) or
+            model.fp16.onnx (written by ``export-gan --fp16-onnx``).
     """
 
     intra_op_threads: int = 0
@@ -50,6 +52,7 @@ class EngineOptions:
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = ()
     cache_dir: pathlib.Path | None = None
+    model_file: str = MODEL_FILE
 
 
 class Engine(Protocol):

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ganserve.serve.errors import ModelLoadError
-from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class OnnxCpuEngine:
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = options.intra_op_threads
-        onnx_path = version_dir / MODEL_FILE
+        onnx_path = version_dir / options.model_file
         self._session = open_session(onnx_path, session_options, ["CPUExecutionProvider"])
         self._output = check_signature(self._session, metadata, str(onnx_path))
 

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.backends.cpu import check_signature, open_session
 from ganserve.serve.errors import ModelLoadError
-from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class OnnxCudaEngine:
         self._max_batch = options.max_batch_size
         m = metadata
         self._image_shape = (m.channels, m.height, m.width)
-        onnx_path = version_dir / MODEL_FILE
+        onnx_path = version_dir / options.model_file
 
         providers: list = []
         if backend is Backend.ONNXRUNTIME_TENSORRT:

@@ -303,7 +303,7 @@ def test_file_then_environment_then_flags_win(tmp_path: pathlib.Path) -> None:
     assert out["port"] == 7001  # env over file
     assert out["batching"]["max_queue_size"] == 9  # flag over file
     assert out["batching"]["max_batch_size"] == 16  # file over default
-    assert out["models"] == {"digits": {"backend": "auto", "versions": [2]}}
+    assert out["models"] == {"digits": {"backend": "auto", "precision": "fp32", "versions": [2]}}
     assert out["metrics_port"] == 8000  # default
 
 
@@ -451,3 +451,10 @@ def test_auth_token_variable_beats_a_token_file_named_in_the_config_file(
     config.write_text(f'auth_token_file = "{tmp_path / "absent-token"}"\n')
     out = resolved("--config", str(config), env={"GANSERVE_AUTH_TOKEN": TOKEN})
     assert out["auth_token"] == "<redacted>"
+
+
+def test_model_precision_must_be_fp32_or_fp16(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ganserve.toml"
+    path.write_text('[models.digits]\nprecision = "int8"\n')
+    with pytest.raises(ValueError, match=r"models\.digits: precision must be fp32 or fp16"):
+        build_config({"model_repository": "m", **read_config_file(path)})

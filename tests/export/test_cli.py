@@ -1,0 +1,135 @@
+"""export-gan from the shell: bad input is one clear line and a non-zero exit, never a
+traceback; nothing lands in the repository."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+BIN = pathlib.Path(sys.executable).parent / "export-gan"
+
+
+class Payload:
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def export_gan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120)
+
+
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def make_input(kind: str, tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "input.pt"
+    if kind == "missing":
+        return tmp_path / "absent.pt"
+    if kind == "not-a-checkpoint":
+        path.write_bytes(b"this is a text file, not a checkpoint\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "other-tool":
+        torch.save({"state_dict": {"layer.weight": torch.zeros(3, 3)}, "epoch": 3}, path)
+    elif kind == "pickle-payload":
+        torch.save({"format": "ganserve-checkpoint", "x": Payload(tmp_path / "ran")}, path)
+    elif kind == "raw-pickle-payload":
+        path.write_bytes(pickle.dumps(Payload(tmp_path / "ran"), protocol=2))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no such checkpoint file"),
+        ("not-a-checkpoint", "not a loadable checkpoint"),
+        ("empty", "not a loadable checkpoint"),
+        ("other-tool", "not a ganserve checkpoint"),
+        ("pickle-payload", "weights_only=True refused"),
+        ("raw-pickle-payload", "weights_only=True refused"),
+    ],
+)
+def test_bad_checkpoint_is_one_line_and_writes_nothing(
+    kind: str, message: str, tmp_path: pathlib.Path
+) -> None:
+    repo = tmp_path / "repo"
+    error = refused(export_gan(str(make_input(kind, tmp_path)), "--repository", str(repo)))
+    assert message in error
+    assert not (tmp_path / "ran").exists(), "the pickle payload executed"
+    assert not repo.exists() or list(repo.rglob("*")) == []
+
+
+def test_existing_version_needs_force(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    repo = tmp_path / "repo"
+    common = [
+        str(tiny_checkpoint),
+        "--repository",
+        str(repo),
+        "--name",
+        "tiny",
+        "--version",
+        "1",
+        "--max-batch",
+        "8",
+        "--tensorrt",
+        "off",
+    ]
+    first = export_gan(*common)
+    assert first.returncode == 0, first.stderr
+    assert f"wrote {repo / 'tiny' / '1'}" in first.stdout
+    assert "model.onnx       fp32: max |diff|" in first.stdout
+    assert "already exists; pass --version N for a new one, or --force" in refused(
+        export_gan(*common)
+    )
+    assert export_gan(*common, "--force").returncode == 0
+
+
+def test_tensorrt_on_without_tensorrt_is_refused(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    error = refused(
+        export_gan(str(tiny_checkpoint), "--repository", str(tmp_path / "r"), "--tensorrt", "on")
+    )
+    assert "--tensorrt on was requested but cannot build here:" in error
+
+
+def test_tensorrt_auto_without_tensorrt_says_so_in_one_line(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    result = export_gan(
+        str(tiny_checkpoint), "--repository", str(tmp_path / "r"), "--max-batch", "8"
+    )
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stdout.splitlines() if "TensorRT" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("TensorRT engine skipped: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--opt-batch", "128", "--max-batch", "64"], "opt_batch must be in 1..max_batch"),
+        (["--verify-batch-sizes", "1,x"], "not a comma-separated list of integers"),
+        (["--opset", "9"], "9 is not in the range 17<=x<=23"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    tiny_checkpoint: pathlib.Path, args: list[str], message: str
+) -> None:
+    result = export_gan(str(tiny_checkpoint), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr

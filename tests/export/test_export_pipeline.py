@@ -1,0 +1,159 @@
+"""export-gan writes a verified, self-describing model version, or nothing at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from ganserve.export import onnx_export, pipeline
+from ganserve.export.pipeline import ExportConfig, ExportError, TensorRTMode, export_checkpoint
+from ganserve.serve.config import ModelConfig
+from ganserve.serve.latent import LATENT_SCHEME
+from ganserve.serve.metadata import ModelMetadata
+from ganserve.train import checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
+    repo = tmp_path_factory.mktemp("repo")
+    config = ExportConfig(repository=repo, name="tiny", fp16_onnx=True, max_batch=16)
+    return repo, export_checkpoint(tiny_checkpoint, config)
+
+
+def test_export_writes_fp32_and_fp16_onnx_and_metadata(exported) -> None:
+    repo, result = exported
+    assert result.version.path == repo / "tiny" / "1"
+    assert sorted(p.name for p in result.version.path.iterdir()) == [
+        "metadata.json",
+        "model.fp16.onnx",
+        "model.onnx",
+    ]
+
+
+def test_missing_tensorrt_is_one_note_not_an_error(exported) -> None:
+    _, result = exported
+    (note,) = result.notes
+    assert note.startswith("TensorRT engine skipped: ")
+
+
+def test_metadata_describes_model_engines_and_provenance(exported, tiny_checkpoint) -> None:
+    _, result = exported
+    meta = json.loads((result.version.path / "metadata.json").read_text())
+    assert (meta["name"], meta["version"], meta["latent_dim"], meta["num_classes"]) == (
+        "tiny",
+        "1",
+        16,
+        10,
+    )
+    assert (meta["height"], meta["width"], meta["channels"]) == (32, 32, 1)
+    assert meta["value_range"] == [-1.0, 1.0] and meta["latent_scheme"] == LATENT_SCHEME
+    assert meta["class_names"] == [str(i) for i in range(10)]
+    assert meta["source_checkpoint_sha256"] == checkpoint.file_sha256(tiny_checkpoint)
+    assert meta["onnx_opset"] == 18 and "train_seconds" in meta["training_metrics"]
+    assert {"torch", "onnx", "onnxruntime"} <= set(meta["tool_versions"])
+    fp32, fp16 = meta["extra"]["onnx"], meta["extra"]["onnx_fp16"]
+    assert (fp32["precision"], fp32["batch"]) == ("fp32", "dynamic")
+    assert fp32["verification"]["batch_sizes"] == [1, 7, 16]
+    assert fp32["verification"]["max_abs_diff"] <= 1e-4
+    assert fp16["precision"] == "fp16" and fp16["verified_on"] == "onnxruntime-cpu"
+    assert fp16["verification"]["max_level_diff"] <= 4
+    assert fp16["verification"]["min_within_one_level"] >= 0.999
+
+
+def test_metadata_round_trips_through_file_and_onnx_props(exported) -> None:
+    _, result = exported
+    path = result.version.path
+    from_file = ModelMetadata.read(path / "metadata.json")
+    assert ModelMetadata.from_dict(from_file.to_dict()) == from_file
+    for name in ("model.onnx", "model.fp16.onnx"):
+        assert onnx_export.read_embedded_metadata(path / name) == from_file.to_dict()
+
+
+def test_onnx_is_checker_clean_single_file_with_dynamic_batch(exported) -> None:
+    _, result = exported
+    model = onnx.load(str(result.version.onnx_path))
+    onnx.checker.check_model(model, full_check=True)
+    inputs = {i.name: i for i in model.graph.input}
+    assert set(inputs) == {"z", "label"}
+    assert inputs["z"].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+    assert inputs["z"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert inputs["label"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    (output,) = model.graph.output
+    assert output.name == "image" and output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_fp16_variant_is_served_within_one_level(exported, start_server) -> None:
+    from ganserve.client import GeneratorClient, ImageEncoding
+
+    repo, _ = exported
+    fp32 = start_server(repo, models={"tiny": ModelConfig(precision="fp32")})
+    fp16 = start_server(repo, models={"tiny": ModelConfig(precision="fp16")})
+    with GeneratorClient(fp32.target) as a, GeneratorClient(fp16.target) as b:
+        for seed in range(5):
+            x = a.generate(seed, seed % 10, encoding=ImageEncoding.RAW_UINT8).pixels
+            y = b.generate(seed, seed % 10, encoding=ImageEncoding.RAW_UINT8).pixels
+            assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
+
+
+def test_next_export_is_the_next_version_and_existing_needs_force(
+    exported,
+    tiny_checkpoint,
+) -> None:
+    repo, _ = exported
+    config = ExportConfig(repository=repo, name="tiny", max_batch=8, tensorrt=TensorRTMode.OFF)
+    assert export_checkpoint(tiny_checkpoint, config).version.version == 2
+    with pytest.raises(ExportError, match="already exists; pass --version N for a new one"):
+        export_checkpoint(tiny_checkpoint, dataclasses.replace(config, version=1))
+    replaced = export_checkpoint(
+        tiny_checkpoint, dataclasses.replace(config, version=2, force=True)
+    )
+    assert replaced.version.version == 2 and not replaced.notes
+
+
+def test_tensorrt_requested_but_unavailable_fails_and_writes_nothing(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    config = ExportConfig(repository=tmp_path, name="tiny", tensorrt=TensorRTMode.ON)
+    with pytest.raises(ExportError, match="--tensorrt on was requested but cannot build here"):
+        export_checkpoint(tiny_checkpoint, config)
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_tampered_weight_fails_loudly_with_the_worst_case_and_writes_nothing(
+    tiny_checkpoint: pathlib.Path,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_export = onnx_export.export_onnx
+
+    def export_tampered(generator, path, **kwargs):
+        tampered = checkpoint.build_generator(checkpoint.load(tiny_checkpoint))
+        with torch.no_grad():
+            tampered.net[0].weight[0, 0, 0, 0] += 0.5  # one weight of the first layer
+        real_export(tampered, path, **kwargs)
+
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", export_tampered)
+    with pytest.raises(ExportError) as info:
+        export_checkpoint(tiny_checkpoint, ExportConfig(repository=tmp_path, name="tiny"))
+    message = str(info.value)
+    assert message.startswith("verification failed, nothing written: model.onnx (FP32) is out of")
+    assert re.search(r"worst at batch size 1, seed 100\d, class \d, pixel \(c=0, y=\d+", message)
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_export_without_the_optimiser_still_verifies(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    config = ExportConfig(
+        repository=tmp_path, name="tiny", optimize=False, max_batch=8, tensorrt=TensorRTMode.OFF
+    )
+    meta = export_checkpoint(tiny_checkpoint, config).version.metadata
+    assert meta.extra["onnx"]["optimized"] is False
