@@ -9,7 +9,7 @@ METRICS_PORT ?= 8000
 # torch is pinned: an unpinned torch pulls the multi-GB CUDA build.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test model proto lint clean
+.PHONY: run test model proto lint clean bench
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
@@ -40,6 +40,18 @@ model: $(STAMP)
 	$(BIN)/gan-train --out build/digits.pt --steps 3000 --seed 0
 	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 1 --force --fp16-onnx
 	cp build/digits.pt models/digits/1/checkpoint.pt
+
+# Side-by-side performance table (docs/benchmarks.md): engine alone, ganserve, Triton.
+# Triton comes from PyTriton in its own environment (its protobuf differs from ours).
+TRITON_VENV := build/triton-venv
+$(TRITON_VENV)/.installed:
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet nvidia-pytriton onnxruntime numpy pillow
+	touch $@
+
+bench: $(STAMP) $(TRITON_VENV)/.installed
+	$(BIN)/gan-bench compare --out build/bench --triton-python $(TRITON_VENV)/bin/python
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -150,7 +150,7 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="INTRA_OP_THREADS",
     default=S.intra_op_threads,
     type=click.IntRange(0),
-    help="ONNX Runtime CPU threads per instance (0 = auto).",
+    help="ONNX Runtime CPU threads per instance (0 = auto: all cores but one, shared).",
 )
 @_option(
     "--warmup/--no-warmup",

@@ -11,11 +11,12 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import os
 import pathlib
 import time
 
 from ganserve.serve import backends, repository
-from ganserve.serve.backends import Backend, EngineOptions
+from ganserve.serve.backends import Backend, EngineOptions, cpu
 from ganserve.serve.batcher import Batcher
 from ganserve.serve.config import ServerConfig
 from ganserve.serve.errors import ModelLoadError, ModelNotFoundError
@@ -150,6 +151,11 @@ class ModelManager:
             cache_dir=config.engine_cache_dir,
         )
         backend = backends.resolve(model_config.backend, opened.path)
+        if backend is Backend.ONNXRUNTIME_CPU and not options.intra_op_threads:
+            # Auto: 1 thread, or this instance's share of the cores, whichever runs faster.
+            share = max(1, len(os.sched_getaffinity(0)) // batching.instances)
+            threads = cpu.tune_threads(opened.path, opened.metadata, options, [1, share])
+            options = dataclasses.replace(options, intra_op_threads=threads)
         engines = []
         try:
             for _ in range(batching.instances):

@@ -7,10 +7,11 @@ log line, and the one translation of exceptions into gRPC status codes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -84,6 +85,41 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return (np.sin((1 - t) * omega) / s * a + np.sin(t * omega) / s * b).astype(np.float32)
 
 
+class _Series:
+    """The metric children of one (method, model, version), each resolved on first use: a
+    labels() lookup takes a lock and hashes the label values, on every request otherwise."""
+
+    def __init__(self, metrics: ServerMetrics, method: str, model: str, version: str) -> None:
+        self._m, self._key = metrics, (method, model, version)
+        self.requests: dict[str, object] = {}
+
+    def count(self, code: str) -> None:
+        counter = self.requests.get(code)
+        if counter is None:
+            counter = self.requests[code] = self._m.requests.labels(*self._key, code)
+        counter.inc()
+
+    @functools.cached_property
+    def duration(self):
+        return self._m.request_duration.labels(*self._key)
+
+    @functools.cached_property
+    def in_flight(self):
+        return self._m.in_flight.labels(*self._key[1:])
+
+    @functools.cached_property
+    def images(self):
+        return self._m.images.labels(*self._key[1:])
+
+    @functools.cached_property
+    def cache_hits(self):
+        return self._m.cache_hits.labels(*self._key[1:])
+
+    @functools.cached_property
+    def cache_misses(self):
+        return self._m.cache_misses.labels(*self._key[1:])
+
+
 class _Call:
     """One RPC: request id, deadline, status mapping, metrics and the access log line."""
 
@@ -94,7 +130,8 @@ class _Call:
         self.deadline = None if remaining is None else self.started + remaining
         metadata = context.invocation_metadata() or ()
         self.request_id = (
-            next((v for k, v in metadata if k == "x-request-id"), None) or uuid.uuid4().hex[:16]
+            next((v for k, v in metadata if k == "x-request-id"), None)
+            or f"{random.getrandbits(64):016x}"
         )
         self.served: ServedVersion | None = None
         self.items = 1
@@ -149,6 +186,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self._max_items = max_items_per_call
         self._cache = cache
         self._access_log = access_log
+        self._children: dict[tuple[str, str, str], _Series] = {}
         self.ready = False
 
     def _enter(self, call: _Call, name: str, version: str) -> ServedVersion:
@@ -157,56 +195,65 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             raise UnavailableError("server is starting: models are still loading")
         served = self._models.resolve(name, version)
         call.served = served
-        self._metrics.in_flight.labels(*served.key).inc()
+        self._series(call.method, *served.key).in_flight.inc()
         return served
+
+    def _series(self, method: str, model: str, version: str) -> _Series:
+        key = (method, model, version)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = _Series(self._metrics, method, model, version)
+        return series
 
     def _finish(self, call: _Call, in_flight: bool) -> None:
         seconds = time.monotonic() - call.started
         model, version = call.served.key if call.served else ("_unknown", "")
+        series = self._series(call.method, model, version)
         if in_flight:
-            self._metrics.in_flight.labels(model, version).dec()
-        self._metrics.requests.labels(call.method, model, version, call.code.name).inc()
-        self._metrics.request_duration.labels(call.method, model, version).observe(seconds)
+            series.in_flight.dec()
+        code = call.code.name
+        series.count(code)
+        series.duration.observe(seconds)
         if self._access_log:
             ACCESS_LOGGER.info(
                 "%s %s v%s %s %.2fms",
                 call.method,
                 model,
                 version,
-                call.code.name,
+                code,
                 seconds * 1e3,
                 extra={
                     "method": call.method,
                     "model": model,
                     "version": version,
-                    "code": call.code.name,
+                    "code": code,
                     "duration_ms": round(seconds * 1e3, 3),
                     "peer": call.context.peer(),
                     "items": call.items,
                 },
             )
 
-    async def _images(
-        self, served: ServedVersion, works: list[Work], deadline: float | None
-    ) -> list[bytes]:
+    async def _images(self, call: _Call, served: ServedVersion, works: list[Work]) -> list[bytes]:
         """Encoded images for ``works``, from the cache where possible, in order."""
-        out: list[bytes | None] = [None] * len(works)
+        series = self._series(call.method, *served.key)
+        cache = self._cache
         keys: list[tuple | None] = [None] * len(works)
-        cache, (name, version) = self._cache, served.key
+        out: list[bytes | None] = [None] * len(works)
         if cache is not None:
             for i, work in enumerate(works):
-                if work.latent is not None:
-                    continue  # interpolation frames are not addressable by seed
-                keys[i] = (name, version, work.seed, work.label, work.encoding, work.truncation)
-                out[i] = cache.get(keys[i])
+                if work.latent is None:  # interpolation frames are not addressable by seed
+                    keys[i] = (*served.key, work.seed, work.label, work.encoding, work.truncation)
+                    out[i] = cache.get(keys[i])
             hits = sum(x is not None for x in out)
             if hits:
-                self._metrics.cache_hits.labels(name, version).inc(hits)
+                series.cache_hits.inc(hits)
             if misses := sum(k is not None for k in keys) - hits:
-                self._metrics.cache_misses.labels(name, version).inc(misses)
+                series.cache_misses.inc(misses)
         todo = [i for i, x in enumerate(out) if x is None]
-        if todo:
-            futures = served.batcher.submit_many([works[i] for i in todo], deadline)
+        if len(todo) == 1:  # the common unary case: no gather
+            out[todo[0]] = await served.batcher.submit(works[todo[0]], call.deadline)
+        elif todo:
+            futures = served.batcher.submit_many([works[i] for i in todo], call.deadline)
             try:
                 results = await asyncio.gather(*futures)
             finally:
@@ -214,9 +261,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                     future.cancel()
             for i, image in zip(todo, results, strict=True):
                 out[i] = image
+        if cache is not None:
+            for i in todo:
                 if keys[i] is not None:
-                    cache.put(keys[i], image)
-        self._metrics.images.labels(name, version).inc(len(works))
+                    cache.put(keys[i], out[i])
+        series.images.inc(len(works))
         return out  # type: ignore[return-value]
 
     @staticmethod
@@ -247,7 +296,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 validate_encoding(request.encoding),
                 validate_truncation(request.HasField("truncation"), request.truncation),
             )
-            (image,) = await self._images(served, [work], call.deadline)
+            (image,) = await self._images(call, served, [work])
             return self._response(m, work, image)
 
     async def GenerateBatch(
@@ -274,10 +323,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 )
                 for i, item in enumerate(request.items)
             ]
-            images = await self._images(served, works, call.deadline)
-            return pb.GenerateBatchResponse(
-                images=[self._response(m, w, img) for w, img in zip(works, images, strict=True)]
-            )
+            images = await self._images(call, served, works)
+            # Built in place: assigning ready-made messages to a repeated field copies each.
+            response = pb.GenerateBatchResponse()
+            common = {
+                "encoding": encoding.value,
+                "height": m.height,
+                "width": m.width,
+                "channels": m.channels,
+                "model": m.name,
+                "model_version": m.version,
+            }
+            for work, image in zip(works, images, strict=True):
+                response.images.add(
+                    image=image,
+                    seed=work.seed,
+                    class_label=-1 if work.label is None else work.label,
+                    **common,
+                )
+            return response
 
     async def Interpolate(
         self, request: pb.InterpolateRequest, context: grpc.aio.ServicerContext
@@ -306,7 +370,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             try:
                 for i, future in enumerate(futures):
                     image = await future
-                    self._metrics.images.labels(*served.key).inc()
+                    self._series(call.method, *served.key).images.inc()
                     yield pb.InterpolateFrame(
                         index=i,
                         t=float(t[i]),

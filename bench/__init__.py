@@ -1,0 +1,1 @@
+"""gan-bench: load generation and side-by-side performance comparison (perf_analyzer-style)."""

@@ -1,0 +1,357 @@
+"""`gan-bench`: measure a ganserve (or Triton) server like perf_analyzer does.
+
+Examples:
+
+    gan-bench run --target localhost:50051 --concurrency 1,8,64,256
+    gan-bench run --target localhost:50051 --rpc batch --items 64 --encoding raw
+    gan-bench run --target localhost:50051 --rate 500 --poisson --metrics-url \\
+        http://localhost:8000/metrics --json out.json --csv out.csv --plot out.png
+    gan-bench run --target localhost:8001 --server triton --model digits --num-classes 10
+    gan-bench compare --out build/bench          # every baseline side by side (make bench)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import platform
+import sys
+
+import click
+
+from ganserve.bench import report, targets
+from ganserve.bench.load import Point, Windows, measure
+
+
+def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        out = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if min(out) < 1:
+        raise click.BadParameter("concurrency levels must be >= 1")
+    return out
+
+
+_windows = [
+    click.option("--warmup", type=click.FloatRange(0), default=1.0, help="Seconds of warm-up."),
+    click.option(
+        "--window", type=click.FloatRange(0.1), default=2.0, help="Seconds per measurement window."
+    ),
+    click.option(
+        "--max-windows",
+        type=click.IntRange(3),
+        default=8,
+        help="Windows before giving up on stability (3 must agree within 10%).",
+    ),
+]
+
+
+def _with_windows(fn):
+    for option in reversed(_windows):
+        fn = option(fn)
+    return fn
+
+
+def _echo_point(point: Point) -> None:
+    click.echo(report.table([point]).splitlines()[1], err=True)
+
+
+def _write(
+    points: list[Point],
+    json_path: pathlib.Path | None,
+    csv_path: pathlib.Path | None,
+    plot_path: pathlib.Path | None,
+    title: str,
+    extra: dict | None = None,
+) -> None:
+    if json_path:
+        report.write_json(points, json_path, extra)
+    if csv_path:
+        report.write_csv(points, csv_path)
+    if plot_path:
+        report.plot(points, plot_path, title)
+
+
+@click.group(context_settings={"show_default": True})
+def main() -> None:
+    """Benchmark ganserve: load generation, side-by-side comparisons."""
+
+
+@main.command(help=__doc__)
+@click.option("--target", default="localhost:50051", help="host:port of the server.")
+@click.option("--server", type=click.Choice(["ganserve", "triton"]), default="ganserve")
+@click.option(
+    "--rpc",
+    type=click.Choice(["generate", "batch"]),
+    default="generate",
+    help="Generate (unary) or GenerateBatch (--items images a call).",
+)
+@click.option("--items", type=click.IntRange(1, 4096), default=64, help="Images per batch call.")
+@click.option("--encoding", type=click.Choice(["raw", "png"]), default="raw")
+@click.option("--model", default="", help="Model name (Triton needs it).")
+@click.option(
+    "--num-classes",
+    type=click.IntRange(0),
+    default=None,
+    help="Classes to cycle through [default: ask ganserve; 10 for Triton].",
+)
+@click.option(
+    "--concurrency",
+    callback=_ints,
+    default=None,
+    help="Comma-separated concurrency levels [default: 1,8,64,256 unless --rate].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Fixed request rate (requests/s) instead of concurrency.",
+)
+@click.option("--poisson", is_flag=True, help="Poisson arrivals at --rate (else constant).")
+@click.option(
+    "--metrics-url",
+    default=None,
+    help="ganserve /metrics URL, for the server's batch size and queue time.",
+)
+@_with_windows
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Latency-vs-throughput PNG.",
+)
+def run(
+    target: str,
+    server: str,
+    rpc: str,
+    items: int,
+    encoding: str,
+    model: str,
+    num_classes: int | None,
+    concurrency: list[int] | None,
+    rate: float | None,
+    poisson: bool,
+    metrics_url: str | None,
+    warmup: float,
+    window: float,
+    max_windows: int,
+    json_path: pathlib.Path | None,
+    csv_path: pathlib.Path | None,
+    plot_path: pathlib.Path | None,
+) -> None:
+    if rate is not None and concurrency is not None:
+        raise click.UsageError("give --concurrency or --rate, not both")
+    if server == "triton" and (rpc != "generate" or not model):
+        raise click.UsageError("--server triton needs --model and takes --rpc generate only")
+    windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
+    try:
+        points = asyncio.run(
+            _run(
+                target,
+                server,
+                rpc,
+                items,
+                encoding,
+                model,
+                num_classes,
+                concurrency or ([] if rate else [1, 8, 64, 256]),
+                rate,
+                poisson,
+                metrics_url,
+                windows,
+            )
+        )
+    except Exception as exc:  # a dead server is one line, not a traceback
+        code = exc.code().name if hasattr(exc, "code") and callable(exc.code) else ""
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise click.ClickException(f"{code}: {details}".strip(": ")) from None
+    click.echo(report.table(points))
+    _write(points, json_path, csv_path, plot_path, f"gan-bench: {server} {rpc} {encoding}")
+
+
+async def _run(
+    target: str,
+    server: str,
+    rpc: str,
+    items: int,
+    encoding: str,
+    model: str,
+    num_classes: int | None,
+    concurrency: list[int],
+    rate: float | None,
+    poisson: bool,
+    metrics_url: str | None,
+    windows: Windows,
+) -> list[Point]:
+    ch = targets.channel(target)
+    try:
+        if server == "ganserve":
+            from ganserve.v1 import generator_pb2, generator_pb2_grpc
+
+            info = await generator_pb2_grpc.GeneratorStub(ch).GetModelInfo(
+                generator_pb2.GetModelInfoRequest(model=model), timeout=10
+            )
+            classes = info.num_classes if num_classes is None else num_classes
+            call = (
+                targets.ganserve_batch(
+                    ch, encoding=encoding, num_classes=classes, items=items, model=model
+                )
+                if rpc == "batch"
+                else targets.ganserve_generate(
+                    ch, encoding=encoding, num_classes=classes, model=model
+                )
+            )
+            name = f"ganserve {info.name} {rpc} {encoding}"
+        else:
+            call = targets.triton_infer(ch, model=model, num_classes=num_classes or 10)
+            name = f"triton {model}"
+        scrape = targets.ganserve_scraper(metrics_url) if metrics_url else None
+        points = []
+        for load in concurrency:
+            points.append(
+                await measure(
+                    call, label=f"{name} c={load}", concurrency=load, windows=windows, scrape=scrape
+                )
+            )
+            _echo_point(points[-1])
+        if rate is not None:
+            points.append(
+                await measure(
+                    call,
+                    label=f"{name} @{rate:g}/s",
+                    rate=rate,
+                    poisson=poisson,
+                    windows=windows,
+                    scrape=scrape,
+                )
+            )
+        return points
+    finally:
+        await ch.close()
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default="build/bench",
+    help="Folder for the JSON, CSV, plot and summary.",
+)
+@click.option(
+    "--triton-python",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default="build/triton-venv/bin/python",
+    help="Python of the PyTriton environment (skipped when missing).",
+)
+@click.option("--concurrency", callback=_ints, default="1,8,64,256")
+@click.option(
+    "--instances",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Engine instances for both servers [default: one per core].",
+)
+@_with_windows
+def compare(
+    out: pathlib.Path,
+    triton_python: pathlib.Path,
+    concurrency: list[int],
+    instances: int | None,
+    warmup: float,
+    window: float,
+    max_windows: int,
+) -> None:
+    """Engine alone, ganserve (batching on/off), Triton and a 64x64 RGB DCGAN, in one run."""
+    from ganserve.bench.compare import run_compare, targets_met
+
+    windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
+    python = triton_python if triton_python.is_file() else None
+    instances = instances or len(os.sched_getaffinity(0))
+    results = run_compare(
+        out,
+        triton_python=python,
+        windows=windows,
+        concurrency=concurrency,
+        instances=instances,
+        log=_echo_point,
+    )
+    met = targets_met(results)
+    summary = _summary(results, met)
+    click.echo(summary)
+    (out / "summary.md").write_text(summary + "\n")
+    _write(
+        results.points,
+        out / "results.json",
+        out / "results.csv",
+        out / "latency.png",
+        "gan-bench compare: latency vs throughput",
+        {
+            "engine": results.engine,
+            "parallel_engine": results.parallel,
+            "targets": [t.__dict__ for t in met],
+            "notes": results.notes,
+            "machine": _machine(),
+        },
+    )
+
+
+def _machine() -> dict[str, str]:
+    import grpc
+    import onnxruntime
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": str(len(os.sched_getaffinity(0))),
+        "grpcio": grpc.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _summary(results, met) -> str:
+    lines = [
+        "## Engine alone (in process, ONNX Runtime CPU)",
+        "",
+        "| model | batch | images/s | ms per call |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model, sizes in results.engine.items():
+        for batch, v in sizes.items():
+            lines.append(
+                f"| {model} | {batch} | {v['images_per_s']:.0f} | "
+                f"{v['median_ms']:.3f} ({v['threads']} thread(s)) |"
+            )
+        p = results.parallel[model]
+        lines.append(
+            f"| {model} | 64, {p['instances']} single-thread engines side by side | "
+            f"{p['images_per_s']:.0f} | |"
+        )
+    lines += [
+        "",
+        "## Through gRPC",
+        "",
+        "```",
+        report.table(results.points),
+        "```",
+        "",
+        "## Targets",
+        "",
+        "| target | this run | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in met:
+        verdict = "n/a" if t.met is None else ("yes" if t.met else "**no**")
+        lines.append(f"| {t.name} | {t.value:.2f} | {t.goal} | {verdict} |")
+    lines += ["", *[f"- {n}" for n in results.notes], "", "Machine: " + json.dumps(_machine())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""`gan-bench compare`: every baseline and ganserve, one after another on one machine.
+
+1. The engine alone, in process: images/s at each batch size (the ceiling).
+2. ganserve with batching on (max batch 64) and off (max batch 1), Generate and GenerateBatch.
+3. Triton (PyTriton's bundled tritonserver, dynamic batcher) serving the same ONNX model.
+4. A DCGAN at 64x64 RGB, RAW encoding, against its engine alone.
+
+Servers run one at a time, so they never compete for the CPU; the same asyncio client drives
+all of them. Results: a table, the targets with their ratios, JSON, CSV and a plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ganserve.bench import targets
+from ganserve.bench.engine import engine_throughput, parallel_engine_throughput
+from ganserve.bench.load import Point, Windows, measure
+from ganserve.bench.models import DCGAN64, ensure_dcgan64
+from ganserve.kserve.v2 import predict_pb2, predict_pb2_grpc
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(ready: callable, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:  # type: ignore[valid-type]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if ready():
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready after {timeout:.0f}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    target: str
+    metrics_url: str | None
+    pid: int
+
+
+@contextlib.contextmanager
+def ganserve(repo: pathlib.Path, log: pathlib.Path, *args: str) -> Iterator[Server]:
+    port, metrics = free_port(), free_port()
+    cmd = [
+        str(BIN / "ganserve"),
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics),
+        "--log-level",
+        "WARNING",
+        *args,
+    ]
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with grpc.insecure_channel(target) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    try:
+        _wait(ready, "ganserve", proc)
+        yield Server(target, f"http://127.0.0.1:{metrics}/metrics", proc.pid)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def triton(
+    python: pathlib.Path,
+    model_dir: pathlib.Path,
+    log: pathlib.Path,
+    max_batch: int,
+    instances: int,
+) -> Iterator[Server]:
+    port = free_port()
+    cmd = [
+        str(python),
+        str(REPO_ROOT / "bench" / "triton_peer.py"),
+        "--model-dir",
+        str(model_dir),
+        "--grpc-port",
+        str(port),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--max-batch",
+        str(max_batch),
+        "--instances",
+        str(instances),
+    ]
+    # PyTriton's Python backend stub links against libpython of the interpreter it runs.
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")
+        + ":"
+        + os.environ.get("LD_LIBRARY_PATH", ""),
+    }
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    target = f"127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with grpc.insecure_channel(target) as ch:
+            stub = predict_pb2_grpc.GRPCInferenceServiceStub(ch)
+            return stub.ServerReady(predict_pb2.ServerReadyRequest(), timeout=2).ready
+
+    try:
+        _wait(ready, "Triton", proc, timeout=180)
+        yield Server(target, None, proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # tritonserver is the peer's child
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclasses.dataclass
+class Results:
+    points: list[Point] = dataclasses.field(default_factory=list)
+    engine: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)
+    parallel: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def get(self, label: str) -> Point | None:
+        return next((p for p in self.points if p.label == label), None)
+
+
+async def _sweep(
+    results: Results,
+    server: Server,
+    name: str,
+    make_call,
+    loads: list[int],
+    windows: Windows,
+    *,
+    log: callable,
+) -> None:  # type: ignore[valid-type]
+    ch = targets.channel(server.target)
+    scrape = targets.ganserve_scraper(server.metrics_url) if server.metrics_url else None
+    try:
+        for load in loads:
+            point = await measure(
+                make_call(ch),
+                label=f"{name} c={load}",
+                concurrency=load,
+                windows=windows,
+                scrape=scrape,
+            )
+            results.points.append(point)
+            log(point)
+    finally:
+        await ch.close()
+
+
+async def _rate(
+    results: Results,
+    server: Server,
+    name: str,
+    make_call,
+    rate: float,
+    windows: Windows,
+    *,
+    log: callable,
+) -> None:  # type: ignore[valid-type]
+    ch = targets.channel(server.target)
+    scrape = targets.ganserve_scraper(server.metrics_url) if server.metrics_url else None
+    try:
+        point = await measure(
+            make_call(ch),
+            label=f"{name} @{rate:.0f}/s poisson",
+            rate=rate,
+            poisson=True,
+            windows=windows,
+            scrape=scrape,
+        )
+        results.points.append(point)
+        log(point)
+    finally:
+        await ch.close()
+
+
+def run_compare(
+    out: pathlib.Path,
+    *,
+    triton_python: pathlib.Path | None,
+    windows: Windows,
+    concurrency: list[int],
+    instances: int,
+    log: callable,
+) -> Results:  # type: ignore[valid-type]
+    """Everything in the module docstring; returns the figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    server_log = out / "servers.log"
+    repo = REPO_ROOT / "models"
+    bench_repo = ensure_dcgan64(out / "models")
+    results = Results()
+    results.engine["digits"] = engine_throughput(repo, "digits", [1, 2, 4, 8, 16, 32, 64])
+    results.engine[DCGAN64] = engine_throughput(bench_repo, DCGAN64, [1, 8, 64], seconds=2.0)
+    for model, r in (("digits", repo), (DCGAN64, bench_repo)):
+        results.parallel[model] = parallel_engine_throughput(r, model, 64, instances)
+    raw = lambda ch: targets.ganserve_generate(ch, encoding="raw", num_classes=10)  # noqa: E731
+    each = ("--instances", str(instances))
+    with ganserve(repo, server_log, "--max-batch-size", "64", *each) as server:
+        asyncio.run(
+            _sweep(
+                results,
+                server,
+                "grpc round trip (health)",
+                targets.health_check,
+                [1],
+                windows,
+                log=log,
+            )
+        )
+        asyncio.run(
+            _sweep(results, server, "ganserve Generate raw", raw, concurrency, windows, log=log)
+        )
+        asyncio.run(
+            _sweep(
+                results,
+                server,
+                "ganserve Generate png",
+                lambda ch: targets.ganserve_generate(ch, encoding="png", num_classes=10),
+                [64],
+                windows,
+                log=log,
+            )
+        )
+        asyncio.run(
+            _sweep(
+                results,
+                server,
+                "ganserve GenerateBatch(64) raw",
+                lambda ch: targets.ganserve_batch(ch, encoding="raw", num_classes=10, items=64),
+                [1, 2, 4],
+                windows,
+                log=log,
+            )
+        )
+        busy = results.get("ganserve Generate raw c=64")
+        rate = 0.5 * busy.requests_per_s if busy else 500.0
+        asyncio.run(_rate(results, server, "ganserve Generate raw", raw, rate, windows, log=log))
+    with ganserve(repo, server_log, "--max-batch-size", "1", *each) as server:
+        asyncio.run(
+            _sweep(results, server, "ganserve batching off", raw, [1, 64], windows, log=log)
+        )
+    if triton_python is not None:
+        with triton(triton_python, repo / "digits" / "1", server_log, 64, instances) as server:
+            call = lambda ch: targets.triton_infer(ch, model="digits", num_classes=10)  # noqa: E731
+            asyncio.run(
+                _sweep(results, server, "triton ModelInfer", call, concurrency, windows, log=log)
+            )
+            asyncio.run(_rate(results, server, "triton ModelInfer", call, rate, windows, log=log))
+    else:
+        results.notes.append("Triton skipped: no PyTriton environment (make bench creates one)")
+    with ganserve(bench_repo, server_log, "--max-batch-size", "64", *each) as server:
+        asyncio.run(
+            _sweep(
+                results,
+                server,
+                "ganserve dcgan64 RGB Generate raw",
+                lambda ch: targets.ganserve_generate(ch, encoding="raw", num_classes=0),
+                [64],
+                windows,
+                log=log,
+            )
+        )
+    return results
+
+
+def ceiling(results: Results, model: str) -> float:
+    """The most images/s the engine alone reaches: one engine at its best batch and thread
+    count, or one single-thread engine per server instance running side by side."""
+    single = max(v["images_per_s"] for v in results.engine[model].values())
+    return max(single, results.parallel[model]["images_per_s"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    goal: str
+    met: bool | None  # None: could not be measured in this run
+
+
+def targets_met(results: Results) -> list[Target]:
+    """The issue's targets as ratios from this one run."""
+    out: list[Target] = []
+    g64 = results.get("ganserve Generate raw c=64")
+    t64 = results.get("triton ModelInfer c=64")
+    g1 = results.get("ganserve Generate raw c=1")
+    t1 = results.get("triton ModelInfer c=1")
+    rtt = results.get("grpc round trip (health) c=1")
+    off64 = results.get("ganserve batching off c=64")
+    engine = results.engine["digits"]
+    best = ceiling(results, "digits")
+    if g64 and t64:
+        r = g64.requests_per_s / t64.requests_per_s
+        out.append(Target("Generate c=64 req/s vs Triton", r, ">= 2.0x", r >= 2.0))
+        r = g64.latency_ms["p99"] / t64.latency_ms["p99"]
+        out.append(Target("Generate c=64 p99 vs Triton", r, "<= 0.5x", r <= 0.5))
+    if g1 and t1:
+        r = g1.latency_ms["p50"] / t1.latency_ms["p50"]
+        out.append(Target("Generate c=1 p50 vs Triton", r, "<= 0.3x", r <= 0.3))
+    if g1 and rtt:
+        budget = engine[1]["median_ms"] + rtt.latency_ms["p50"] + 0.3
+        out.append(
+            Target(
+                "Generate c=1 p50 - (engine b1 + gRPC RTT + 0.3 ms), ms",
+                g1.latency_ms["p50"] - budget,
+                "<= 0",
+                g1.latency_ms["p50"] <= budget,
+            )
+        )
+    batch = [p for p in results.points if p.label.startswith("ganserve GenerateBatch(64)")]
+    if batch:
+        r = max(p.images_per_s for p in batch) / best
+        out.append(Target("GenerateBatch(64) img/s vs engine best", r, ">= 0.85", r >= 0.85))
+    dc = results.get("ganserve dcgan64 RGB Generate raw c=64")
+    if dc:
+        r = dc.images_per_s / ceiling(results, DCGAN64)
+        out.append(Target("dcgan64 RGB raw c=64 img/s vs engine best", r, ">= 0.90", r >= 0.90))
+    if g64 and off64:
+        r = g64.images_per_s / off64.images_per_s
+        out.append(Target("batching on vs off, c=64 img/s", r, "report (CPU)", None))
+    return out

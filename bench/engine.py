@@ -1,0 +1,91 @@
+"""The ceiling: the engine alone, in process, no gRPC, no batching logic."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from ganserve.serve import repository
+from ganserve.serve.backends import EngineOptions
+from ganserve.serve.backends.cpu import OnnxCpuEngine
+
+
+def engine_throughput(
+    repo: pathlib.Path,
+    name: str,
+    batch_sizes: list[int],
+    *,
+    seconds: float = 1.0,
+) -> dict[int, dict[str, float]]:
+    """images/s and median call time of ``engine.run`` at each batch size, with whichever of
+    1 thread or all cores is faster there: the best this engine does alone."""
+    version = repository.latest(repo, name)
+    m = version.metadata
+    cores = len(os.sched_getaffinity(0))
+    rng = np.random.default_rng(0)
+    out: dict[int, dict[str, float]] = {}
+    for threads in sorted({1, cores}):
+        engine = OnnxCpuEngine(version.path, m, EngineOptions(intra_op_threads=threads))
+        for batch in batch_sizes:
+            z = rng.standard_normal((batch, m.latent_dim), dtype=np.float32)
+            labels = (np.arange(batch) % m.num_classes).astype(np.int64) if m.conditional else None
+            for _ in range(3):
+                engine.run(z, labels)  # warm-up: arena growth, first-call costs
+            times = []
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds or len(times) < 5:
+                t = time.perf_counter()
+                engine.run(z, labels)
+                times.append(time.perf_counter() - t)
+            rate = batch * len(times) / sum(times)
+            if batch not in out or rate > out[batch]["images_per_s"]:
+                out[batch] = {
+                    "images_per_s": rate,
+                    "median_ms": float(np.median(times) * 1e3),
+                    "threads": threads,
+                }
+        engine.close()
+    return out
+
+
+def parallel_engine_throughput(
+    repo: pathlib.Path, name: str, batch: int, instances: int, *, seconds: float = 2.0
+) -> dict[str, float]:
+    """images/s of ``instances`` single-thread engines running ``batch`` side by side, as a
+    server with that many instances would: the ceiling for a multi-instance server."""
+    import threading
+
+    version = repository.latest(repo, name)
+    m = version.metadata
+    engines = [
+        OnnxCpuEngine(version.path, m, EngineOptions(intra_op_threads=1)) for _ in range(instances)
+    ]
+    z = np.random.default_rng(0).standard_normal((batch, m.latent_dim), dtype=np.float32)
+    labels = (np.arange(batch) % m.num_classes).astype(np.int64) if m.conditional else None
+    counts = [0] * instances
+    start = threading.Barrier(instances + 1)
+    stop = threading.Event()
+
+    def loop(i: int) -> None:
+        engines[i].run(z, labels)
+        start.wait()
+        while not stop.is_set():
+            engines[i].run(z, labels)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    for engine in engines:
+        engine.close()
+    return {"images_per_s": batch * sum(counts) / elapsed, "instances": instances}

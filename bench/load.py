@@ -1,0 +1,239 @@
+"""Asyncio load generation with perf_analyzer-style measurement windows.
+
+Two load modes: fixed concurrency (N calls always outstanding) and fixed request rate
+(constant or Poisson arrivals, capped in-flight). After a warm-up, windows are measured until
+the last `stable_windows` agree within `tolerance` in throughput and p99 latency, or
+`max_windows` pass (the point is then reported unstable). Figures come from the stable windows
+together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import random
+import resource
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+# call(i) -> images returned; raises grpc.aio.AioRpcError (or anything) on failure.
+Call = Callable[[int], Awaitable[int]]
+# scrape() -> server-side counters, e.g. {"batch_sum": .., "batch_count": .., ...}
+Scrape = Callable[[], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Windows:
+    """How a point is measured.
+
+    Args:
+        warmup_s: Load before measuring (connections, server warm-up, JIT of nothing).
+        window_s: Length of one measurement window.
+        stable_windows: How many last windows must agree.
+        max_windows: Give up on stability after this many windows.
+        tolerance: Largest relative spread of throughput and p99 across the stable windows.
+    """
+
+    warmup_s: float = 1.0
+    window_s: float = 2.0
+    stable_windows: int = 3
+    max_windows: int = 8
+    tolerance: float = 0.10
+
+
+@dataclasses.dataclass
+class Point:
+    """One measured load point."""
+
+    label: str
+    mode: str  # "concurrency" or "rate"
+    load: float  # concurrency, or requests/s offered
+    requests_per_s: float
+    images_per_s: float
+    latency_ms: dict[str, float]  # p50 p90 p95 p99 max
+    errors: dict[str, int]
+    stable: bool
+    windows: int
+    client_cpu: float  # cores used by this client process, 1.0 = one core busy
+    server: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def row(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "mode": self.mode,
+            "load": self.load,
+            "requests_per_s": round(self.requests_per_s, 1),
+            "images_per_s": round(self.images_per_s, 1),
+            **{f"{k}_ms": round(v, 3) for k, v in self.latency_ms.items()},
+            "errors": sum(self.errors.values()),
+            "error_codes": ";".join(f"{k}={v}" for k, v in sorted(self.errors.items())),
+            "stable": self.stable,
+            "windows": self.windows,
+            "client_cpu": round(self.client_cpu, 2),
+            **{f"server_{k}": round(v, 3) for k, v in self.server.items()},
+        }
+
+
+class _Recorder:
+    """Completed calls as parallel lists, appended by the workers (one event loop: no lock)."""
+
+    def __init__(self) -> None:
+        self.latency: list[float] = []
+        self.images: list[int] = []
+        self.codes: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.latency)
+
+    def add(self, latency: float, images: int, code: str) -> None:
+        self.latency.append(latency)
+        self.images.append(images)
+        self.codes.append(code)
+
+
+async def _timed(call: Call, i: int, recorder: _Recorder) -> None:
+    started = time.perf_counter()
+    try:
+        images = await call(i)
+        code = "OK"
+    except Exception as exc:  # the status is data here, not a failure of the benchmark
+        images = 0
+        code = (
+            exc.code().name if hasattr(exc, "code") and callable(exc.code) else type(exc).__name__
+        )
+    recorder.add(time.perf_counter() - started, images, code)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _spread(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return (max(values) - min(values)) / mean if mean > 0 else math.inf
+
+
+async def measure(
+    call: Call,
+    *,
+    label: str,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    poisson: bool = False,
+    max_in_flight: int = 1024,
+    windows: Windows = Windows(),
+    scrape: Scrape | None = None,
+    seed: int = 0,
+) -> Point:
+    """Drive ``call`` at fixed concurrency or rate and measure it (see the module docstring)."""
+    if (concurrency is None) == (rate is None):
+        raise ValueError("give exactly one of concurrency and rate")
+    recorder = _Recorder()
+    stop = asyncio.Event()
+    counter = iter(range(1 << 62))
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            await _timed(call, next(counter), recorder)
+
+    async def arrivals() -> None:
+        rng = random.Random(seed)
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            gap = rng.expovariate(rate) if poisson else 1.0 / rate
+            next_at += gap
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_in_flight:
+                recorder.add(0.0, 0, "CLIENT_SATURATED")  # offered load the client dropped
+                continue
+            task = asyncio.create_task(_timed(call, next(counter), recorder))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    drivers = (
+        [asyncio.create_task(worker()) for _ in range(concurrency or 0)]
+        if concurrency
+        else [asyncio.create_task(arrivals())]
+    )
+    await asyncio.sleep(windows.warmup_s)
+
+    marks: list[int] = [len(recorder)]
+    stamps: list[float] = [time.perf_counter()]
+    cpu: list[float] = [_cpu_seconds()]
+    server: list[dict[str, float]] = [scrape() if scrape else {}]
+    throughput: list[float] = []
+    p99: list[float] = []
+    stable = False
+    while len(throughput) < windows.max_windows:
+        await asyncio.sleep(windows.window_s)
+        marks.append(len(recorder))
+        stamps.append(time.perf_counter())
+        cpu.append(_cpu_seconds())
+        server.append(scrape() if scrape else {})
+        lat = recorder.latency[marks[-2] : marks[-1]]
+        throughput.append(len(lat) / (stamps[-1] - stamps[-2]))
+        p99.append(float(np.percentile(lat, 99)) if lat else math.inf)
+        k = windows.stable_windows
+        if (
+            len(throughput) >= k
+            and _spread(throughput[-k:]) <= windows.tolerance
+            and _spread(p99[-k:]) <= windows.tolerance
+        ):
+            stable = True
+            break
+    stop.set()
+    for driver in drivers:
+        driver.cancel()
+    await asyncio.gather(*drivers, return_exceptions=True)
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+
+    k = min(windows.stable_windows, len(throughput))
+    first, last = marks[-k - 1], marks[-1]
+    elapsed = stamps[-1] - stamps[-k - 1]
+    codes = collections.Counter(recorder.codes[first:last])
+    ok_latency = [
+        lat
+        for lat, c in zip(recorder.latency[first:last], recorder.codes[first:last], strict=True)
+        if c == "OK"
+    ]
+    pct = np.percentile(ok_latency, [50, 90, 95, 99]) * 1e3 if ok_latency else [math.nan] * 4
+    server_figures = _server_figures(server[-k - 1], server[-1])
+    return Point(
+        label=label,
+        mode="concurrency" if concurrency else "rate",
+        load=float(concurrency or rate),
+        requests_per_s=codes.get("OK", 0) / elapsed,
+        images_per_s=sum(recorder.images[first:last]) / elapsed,
+        latency_ms={
+            "p50": float(pct[0]),
+            "p90": float(pct[1]),
+            "p95": float(pct[2]),
+            "p99": float(pct[3]),
+            "max": max(ok_latency) * 1e3 if ok_latency else math.nan,
+        },
+        errors={c: n for c, n in codes.items() if c != "OK"},
+        stable=stable,
+        windows=len(throughput),
+        client_cpu=(cpu[-1] - cpu[-k - 1]) / elapsed,
+        server=server_figures,
+    )
+
+
+def _server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean batch size and queue time over the window, from histogram sums and counts."""
+    out = {}
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    if d.get("batch_count", 0) > 0:
+        out["mean_batch"] = d["batch_sum"] / d["batch_count"]
+    if d.get("queue_count", 0) > 0:
+        out["mean_queue_ms"] = d["queue_sum"] / d["queue_count"] * 1e3
+    return out

@@ -1,0 +1,115 @@
+"""gan-bench output: a table on the terminal, JSON and CSV for machines, a PNG plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+from collections.abc import Sequence
+
+from ganserve.bench.load import Point
+
+COLUMNS = [
+    ("label", "series", 34),
+    ("load", "load", 6),
+    ("requests_per_s", "req/s", 8),
+    ("images_per_s", "img/s", 8),
+    ("p50_ms", "p50 ms", 7),
+    ("p90_ms", "p90", 7),
+    ("p95_ms", "p95", 7),
+    ("p99_ms", "p99", 7),
+    ("max_ms", "max", 7),
+    ("errors", "errors", 6),
+    ("server_mean_batch", "batch", 6),
+    ("server_mean_queue_ms", "queue ms", 8),
+    ("client_cpu", "cli CPU", 7),
+    ("stable", "stable", 6),
+]
+
+
+def table(points: Sequence[Point]) -> str:
+    """A fixed-width table, one row per point."""
+    lines = [
+        "  ".join(
+            f"{title:>{w}}" if i else f"{title:<{w}}" for i, (_, title, w) in enumerate(COLUMNS)
+        )
+    ]
+    for point in points:
+        row = point.row()
+        cells = []
+        for i, (key, _, w) in enumerate(COLUMNS):
+            value = row.get(key, "")
+            text = (
+                f"{value:.2f}"
+                if isinstance(value, float) and key.endswith("_ms")
+                else f"{value:.0f}"
+                if isinstance(value, float) and key in ("requests_per_s", "images_per_s", "load")
+                else ("yes" if value else "NO")
+                if key == "stable"
+                else str(value)
+            )
+            cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def write_json(points: Sequence[Point], path: pathlib.Path, extra: dict | None = None) -> None:
+    path.write_text(
+        json.dumps({"points": [p.row() for p in points], **(extra or {})}, indent=2, sort_keys=True)
+        + "\n"
+    )
+
+
+def write_csv(points: Sequence[Point], path: pathlib.Path) -> None:
+    rows = [p.row() for p in points]
+    fields = sorted({k for row in rows for k in row}, key=lambda k: (k != "label", k))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
+    """p50 and p99 latency against images/s, one line per series (points of one label
+    prefix before ' c=' / ' @')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[Point]] = {}
+    for point in points:
+        name = point.label.split(" c=")[0].split(" @")[0]
+        series.setdefault(name, []).append(point)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for name, pts in series.items():
+        if len(pts) < 2:
+            continue
+        pts = sorted(pts, key=lambda p: p.images_per_s)
+        xs = [p.images_per_s for p in pts]
+        (line,) = ax.plot(xs, [p.latency_ms["p99"] for p in pts], marker="o", label=f"{name} p99")
+        ax.plot(
+            xs,
+            [p.latency_ms["p50"] for p in pts],
+            marker=".",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name} p50",
+        )
+        for p in pts:
+            ax.annotate(
+                f"{p.load:g}",
+                (p.images_per_s, p.latency_ms["p99"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set_xlabel("throughput (images/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""What gan-bench calls: ganserve's RPCs, Triton's ModelInfer, a bare gRPC round trip; and a
+scraper of the server's own batch-size and queue-time figures."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ganserve.bench.load import Call, Scrape
+from ganserve.kserve.v2 import predict_pb2, predict_pb2_grpc
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+ENCODINGS = {"png": pb.IMAGE_ENCODING_PNG, "raw": pb.IMAGE_ENCODING_RAW_UINT8}
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+def ganserve_generate(
+    ch: grpc.aio.Channel, *, encoding: str, num_classes: int, model: str = ""
+) -> Call:
+    """Unary Generate with a fresh seed per call (so a response cache could not help)."""
+    stub = generator_pb2_grpc.GeneratorStub(ch)
+    enc = ENCODINGS[encoding]
+
+    async def call(i: int) -> int:
+        request = pb.GenerateRequest(
+            seed=i, model=model, encoding=enc, class_label=i % num_classes if num_classes else None
+        )
+        await stub.Generate(request, timeout=30)
+        return 1
+
+    return call
+
+
+def ganserve_batch(
+    ch: grpc.aio.Channel, *, encoding: str, num_classes: int, items: int, model: str = ""
+) -> Call:
+    """GenerateBatch with ``items`` images per call."""
+    stub = generator_pb2_grpc.GeneratorStub(ch)
+    enc = ENCODINGS[encoding]
+
+    async def call(i: int) -> int:
+        first = i * items
+        batch = [
+            pb.BatchItem(
+                seed=first + j, class_label=(first + j) % num_classes if num_classes else None
+            )
+            for j in range(items)
+        ]
+        reply = await stub.GenerateBatch(
+            pb.GenerateBatchRequest(items=batch, model=model, encoding=enc), timeout=60
+        )
+        return len(reply.images)
+
+    return call
+
+
+def triton_infer(ch: grpc.aio.Channel, *, model: str, num_classes: int) -> Call:
+    """Triton's ModelInfer on the PyTriton peer: seed UINT64 [1,1], class_label INT32 [1,1]."""
+    stub = predict_pb2_grpc.GRPCInferenceServiceStub(ch)
+    T = predict_pb2.ModelInferRequest
+
+    async def call(i: int) -> int:
+        label = i % num_classes if num_classes else 0
+        request = T(
+            model_name=model,
+            inputs=[
+                T.InferInputTensor(name="seed", datatype="UINT64", shape=[1, 1]),
+                T.InferInputTensor(name="class_label", datatype="INT32", shape=[1, 1]),
+            ],
+            outputs=[T.InferRequestedOutputTensor(name="image")],
+            raw_input_contents=[
+                np.array([i], dtype=np.uint64).tobytes(),
+                np.array([label], dtype=np.int32).tobytes(),
+            ],
+        )
+        await stub.ModelInfer(request, timeout=30)
+        return 1
+
+    return call
+
+
+def health_check(ch: grpc.aio.Channel) -> Call:
+    """A bare gRPC round trip (the health service): the floor under any unary RPC."""
+    stub = health_pb2_grpc.HealthStub(ch)
+    request = health_pb2.HealthCheckRequest(service="")
+
+    async def call(i: int) -> int:
+        await stub.Check(request, timeout=10)
+        return 0
+
+    return call
+
+
+def ganserve_scraper(metrics_url: str) -> Scrape:
+    """Sums of ganserve's batch-size and queue-time histograms, for per-window deltas."""
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+            text = reply.read().decode()
+        out = {"batch_sum": 0.0, "batch_count": 0.0, "queue_sum": 0.0, "queue_count": 0.0}
+        names = {
+            "ganserve_batch_size_sum": "batch_sum",
+            "ganserve_batch_size_count": "batch_count",
+            "ganserve_queue_duration_seconds_sum": "queue_sum",
+            "ganserve_queue_duration_seconds_count": "queue_count",
+        }
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in names:
+                out[names[name]] += float(line.rsplit(" ", 1)[1])
+        return out
+
+    return scrape
