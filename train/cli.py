@@ -1,10 +1,18 @@
-"""`gan-train`: train a class-conditional DCGAN on scikit-learn's digits and write a checkpoint.
+"""`gan-train`: train a DCGAN-family generator and write a checkpoint.
+
+Data: scikit-learn's digits (built in, conditional), a folder of images (one subfolder per
+class, or flat for an unconditional model), or a .npz with `images` and optional `labels`.
+Alongside the checkpoint, a run folder gets log.jsonl, sample grids, a loss curve and rotating
+checkpoints (see `--run-dir`).
 
 Examples:
 
     gan-train --out checkpoints/digits.pt
     gan-train --out /tmp/tiny.pt --steps 20 --width 8 --eval-per-class 0
-    gan-train --out checkpoints/digits-hinge.pt --loss hinge --steps 5000
+    gan-train --out ckpt/digits-hinge.pt --loss hinge --diffaugment translation,cutout
+    gan-train --out ckpt/wgan.pt --loss wgan-gp --n-critic 5 --beta1 0 --beta2 0.9
+    gan-train --out ckpt/faces.pt --data ~/faces --image-size 64 --width 64 --latent-dim 100
+    gan-train --out checkpoints/digits.pt --steps 6000 --resume checkpoints/digits.pt
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ import sys
 import click
 import torch
 
-from ganserve.train.data import load_digits_split
+from ganserve.train.checkpoint import CheckpointError
+from ganserve.train.data import DataError, load
 from ganserve.train.loop import TrainConfig, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import GeneratorConfig
+
+_positive = click.FloatRange(0, min_open=True)
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -29,16 +40,41 @@ from ganserve.train.networks import GeneratorConfig
     required=True,
     help="Checkpoint file to write.",
 )
-@click.option("--steps", type=click.IntRange(1), default=3000, help="Training steps.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64)
+@click.option("--data", default="digits", help="'digits', an image folder, or a .npz file.")
 @click.option(
-    "--loss",
-    type=click.Choice([x.value for x in Loss]),
-    default="nonsaturating",
-    help="Adversarial loss.",
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Logs, samples and checkpoints [default: <out>-run/].",
 )
-@click.option("--lr-g", type=click.FloatRange(0, min_open=True), default=2e-4)
-@click.option("--lr-d", type=click.FloatRange(0, min_open=True), default=2e-4)
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Continue exactly from this checkpoint.",
+)
+@click.option("--steps", type=click.IntRange(1), default=3000, help="Generator steps.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64)
+@click.option("--loss", type=click.Choice([x.value for x in Loss]), default="nonsaturating")
+@click.option(
+    "--n-critic",
+    type=click.IntRange(1, 100),
+    default=1,
+    help="Discriminator steps per generator step.",
+)
+@click.option("--gp-weight", type=click.FloatRange(0), default=10.0, help="WGAN-GP penalty.")
+@click.option("--r1-gamma", type=click.FloatRange(0), default=0.0, help="R1 penalty (0 = off).")
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 0.5, max_open=True),
+    default=0.0,
+    help="One-sided label smoothing of real targets.",
+)
+@click.option("--diffaugment", default="", help="DiffAugment policy, e.g. translation,cutout.")
+@click.option("--lr-g", type=_positive, default=2e-4)
+@click.option("--lr-d", type=_positive, default=2e-4)
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.5)
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999)
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999)
 @click.option("--latent-dim", type=click.IntRange(1, 4096), default=64)
 @click.option(
@@ -47,69 +83,55 @@ from ganserve.train.networks import GeneratorConfig
     default=32,
     help="Feature maps of the generator's last hidden layer (and D's first).",
 )
-@click.option(
-    "--image-size",
-    type=click.Choice(["8", "16", "32", "64"]),
-    default="32",
-    help="Digits are upscaled from 8x8 to this size.",
-)
-@click.option("--unconditional", is_flag=True, help="Train without class labels.")
+@click.option("--image-size", type=click.Choice(["8", "16", "32", "64", "128"]), default="32")
+@click.option("--unconditional", is_flag=True, help="Ignore class labels.")
 @click.option("--seed", type=click.IntRange(0), default=0)
 @click.option(
     "--threads", type=click.IntRange(0), default=0, help="torch CPU threads (0 = torch's default)."
 )
 @click.option("--log-every", type=click.IntRange(1), default=100)
+@click.option("--sample-every", type=click.IntRange(1), default=500)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1000)
+@click.option("--keep-last", type=click.IntRange(1), default=3)
 @click.option(
     "--eval-per-class",
     type=click.IntRange(0),
     default=100,
-    help="Generated samples per class for the final evaluation (0 = skip).",
+    help="Generated samples per class for evaluation (0 = skip).",
 )
 def main(
     out: pathlib.Path,
-    steps: int,
-    batch_size: int,
-    loss: str,
-    lr_g: float,
-    lr_d: float,
-    ema_decay: float,
-    latent_dim: int,
-    width: int,
+    data: str,
+    run_dir: pathlib.Path | None,
+    resume: pathlib.Path | None,
+    threads: int,
     image_size: str,
     unconditional: bool,
-    seed: int,
-    threads: int,
-    log_every: int,
-    eval_per_class: int,
+    latent_dim: int,
+    width: int,
+    **options: object,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if threads:
         torch.set_num_threads(threads)
     size = int(image_size)
-    data, heldout = load_digits_split(size)
     try:
+        train_set, heldout = load(data, size)
         gen_config = GeneratorConfig(
             latent_dim=latent_dim,
-            num_classes=0 if unconditional else len(data.class_names),
+            num_classes=0 if unconditional else len(train_set.class_names),
             image_size=size,
-            channels=1,
+            channels=int(train_set.images.shape[1]),
             width=width,
         )
-        train_config = TrainConfig(
-            steps=steps,
-            batch_size=batch_size,
-            lr_g=lr_g,
-            lr_d=lr_d,
-            loss=Loss(loss),
-            ema_decay=ema_decay,
-            seed=seed,
-            log_every=log_every,
-            eval_per_class=eval_per_class,
+        train_config = TrainConfig(loss=Loss(options.pop("loss")), **options)
+        run_dir = run_dir or out.with_name(out.stem + "-run")
+        ckpt = train(
+            gen_config, train_config, train_set, heldout, out, run_dir=run_dir, resume=resume
         )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    ckpt = train(gen_config, train_config, data, heldout, out)
-    click.echo(f"wrote {out} (step {ckpt['step']}, metrics {ckpt['metrics']})")
+    except (DataError, CheckpointError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out} (step {ckpt['step']}, metrics {ckpt['metrics']}); run: {run_dir}")
 
 
 if __name__ == "__main__":

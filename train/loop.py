@@ -1,9 +1,14 @@
-"""The training loop: alternate D and G steps, keep an EMA generator, evaluate, checkpoint."""
+"""The training loop: alternate D and G steps, keep an EMA generator, evaluate, checkpoint.
+
+Resuming continues exactly: weights, optimiser states, EMA, step, loss history and both random
+streams (torch's global one and the loop's batch generator) come back from the checkpoint.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
@@ -12,9 +17,17 @@ from typing import Any
 import torch
 
 from ganserve.train import checkpoint
+from ganserve.train.augment import diff_augment, parse_policy
 from ganserve.train.data import ImageDataset
-from ganserve.train.losses import Loss, discriminator_loss, generator_loss
+from ganserve.train.losses import (
+    Loss,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 from ganserve.train.metrics import DigitClassifier, evaluate
+from ganserve.train.monitor import RunMonitor
 from ganserve.train.networks import (
     Discriminator,
     DiscriminatorConfig,
@@ -23,6 +36,16 @@ from ganserve.train.networks import (
 )
 
 LOGGER = logging.getLogger(__name__)
+BEST_METRIC = "sample_class_accuracy"
+# Settings a resumed run may change; anything else must match the checkpoint.
+RESUMABLE_CHANGES = {
+    "steps",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep_last",
+    "eval_per_class",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,15 +53,24 @@ class TrainConfig:
     """One training run.
 
     Args:
-        steps: Generator updates (one discriminator update each).
-        batch_size: Real images per step (and as many fakes).
+        steps: Generator updates.
+        batch_size: Real images per discriminator step (and as many fakes).
         lr_g, lr_d: Adam learning rates.
-        beta1, beta2: Adam betas (DCGAN: 0.5, 0.999).
+        beta1, beta2: Adam betas (DCGAN: 0.5, 0.999; WGAN-GP: 0.0, 0.9).
         loss: Adversarial objective.
+        n_critic: Discriminator steps per generator step (WGAN-GP uses 5).
+        gp_weight: Gradient-penalty weight (WGAN-GP only).
+        r1_gamma: R1 penalty weight on real images; 0 disables it.
+        label_smoothing: One-sided: real targets become 1 - smoothing (non-saturating, LS).
+        diffaugment: Comma-separated DiffAugment policy ("translation,cutout[,color]"); empty
+            disables it.
         ema_decay: Decay of the generator's exponential moving average (the exported weights).
         seed: Seeds torch for weights, batches and latents.
-        log_every: Steps between loss records (and log lines).
-        eval_per_class: Generated samples per class in the final evaluation; 0 skips it.
+        log_every: Steps between log records.
+        sample_every: Steps between sample grids and loss curves (run folder only).
+        checkpoint_every: Steps between evaluated checkpoints (run folder only).
+        keep_last: Checkpoints kept in the run folder, besides best.pt.
+        eval_per_class: Generated samples per class for evaluation; 0 skips it.
     """
 
     steps: int = 3000
@@ -48,20 +80,38 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     loss: Loss = Loss.NONSATURATING
+    n_critic: int = 1
+    gp_weight: float = 10.0
+    r1_gamma: float = 0.0
+    label_smoothing: float = 0.0
+    diffaugment: str = ""
     ema_decay: float = 0.999
     seed: int = 0
     log_every: int = 100
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_last: int = 3
     eval_per_class: int = 100
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in (
+            "steps",
+            "batch_size",
+            "n_critic",
+            "log_every",
+            "sample_every",
+            "checkpoint_every",
+            "keep_last",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.gp_weight < 0 or self.r1_gamma < 0:
+            raise ValueError("gp_weight and r1_gamma must be >= 0")
+        parse_policy(self.diffaugment, channels=3)  # names an unknown policy early
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "loss": self.loss.value}
@@ -75,12 +125,52 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         b_ema.copy_(b)  # BatchNorm statistics follow the live generator
 
 
+RESUME_KEYS = (
+    "generator",
+    "discriminator",
+    "optimizer_g",
+    "optimizer_d",
+    "rng",
+    "history",
+    "training_config",
+)
+
+
+def _check_resume(ckpt: dict[str, Any], gen_config: GeneratorConfig, cfg: TrainConfig) -> None:
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"--resume: the checkpoint lacks {', '.join(missing)} (written by an "
+            "older gan-train, or stripped); it can be exported, not resumed"
+        )
+    if ckpt["generator_config"] != dataclasses.asdict(gen_config):
+        raise ValueError(
+            "--resume: the checkpoint's generator config differs from this run's "
+            f"({ckpt['generator_config']} vs {dataclasses.asdict(gen_config)})"
+        )
+    saved, now = ckpt["training_config"], cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ValueError(
+            f"--resume: training settings differ from the checkpoint's: "
+            f"{', '.join(changed)}; only {', '.join(sorted(RESUMABLE_CHANGES))} "
+            "may change"
+        )
+    if ckpt["step"] >= cfg.steps:
+        raise ValueError(
+            f"--resume: the checkpoint is at step {ckpt['step']}; ask for more --steps than that"
+        )
+
+
 def train(
     gen_config: GeneratorConfig,
     train_config: TrainConfig,
     data: ImageDataset,
     heldout: ImageDataset,
     out: pathlib.Path,
+    *,
+    run_dir: pathlib.Path | None = None,
+    resume: pathlib.Path | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, write the checkpoint to ``out``; return the checkpoint dict."""
     cfg = train_config
@@ -89,6 +179,11 @@ def train(
             f"--num-classes {gen_config.num_classes} does not match the data "
             f"({len(data.class_names)} classes)"
         )
+    if gen_config.channels != data.images.shape[1]:
+        raise ValueError(
+            f"the data has {data.images.shape[1]} channel(s), the generator {gen_config.channels}"
+        )
+    policy = parse_policy(cfg.diffaugment, gen_config.channels)
     torch.manual_seed(cfg.seed)
     disc_config = DiscriminatorConfig(
         num_classes=gen_config.num_classes,
@@ -100,79 +195,135 @@ def train(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    conditional = gen_config.num_classes > 0
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    started = time.monotonic()
+    metrics: dict[str, float] = {}
+    start = 0
+    if resume is not None:
+        ckpt = checkpoint.load(resume)
+        _check_resume(ckpt, gen_config, cfg)
+        G.load_state_dict(ckpt["generator"])
+        G_ema.load_state_dict(ckpt["generator_ema"])
+        D.load_state_dict(ckpt["discriminator"])
+        opt_g.load_state_dict(ckpt["optimizer_g"])
+        opt_d.load_state_dict(ckpt["optimizer_d"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        batch_gen.set_state(ckpt["rng"]["batch"])
+        start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])
+        LOGGER.info("resumed from %s at step %d", resume, start)
 
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=batch_gen)
-        real, real_y = data.images[idx], data.labels[idx]  # (B, C, H, W), (B,)
-        z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
-        fake_y = torch.randint(
-            max(gen_config.num_classes, 1), (cfg.batch_size,), generator=batch_gen
-        )
-        real_y = real_y if conditional else None
-        fake_y = fake_y if conditional else None
+    conditional = gen_config.num_classes > 0
+    classifier = (
+        DigitClassifier(data)
+        if conditional and cfg.eval_per_class and data.name.startswith("digits")
+        else None
+    )
+    monitor = RunMonitor(run_dir, keep_last=cfg.keep_last, metric=BEST_METRIC) if run_dir else None
 
-        # Discriminator step: fakes detached so G gets no gradient here.
-        fake = G(z, fake_y)
-        d_loss = discriminator_loss(cfg.loss, D(real, real_y), D(fake.detach(), fake_y))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+    def payload(step: int) -> dict[str, Any]:
+        return {
+            "generator_config": dataclasses.asdict(gen_config),
+            "discriminator_config": dataclasses.asdict(disc_config),
+            "training_config": cfg.to_dict(),
+            "dataset": {
+                "name": data.name,
+                "fingerprint": data.fingerprint(),
+                "size": len(data),
+                "class_names": list(data.class_names),
+            },
+            "step": step,
+            "metrics": dict(metrics),
+            "history": list(history),
+            "generator": G.state_dict(),
+            "generator_ema": G_ema.state_dict(),
+            "discriminator": D.state_dict(),
+            "optimizer_g": opt_g.state_dict(),
+            "optimizer_d": opt_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
+            "torch_version": str(torch.__version__),
+        }
 
-        # Generator step on the same fakes.
-        g_loss = generator_loss(cfg.loss, D(fake, fake_y))
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, policy, batch_gen) if policy else x
+
+    started, window_started, window_images = time.monotonic(), time.monotonic(), 0
+    for step in range(start + 1, cfg.steps + 1):
+        for _ in range(cfg.n_critic):
+            idx = torch.randint(len(data), (cfg.batch_size,), generator=batch_gen)
+            real, real_y = data.images[idx], data.labels[idx]  # (B, C, H, W), (B,)
+            z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
+            fake_y = torch.randint(
+                max(gen_config.num_classes, 1), (cfg.batch_size,), generator=batch_gen
+            )
+            real_y = real_y if conditional else None
+            fake_y = fake_y if conditional else None
+            fake = G(z, fake_y)
+            real_aug, fake_aug = augment(real), augment(fake.detach())
+            d_loss = discriminator_loss(
+                cfg.loss,
+                D(real_aug, real_y),
+                D(fake_aug, fake_y),
+                label_smoothing=cfg.label_smoothing,
+            )
+            critic = functools.partial(D, label=real_y)
+            penalties: dict[str, float] = {}
+            if cfg.loss is Loss.WGAN_GP:
+                gp = gradient_penalty(critic, real_aug, fake_aug)
+                d_loss = d_loss + cfg.gp_weight * gp
+                penalties["gp"] = gp.item()
+            if cfg.r1_gamma:
+                r1 = r1_penalty(critic, real_aug)
+                d_loss = d_loss + 0.5 * cfg.r1_gamma * r1
+                penalties["r1"] = r1.item()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            window_images += cfg.batch_size
+
+        # Generator step on the last fakes, through the same augmentation.
+        g_loss = generator_loss(cfg.loss, D(augment(fake), fake_y))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         update_ema(G_ema, G, cfg.ema_decay)
 
         if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.monotonic()
             record = {
                 "step": step,
                 "d_loss": d_loss.item(),
                 "g_loss": g_loss.item(),
-                "seconds": round(time.monotonic() - started, 2),
+                **penalties,
+                "images_per_s": round(window_images / (now - window_started), 1),
+                "seconds": round(now - started, 2),
             }
+            window_started, window_images = now, 0
             history.append(record)
             LOGGER.info(
-                "step %d/%d  d_loss %.4f  g_loss %.4f  (%.1fs)",
+                "step %d/%d  d_loss %.4f  g_loss %.4f  %.0f img/s",
                 step,
                 cfg.steps,
                 record["d_loss"],
                 record["g_loss"],
-                record["seconds"],
+                record["images_per_s"],
             )
+            if monitor:
+                monitor.log(record)
+        if monitor and (step % cfg.sample_every == 0 or step == cfg.steps):
+            monitor.sample_grid(G_ema, step)
+            monitor.loss_curve(history)
+        if classifier and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            metrics.update(evaluate(G_ema, classifier, heldout, per_class=cfg.eval_per_class))
+            LOGGER.info("step %d evaluation: %s", step, metrics)
+        if monitor and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            monitor.save(payload(step), step)
 
-    metrics: dict[str, float] = {"train_seconds": round(time.monotonic() - started, 2)}
-    if cfg.eval_per_class and conditional:
-        metrics.update(
-            evaluate(G_ema, DigitClassifier(data), heldout, per_class=cfg.eval_per_class)
-        )
-        LOGGER.info("evaluation: %s", metrics)
-
-    payload = {
-        "generator_config": dataclasses.asdict(gen_config),
-        "discriminator_config": dataclasses.asdict(disc_config),
-        "training_config": cfg.to_dict(),
-        "dataset": {
-            "name": data.name,
-            "fingerprint": data.fingerprint(),
-            "size": len(data),
-            "class_names": list(data.class_names),
-        },
-        "step": cfg.steps,
-        "metrics": metrics,
-        "history": history,
-        "generator": G.state_dict(),
-        "generator_ema": G_ema.state_dict(),
-        "discriminator": D.state_dict(),
-        "optimizer_g": opt_g.state_dict(),
-        "optimizer_d": opt_d.state_dict(),
-        "torch_version": str(torch.__version__),
-    }
-    checkpoint.save(payload, out)
+    metrics["train_seconds"] = round(
+        metrics.get("train_seconds", 0.0) + time.monotonic() - started, 2
+    )
+    final = payload(cfg.steps)
+    checkpoint.save(final, out)
+    if monitor:
+        monitor.close()
     LOGGER.info("wrote %s", out)
-    return payload
+    return final

@@ -1,0 +1,170 @@
+"""Runs people can follow and continue: log, samples, rotating checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganserve.train import checkpoint
+from ganserve.train.data import load_digits_split
+from ganserve.train.loop import TrainConfig, train
+from ganserve.train.losses import Loss
+from ganserve.train.networks import GeneratorConfig
+
+GEN = GeneratorConfig(width=8, latent_dim=16, embed_dim=8)
+
+
+def run(
+    tmp: pathlib.Path,
+    steps: int,
+    *,
+    resume: pathlib.Path | None = None,
+    name: str = "run",
+    **options: object,
+) -> dict:
+    data, heldout = load_digits_split(32)
+    config = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        log_every=5,
+        sample_every=5,
+        checkpoint_every=5,
+        keep_last=2,
+        eval_per_class=5,
+        **options,
+    )
+    return train(GEN, config, data, heldout, tmp / f"{name}.pt", run_dir=tmp / name, resume=resume)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"loss": Loss.WGAN_GP, "n_critic": 2, "beta1": 0.0, "beta2": 0.9},
+        {"loss": Loss.HINGE, "r1_gamma": 1.0, "diffaugment": "translation,cutout"},
+    ],
+)
+def test_resume_continues_exactly(tmp_path: pathlib.Path, options: dict) -> None:
+    straight = run(tmp_path, 20, name="straight", **options)
+    run(tmp_path, 10, name="first", **options)
+    resumed = run(tmp_path, 20, name="first", resume=tmp_path / "first.pt", **options)
+    for key in ("generator", "generator_ema", "discriminator"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs"
+    assert resumed["step"] == 20 and len(resumed["history"]) == len(straight["history"])
+
+
+def test_run_folder_holds_log_samples_curve_and_rotating_checkpoints(
+    tmp_path: pathlib.Path,
+) -> None:
+    run(tmp_path, 20)
+    folder = tmp_path / "run"
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert all(r["images_per_s"] > 0 for r in records)
+    assert sorted(p.name for p in folder.glob("ckpt_*.pt")) == ["ckpt_000015.pt", "ckpt_000020.pt"]
+    best = checkpoint.load(folder / "best.pt")
+    assert "sample_class_accuracy" in best["metrics"]
+    grid = Image.open(folder / "samples" / "step_000020.png")
+    assert grid.size == (10 * 34, 10 * 34)  # 10 seeds x 10 classes of 32x32 with borders
+    assert (folder / "losses.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_resume_refuses_changed_settings(tmp_path: pathlib.Path) -> None:
+    run(tmp_path, 5, name="a")
+    with pytest.raises(ValueError, match=r"training settings differ.*loss"):
+        run(tmp_path, 10, name="a", resume=tmp_path / "a.pt", loss=Loss.HINGE)
+    with pytest.raises(ValueError, match="ask for more --steps"):
+        run(tmp_path, 5, name="a", resume=tmp_path / "a.pt")
+    stripped = checkpoint.load(tmp_path / "a.pt")
+    del stripped["rng"], stripped["optimizer_d"]
+    checkpoint.save(stripped, tmp_path / "stripped.pt")
+    with pytest.raises(ValueError, match="lacks optimizer_d, rng"):
+        run(tmp_path, 10, name="a", resume=tmp_path / "stripped.pt")
+
+
+@pytest.mark.slow
+def test_rgb_64_dcgan_trains_from_an_image_folder_and_exports(tmp_path: pathlib.Path) -> None:
+    """The second config: 64x64 RGB from a (tiny, synthetic) folder, end to end."""
+    rng = np.random.default_rng(0)
+    for cls in ("red", "blue"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 80, (48, 48, 3), dtype=np.uint8)
+            pixels[..., 0 if cls == "red" else 2] += 150
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    bin_dir = pathlib.Path(sys.executable).parent
+    ckpt = tmp_path / "rgb.pt"
+    result = subprocess.run(
+        [
+            str(bin_dir / "gan-train"),
+            "--out",
+            str(ckpt),
+            "--data",
+            str(tmp_path / "data"),
+            "--image-size",
+            "64",
+            "--width",
+            "8",
+            "--latent-dim",
+            "32",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--diffaugment",
+            "color,translation,cutout",
+            "--log-every",
+            "2",
+            "--eval-per-class",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    exported = subprocess.run(
+        [
+            str(bin_dir / "export-gan"),
+            str(ckpt),
+            "--repository",
+            str(tmp_path / "models"),
+            "--name",
+            "rgb",
+            "--max-batch",
+            "4",
+            "--tensorrt",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    meta = json.loads((tmp_path / "models" / "rgb" / "1" / "metadata.json").read_text())
+    assert (meta["height"], meta["channels"], meta["class_names"]) == (64, 3, ["blue", "red"])
+
+
+def test_cli_bad_data_is_one_line(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        [
+            str(pathlib.Path(sys.executable).parent / "gan-train"),
+            "--out",
+            str(tmp_path / "x.pt"),
+            "--data",
+            str(tmp_path / "absent"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no such folder or .npz file" in result.stderr

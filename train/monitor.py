@@ -1,0 +1,98 @@
+"""What a training run leaves for people to follow: a JSONL log, sample grids, a loss curve,
+and rotating checkpoints (the last K, plus the best by the evaluation metric).
+
+    <run_dir>/log.jsonl                one JSON object per logged step
+    <run_dir>/samples/step_XXXXXX.png  fixed seeds, one row per class, from the EMA generator
+    <run_dir>/losses.png               D and G loss against step
+    <run_dir>/ckpt_XXXXXX.pt           the last `keep_last` checkpoints
+    <run_dir>/best.pt                  the best checkpoint by `metric`
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ganserve.serve.imaging import to_uint8
+from ganserve.train import checkpoint
+from ganserve.train.metrics import sample_grid_inputs
+
+GRID_COLUMNS = 10
+
+
+class RunMonitor:
+    """Writes the run's log, pictures and checkpoints under ``run_dir``."""
+
+    def __init__(self, run_dir: pathlib.Path, *, keep_last: int, metric: str) -> None:
+        self.run_dir = run_dir
+        self.keep_last = keep_last
+        self.metric = metric
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        self._log = (run_dir / "log.jsonl").open("a")
+        self.best = -float("inf")
+        best = run_dir / "best.pt"
+        if best.is_file():  # a resumed run keeps its best so far
+            self.best = checkpoint.load(best).get("metrics", {}).get(metric, -float("inf"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+
+    @torch.no_grad()
+    def sample_grid(self, generator: torch.nn.Module, step: int) -> pathlib.Path:
+        """Seeds 0..9 (columns) for every class (rows), through the serving seed->latent map."""
+        cfg = generator.config
+        z, labels = sample_grid_inputs(cfg.num_classes, GRID_COLUMNS, cfg.latent_dim)
+        images = generator(z, labels if cfg.num_classes else None).numpy()
+        tiles = to_uint8(images)  # (N, H, W, C)
+        rows = max(cfg.num_classes, 1)
+        h, w, c = tiles.shape[1:]
+        grid = np.full((rows * (h + 2), GRID_COLUMNS * (w + 2), c), 255, dtype=np.uint8)
+        for i, tile in enumerate(tiles):
+            r, col = divmod(i, GRID_COLUMNS)
+            grid[
+                r * (h + 2) + 1 : r * (h + 2) + 1 + h, col * (w + 2) + 1 : col * (w + 2) + 1 + w
+            ] = tile
+        path = self.run_dir / "samples" / f"step_{step:06d}.png"
+        Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
+        return path
+
+    def loss_curve(self, history: list[dict[str, float]]) -> pathlib.Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = self.run_dir / "losses.png"
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        steps = [h["step"] for h in history]
+        for key in ("d_loss", "g_loss"):
+            ax.plot(steps, [h[key] for h in history], label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def save(self, payload: dict[str, Any], step: int) -> pathlib.Path:
+        """Write ckpt_<step>.pt, keep the last K, and copy to best.pt when the metric improves."""
+        path = self.run_dir / f"ckpt_{step:06d}.pt"
+        checkpoint.save(payload, path)
+        for old in sorted(self.run_dir.glob("ckpt_*.pt"))[: -self.keep_last]:
+            old.unlink()
+        value = payload.get("metrics", {}).get(self.metric)
+        if value is not None and value > self.best:
+            self.best = value
+            checkpoint.save(payload, self.run_dir / "best.pt")
+        return path
+
+    def close(self) -> None:
+        self._log.close()
