@@ -9,7 +9,7 @@ COPY proto proto
 COPY train train
 COPY export export
 RUN pip install --no-cache-dir .
-COPY models/digits/1/model.onnx models/digits/1/metadata.json /models/digits/1/
+COPY models/digits/2/model.onnx models/digits/2/metadata.json /models/digits/2/
 USER 65532:65532
 EXPOSE 50051 8000
 ENTRYPOINT ["ganserve", "serve", "--model-repository", "/models"]

@@ -37,9 +37,9 @@ test: system-deps $(STAMP)
 
 # Reproduce the bundled model: train on digits, export and verify, keep the checkpoint beside it.
 model: $(STAMP)
-	$(BIN)/gan-train --out build/digits.pt --steps 3000 --seed 0
-	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 1 --force --fp16-onnx
-	cp build/digits.pt models/digits/1/checkpoint.pt
+	$(BIN)/gan-train --out build/digits.pt --steps 8000 --diffaugment translation,cutout --seed 0
+	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 2 --force --fp16-onnx
+	cp build/digits.pt models/digits/2/checkpoint.pt
 
 # Side-by-side performance table (docs/benchmarks.md): engine alone, ganserve, Triton.
 # Triton comes from PyTriton in its own environment (its protobuf differs from ours).

@@ -183,48 +183,20 @@ async def _sweep(
     loads: list[int],
     windows: Windows,
     *,
-    log: callable,
-) -> None:  # type: ignore[valid-type]
+    log: callable,  # type: ignore[valid-type]
+    rate: float | None = None,
+) -> None:
+    """Measure ``name`` at each concurrency in ``loads``, then at a Poisson ``rate`` if set."""
     ch = targets.channel(server.target)
     scrape = targets.ganserve_scraper(server.metrics_url) if server.metrics_url else None
+    specs = [{"label": f"{name} c={n}", "concurrency": n} for n in loads]
+    if rate is not None:
+        specs.append({"label": f"{name} @{rate:.0f}/s poisson", "rate": rate, "poisson": True})
     try:
-        for load in loads:
-            point = await measure(
-                make_call(ch),
-                label=f"{name} c={load}",
-                concurrency=load,
-                windows=windows,
-                scrape=scrape,
-            )
+        for spec in specs:
+            point = await measure(make_call(ch), windows=windows, scrape=scrape, **spec)
             results.points.append(point)
             log(point)
-    finally:
-        await ch.close()
-
-
-async def _rate(
-    results: Results,
-    server: Server,
-    name: str,
-    make_call,
-    rate: float,
-    windows: Windows,
-    *,
-    log: callable,
-) -> None:  # type: ignore[valid-type]
-    ch = targets.channel(server.target)
-    scrape = targets.ganserve_scraper(server.metrics_url) if server.metrics_url else None
-    try:
-        point = await measure(
-            make_call(ch),
-            label=f"{name} @{rate:.0f}/s poisson",
-            rate=rate,
-            poisson=True,
-            windows=windows,
-            scrape=scrape,
-        )
-        results.points.append(point)
-        log(point)
     finally:
         await ch.close()
 
@@ -289,7 +261,9 @@ def run_compare(
         )
         busy = results.get("ganserve Generate raw c=64")
         rate = 0.5 * busy.requests_per_s if busy else 500.0
-        asyncio.run(_rate(results, server, "ganserve Generate raw", raw, rate, windows, log=log))
+        asyncio.run(
+            _sweep(results, server, "ganserve Generate raw", raw, [], windows, log=log, rate=rate)
+        )
     with ganserve(repo, server_log, "--max-batch-size", "1", *each) as server:
         asyncio.run(
             _sweep(results, server, "ganserve batching off", raw, [1, 64], windows, log=log)
@@ -300,7 +274,9 @@ def run_compare(
             asyncio.run(
                 _sweep(results, server, "triton ModelInfer", call, concurrency, windows, log=log)
             )
-            asyncio.run(_rate(results, server, "triton ModelInfer", call, rate, windows, log=log))
+            asyncio.run(
+                _sweep(results, server, "triton ModelInfer", call, [], windows, log=log, rate=rate)
+            )
     else:
         results.notes.append("Triton skipped: no PyTriton environment (make bench creates one)")
     with ganserve(bench_repo, server_log, "--max-batch-size", "64", *each) as server:

@@ -46,3 +46,22 @@ def test_every_class_is_recognised(digit: int) -> None:
     images = engine.run(z, torch.full((20,), digit).numpy())
     judge = DigitClassifier(load_digits_split(32)[0])
     assert judge.accuracy(torch.from_numpy(images), torch.full((20,), digit)) >= 0.7
+
+
+@pytest.mark.slow
+def test_bundled_model_meets_the_evaluation_bar(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """gan-eval's figures for the shipped model (docs/training.md), each against real data."""
+    from ganserve.train.evaluation import evaluate_generator
+    from ganserve.train.features import load_or_train
+
+    train, heldout = load_digits_split(32)
+    net, info = load_or_train(train, heldout, tmp_path_factory.mktemp("eval-cache"))
+    generator = checkpoint.build_generator(checkpoint.load(VERSION.path / "checkpoint.pt"))
+    result = evaluate_generator(generator, net, train, heldout, per_class=100)
+    gen, real = result["generated"], result["real_vs_real"]
+    assert info["classifier_heldout_accuracy"] >= 0.97
+    assert gen["conditional_accuracy"] >= 0.97
+    assert gen["worst_class_accuracy"] >= 0.93
+    assert gen["coverage"] >= 0.9 * real["coverage"]
+    assert gen["class_coverage"] == 1.0
+    assert gen["memorisation_ratio"] > 0.8  # samples are not copies of training digits

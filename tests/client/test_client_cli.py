@@ -78,7 +78,7 @@ def test_generate_writes_a_png_of_the_model_shape(
     )
     with Image.open(out) as image:
         assert (image.format, image.size, image.mode) == ("PNG", (SIZE, SIZE), "L")
-    assert f"{out}: 32x32x1 from digits v1 (seed 46, class 7)" in output
+    assert f"{out}: 32x32x1 from digits v2 (seed 46, class 7)" in output
 
 
 def test_generate_raw_writes_the_same_image_as_png(
@@ -145,7 +145,7 @@ def test_batch_writes_a_grid(
     )
     with Image.open(out) as image:
         assert image.size == size
-    assert f"{count} images from digits v1" in output
+    assert f"{count} images from digits v2" in output
 
 
 def test_batch_grid_tiles_are_the_single_images(
@@ -187,14 +187,14 @@ def test_interpolate_to_png_writes_a_strip(server: ServerThread, tmp_path: pathl
 
 def test_info_prints_model_info_as_json(server: ServerThread) -> None:
     info = json.loads(succeeded(gan_client(server.target, "info")))
-    assert info["name"] == "digits" and info["version"] == "1"
+    assert info["name"] == "digits" and info["version"] == "2"
     assert (info["numClasses"], info["height"], info["width"], info["channels"]) == (10, 32, 32, 1)
-    assert info["versions"] == ["1"] and info["truncationMode"] == "z-scale"
+    assert info["versions"] == ["2"] and info["truncationMode"] == "z-scale"
 
 
 def test_models_lists_the_ready_model(server: ServerThread) -> None:
     (line,) = succeeded(gan_client(server.target, "models")).splitlines()
-    assert line.split() == ["digits", "v1", "READY", "onnxruntime-cpu"]
+    assert line.split() == ["digits", "v2", "READY", "onnxruntime-cpu"]
 
 
 def test_reload_without_changes_says_so(server: ServerThread) -> None:

@@ -81,16 +81,16 @@ def test_truncation_out_of_range_is_invalid(client: GeneratorClient, psi: float)
 
 
 def test_model_version_can_be_pinned(client: GeneratorClient) -> None:
-    assert client.generate(1, 1, model_version="1").response.model_version == "1"
+    assert client.generate(1, 1, model_version="2").response.model_version == "2"
     with pytest.raises(grpc.RpcError) as info:
         client.generate(1, 1, model_version="7")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == ("model 'digits' version '7' is not served; served versions: 1")
+    assert info.value.details() == ("model 'digits' version '7' is not served; served versions: 2")
 
 
 def test_model_info_reports_versions_limits_and_truncation_mode(client: GeneratorClient) -> None:
     info = client.model_info()
-    assert list(info.versions) == ["1"]
+    assert list(info.versions) == ["2"]
     assert info.max_items_per_call == 64 and info.truncation_mode == "z-scale"
 
 

@@ -66,11 +66,11 @@ def test_deadlines_and_cancellations_never_reach_the_engine(start_server) -> Non
     assert control.batches == [1, 1]
     metrics = scrape(server)["_text"]
     assert (
-        'ganserve_requests_dropped_total{model="digits",reason="deadline",version="1"} 4.0'
+        'ganserve_requests_dropped_total{model="digits",reason="deadline",version="2"} 4.0'
         in metrics
     )
     assert (
-        'ganserve_requests_dropped_total{model="digits",reason="cancelled",version="1"} 1.0'
+        'ganserve_requests_dropped_total{model="digits",reason="cancelled",version="2"} 1.0'
         in metrics
     )
     assert server.server.models.resolve("digits").batcher.queue_depth == 0
@@ -104,7 +104,7 @@ def test_planted_engine_failure_fails_one_batch_only(start_server) -> None:
     assert control.batches == [4]
     assert [call(server, s) for s in range(4)] == [grpc.StatusCode.OK] * 4
     assert (
-        'ganserve_batch_failures_total{model="digits",version="1"} 1.0' in scrape(server)["_text"]
+        'ganserve_batch_failures_total{model="digits",version="2"} 1.0' in scrape(server)["_text"]
     )
 
 

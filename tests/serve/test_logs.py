@@ -35,7 +35,7 @@ def test_access_log_writes_one_json_line_per_request_with_the_request_id(start_s
     assert (record["method"], record["model"], record["version"], record["code"]) == (
         "Generate",
         "digits",
-        "1",
+        "2",
         "OK",
     )
     assert record["duration_ms"] > 0 and record["peer"].startswith("ipv4:127.0.0.1")

@@ -40,7 +40,7 @@ def test_generate_returns_png_of_the_model_shape(bundled_server: ServerThread) -
     assert image.format == "PNG" and image.mode == "L" and image.size == (32, 32)
     assert (response.height, response.width, response.channels) == (32, 32, 1)
     assert (response.seed, response.class_label) == (42, 7)
-    assert response.model == "digits" and response.model_version == "1"
+    assert response.model == "digits" and response.model_version == "2"
     assert response.encoding == PNG
 
 
@@ -135,7 +135,7 @@ def test_get_model_info_describes_the_model(bundled_server: ServerThread) -> Non
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         with pytest.raises(grpc.RpcError) as missing:
             stub.GetModelInfo(pb.GetModelInfoRequest(model="nope"), timeout=10)
-    assert (info.name, info.version, info.latent_dim, info.num_classes) == ("digits", "1", 64, 10)
+    assert (info.name, info.version, info.latent_dim, info.num_classes) == ("digits", "2", 64, 10)
     assert (info.height, info.width, info.channels) == (32, 32, 1)
     assert list(info.class_names) == [str(i) for i in range(10)]
     assert info.max_batch_size == 64 and info.backend == "onnxruntime-cpu"
@@ -176,12 +176,12 @@ def test_metrics_endpoint_counts_requests_and_batches(bundled_server: ServerThre
     )
     after = scrape(bundled_server)
     text = after["_text"]
-    assert 'ganserve_requests_total{code="OK",method="Generate",model="digits",version="1"}' in text
+    assert 'ganserve_requests_total{code="OK",method="Generate",model="digits",version="2"}' in text
     assert 'code="INVALID_ARGUMENT"' in text
     assert after["ganserve_requests_total"] - before["ganserve_requests_total"] == 2
     assert after["ganserve_batch_size_count"] > before["ganserve_batch_size_count"]
     assert after["ganserve_images_generated_total"] - before["ganserve_images_generated_total"] == 1
-    assert 'ganserve_model_info{backend="onnxruntime-cpu",model="digits",version="1"} 1.0' in text
+    assert 'ganserve_model_info{backend="onnxruntime-cpu",model="digits",version="2"} 1.0' in text
     for histogram in (
         "request_duration_seconds",
         "queue_duration_seconds",

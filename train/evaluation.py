@@ -1,0 +1,162 @@
+"""Offline evaluation of a generator in the domain classifier's feature space, every figure
+beside a real-vs-real baseline (the training split against the held-out split).
+
+* Fréchet distance (FD): between Gaussian fits of the features (FID's formula, our extractor).
+* KID: unbiased MMD² with the cubic polynomial kernel, averaged over subsets.
+* Precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. 2020),
+  k = 5 nearest neighbours.
+* Conditional accuracy: the classifier's accuracy on G(z, c) against c, overall and per class.
+* Class coverage and KL(predicted-label histogram || training-label histogram).
+* Memorisation ratio: median distance from each sample to its nearest training image,
+  divided by the same for held-out images. Well below 1 means samples sit on training images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+from sklearn.metrics import pairwise_distances
+
+from ganserve.serve.latent import seeds_to_latents
+from ganserve.train.data import ImageDataset
+from ganserve.train.features import FeatureNet
+
+K = 5
+FIRST_SEED = 20_000  # evaluation seeds never overlap training-time sample grids
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    # A small ridge keeps the square root defined when features are (nearly) constant.
+    ridge = 1e-6 * np.eye(a.shape[1])
+    cov_a, cov_b = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    covmean = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def kernel_inception_distance(
+    a: np.ndarray, b: np.ndarray, subsets: int = 10, size: int = 300, seed: int = 0
+) -> float:
+    rng = np.random.default_rng(seed)
+    d = a.shape[1]
+    size = min(size, len(a), len(b))
+    total = 0.0
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), size, replace=False)]
+        y = b[rng.choice(len(b), size, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        m = size
+        total += (
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
+    return float(total / subsets)
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = K) -> dict[str, float]:
+    """Precision, recall, density, coverage of ``fake`` against ``real``."""
+    rr = pairwise_distances(real, real)
+    ff = pairwise_distances(fake, fake)
+    rf = pairwise_distances(real, fake)  # (R, F)
+    r_radius = np.sort(rr, axis=1)[:, k]  # k-th neighbour (index 0 is the point itself)
+    f_radius = np.sort(ff, axis=1)[:, k]
+    inside_real = rf < r_radius[:, None]  # fake j inside real i's ball
+    return {
+        "precision": float(inside_real.any(axis=0).mean()),
+        "recall": float((f_radius[:, None] > rf.T).any(axis=0).mean()),
+        "density": float(inside_real.sum(axis=0).mean() / k),
+        "coverage": float((rf.min(axis=1) < r_radius).mean()),
+    }
+
+
+def memorisation_ratio(train: np.ndarray, samples: np.ndarray, heldout: np.ndarray) -> float:
+    nearest = lambda x: pairwise_distances(x, train).min(axis=1)  # noqa: E731
+    return float(np.median(nearest(samples)) / np.median(nearest(heldout)))
+
+
+def class_metrics(
+    predicted: np.ndarray, asked: np.ndarray | None, num_classes: int, reference: np.ndarray
+) -> dict[str, float]:
+    """Conditional accuracy (overall, worst class), class coverage and label-histogram KL."""
+    out: dict[str, float] = {}
+    if asked is not None:
+        out["conditional_accuracy"] = float((predicted == asked).mean())
+        per_class = [float((predicted[asked == c] == c).mean()) for c in range(num_classes)]
+        out["worst_class_accuracy"] = min(per_class)
+        out.update({f"class_{c}_accuracy": a for c, a in enumerate(per_class)})
+    hist = np.bincount(predicted, minlength=num_classes) / len(predicted)
+    ref = np.bincount(reference, minlength=num_classes) / len(reference)
+    out["class_coverage"] = float((hist > 0).mean())
+    out["label_kl"] = float(
+        np.sum(np.where(hist > 0, hist * np.log(hist / np.maximum(ref, 1e-12)), 0.0))
+    )
+    return out
+
+
+@torch.no_grad()
+def _features(net: FeatureNet, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    feats, preds = [], []
+    for start in range(0, len(images), 256):
+        f = net(images[start : start + 256])
+        feats.append(f.numpy())
+        preds.append(net.head(f).argmax(1).numpy())
+    return np.concatenate(feats).astype(np.float64), np.concatenate(preds)
+
+
+@torch.no_grad()
+def generate(generator: torch.nn.Module, per_class: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """per_class samples of every class (seeds FIRST_SEED..), as the server would make them."""
+    cfg = generator.config
+    classes = max(cfg.num_classes, 1)
+    seeds = list(range(FIRST_SEED, FIRST_SEED + per_class * classes))
+    z = torch.from_numpy(seeds_to_latents(seeds, cfg.latent_dim))
+    labels = torch.arange(classes).repeat_interleave(per_class) if cfg.num_classes else None
+    images = torch.cat(
+        [
+            generator(z[i : i + 256], None if labels is None else labels[i : i + 256])
+            for i in range(0, len(z), 256)
+        ]
+    )
+    return images, None if labels is None else labels.numpy()
+
+
+def evaluate_generator(
+    generator: torch.nn.Module,
+    net: FeatureNet,
+    train: ImageDataset,
+    heldout: ImageDataset,
+    *,
+    per_class: int = 100,
+) -> dict[str, dict[str, float]]:
+    """{"generated": {...}, "real_vs_real": {...}}: the same metrics for samples and for the
+    held-out split, both against the training split."""
+    generator.eval()
+    net.eval()
+    images, asked = generate(generator, per_class)
+    f_train, _ = _features(net, train.images)
+    f_held, p_held = _features(net, heldout.images)
+    f_gen, p_gen = _features(net, images)
+    classes = max(len(train.class_names), 1)
+    reference = train.labels.numpy()
+
+    def against_train(f: np.ndarray) -> dict[str, float]:
+        return {
+            "frechet_distance": frechet_distance(f_train, f),
+            "kid": kernel_inception_distance(f_train, f),
+            **prdc(f_train, f),
+            "memorisation_ratio": memorisation_ratio(f_train, f, f_held),
+        }
+
+    generated = {
+        **against_train(f_gen),
+        **class_metrics(p_gen, asked if generator.config.num_classes else None, classes, reference),
+    }
+    real = {
+        **against_train(f_held),
+        **class_metrics(
+            p_held, heldout.labels.numpy() if train.class_names else None, classes, reference
+        ),
+    }
+    return {"generated": generated, "real_vs_real": real}
