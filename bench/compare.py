@@ -150,7 +150,11 @@ def triton(
     def ready() -> bool:
         with grpc.insecure_channel(target) as ch:
             stub = predict_pb2_grpc.GRPCInferenceServiceStub(ch)
-            return stub.ServerReady(predict_pb2.ServerReadyRequest(), timeout=2).ready
+            if not stub.ServerReady(predict_pb2.ServerReadyRequest(), timeout=2).ready:
+                return False
+        # The server is ready before its model is: wait for one real inference to succeed.
+        asyncio.run(_probe(target, model_dir.parent.name))
+        return True
 
     try:
         _wait(ready, "Triton", proc, timeout=180)
@@ -162,6 +166,14 @@ def triton(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _probe(target: str, model: str) -> None:
+    ch = targets.channel(target)
+    try:
+        await targets.triton_infer(ch, model=model, num_classes=10)(0)
+    finally:
+        await ch.close()
 
 
 @dataclasses.dataclass

@@ -13,11 +13,13 @@ Examples:
     gan-train --out ckpt/wgan.pt --loss wgan-gp --n-critic 5 --beta1 0 --beta2 0.9
     gan-train --out ckpt/faces.pt --data ~/faces --image-size 64 --width 64 --latent-dim 100
     gan-train --out checkpoints/digits.pt --steps 6000 --resume checkpoints/digits.pt
+    torchrun --standalone --nproc-per-node 2 -m ganserve.train.cli --out ckpt/ddp.pt
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 
@@ -26,7 +28,7 @@ import torch
 
 from ganserve.train.checkpoint import CheckpointError
 from ganserve.train.data import DataError, load
-from ganserve.train.loop import TrainConfig, train
+from ganserve.train.loop import Distributed, TrainConfig, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import GeneratorConfig
 
@@ -114,6 +116,7 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if threads:
         torch.set_num_threads(threads)
+    distributed = _join_torchrun()
     size = int(image_size)
     try:
         train_set, heldout = load(data, size)
@@ -127,11 +130,36 @@ def main(
         train_config = TrainConfig(loss=Loss(options.pop("loss")), **options)
         run_dir = run_dir or out.with_name(out.stem + "-run")
         ckpt = train(
-            gen_config, train_config, train_set, heldout, out, run_dir=run_dir, resume=resume
+            gen_config,
+            train_config,
+            train_set,
+            heldout,
+            out,
+            run_dir=run_dir,
+            resume=resume,
+            distributed=distributed,
         )
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if distributed and distributed.rank != 0:
+        return
     click.echo(f"wrote {out} (step {ckpt['step']}, metrics {ckpt['metrics']}); run: {run_dir}")
+
+
+def _join_torchrun() -> Distributed | None:
+    """Under torchrun (WORLD_SIZE > 1), join the job: NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank()
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # one log, from rank 0
+    return Distributed(rank=rank, world_size=world)
 
 
 if __name__ == "__main__":

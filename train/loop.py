@@ -117,6 +117,20 @@ class TrainConfig:
         return {**dataclasses.asdict(self), "loss": self.loss.value}
 
 
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (the process group is already initialised)."""
+
+    rank: int
+    world_size: int
+
+
+def _ddp(module: torch.nn.Module) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module)
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -171,8 +185,15 @@ def train(
     *,
     run_dir: pathlib.Path | None = None,
     resume: pathlib.Path | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, write the checkpoint to ``out``; return the checkpoint dict."""
+    """Train, evaluate, write the checkpoint to ``out``; return the checkpoint dict.
+
+    With ``distributed`` (torchrun), every process trains on its own batches and DDP averages
+    the gradients; only rank 0 writes logs, samples and checkpoints.
+    """
+    rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
+    lead = rank == 0
     cfg = train_config
     if gen_config.num_classes not in (0, len(data.class_names)):
         raise ValueError(
@@ -195,7 +216,7 @@ def train(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    batch_gen = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own batches
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     start = 0
@@ -215,10 +236,17 @@ def train(
     conditional = gen_config.num_classes > 0
     classifier = (
         DigitClassifier(data)
-        if conditional and cfg.eval_per_class and data.name.startswith("digits")
+        if lead and conditional and cfg.eval_per_class and data.name.startswith("digits")
         else None
     )
-    monitor = RunMonitor(run_dir, keep_last=cfg.keep_last, metric=BEST_METRIC) if run_dir else None
+    monitor = (
+        RunMonitor(run_dir, keep_last=cfg.keep_last, metric=BEST_METRIC)
+        if run_dir and lead
+        else None
+    )
+
+    # DDP wrappers for the passes that train; G and D stay the modules that are saved.
+    G_train, D_train = (_ddp(G), _ddp(D)) if world > 1 else (G, D)
 
     def payload(step: int) -> dict[str, Any]:
         return {
@@ -240,6 +268,7 @@ def train(
             "optimizer_g": opt_g.state_dict(),
             "optimizer_d": opt_d.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
+            "world_size": world,
             "torch_version": str(torch.__version__),
         }
 
@@ -257,14 +286,22 @@ def train(
             )
             real_y = real_y if conditional else None
             fake_y = fake_y if conditional else None
-            fake = G(z, fake_y)
-            real_aug, fake_aug = augment(real), augment(fake.detach())
+            with torch.no_grad():  # D's step needs no gradient through G
+                fake = G(z, fake_y)
+            real_aug, fake_aug = augment(real), augment(fake)
+            # Real and fake in one pass: DDP wants one forward per backward.
+            logits = D_train(
+                torch.cat([real_aug, fake_aug]),
+                torch.cat([real_y, fake_y]) if conditional else None,
+            )
             d_loss = discriminator_loss(
                 cfg.loss,
-                D(real_aug, real_y),
-                D(fake_aug, fake_y),
+                logits[: cfg.batch_size],
+                logits[cfg.batch_size :],
                 label_smoothing=cfg.label_smoothing,
             )
+            # Penalties go through the bare module; their gradients land on the same
+            # parameters, so DDP averages them with the rest.
             critic = functools.partial(D, label=real_y)
             penalties: dict[str, float] = {}
             if cfg.loss is Loss.WGAN_GP:
@@ -278,10 +315,12 @@ def train(
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            window_images += cfg.batch_size
+            window_images += cfg.batch_size * world
 
-        # Generator step on the last fakes, through the same augmentation.
-        g_loss = generator_loss(cfg.loss, D(augment(fake), fake_y))
+        # Generator step: fresh latents through G (DDP) and the bare D, whose gradients the
+        # next D step clears.
+        z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
+        g_loss = generator_loss(cfg.loss, D(augment(G_train(z, fake_y)), fake_y))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -299,7 +338,8 @@ def train(
             }
             window_started, window_images = now, 0
             history.append(record)
-            LOGGER.info(
+            LOGGER.log(
+                logging.INFO if lead else logging.DEBUG,
                 "step %d/%d  d_loss %.4f  g_loss %.4f  %.0f img/s",
                 step,
                 cfg.steps,
@@ -322,8 +362,11 @@ def train(
         metrics.get("train_seconds", 0.0) + time.monotonic() - started, 2
     )
     final = payload(cfg.steps)
-    checkpoint.save(final, out)
+    if lead:
+        checkpoint.save(final, out)
+        LOGGER.info("wrote %s", out)
     if monitor:
         monitor.close()
-    LOGGER.info("wrote %s", out)
+    if world > 1:
+        torch.distributed.barrier()  # the checkpoint exists before any rank returns
     return final
