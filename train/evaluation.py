@@ -89,9 +89,8 @@ def class_metrics(
     hist = np.bincount(predicted, minlength=num_classes) / len(predicted)
     ref = np.bincount(reference, minlength=num_classes) / len(reference)
     out["class_coverage"] = float((hist > 0).mean())
-    out["label_kl"] = float(
-        np.sum(np.where(hist > 0, hist * np.log(hist / np.maximum(ref, 1e-12)), 0.0))
-    )
+    seen = hist > 0  # empty bins contribute 0 to the KL sum
+    out["label_kl"] = float(np.sum(hist[seen] * np.log(hist[seen] / np.maximum(ref[seen], 1e-12))))
     return out
 
 
