@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 
 import click
 import torch
@@ -129,6 +130,8 @@ def main(
         )
         train_config = TrainConfig(loss=Loss(options.pop("loss")), **options)
         run_dir = run_dir or out.with_name(out.stem + "-run")
+        lead = not (distributed and distributed.rank)
+        bar = ProgressBar() if lead and sys.stderr.isatty() else None
         ckpt = train(
             gen_config,
             train_config,
@@ -138,7 +141,10 @@ def main(
             run_dir=run_dir,
             resume=resume,
             distributed=distributed,
+            progress=bar,
         )
+        if bar:
+            bar.close()
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -147,6 +153,53 @@ def main(
     if distributed and distributed.rank != 0:
         return
     click.echo(f"wrote {out} (step {ckpt['step']}, metrics {ckpt['metrics']}); run: {run_dir}")
+
+
+class ProgressBar:
+    """One terminal line: bar, step, last logged losses and images/s, time left."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._drawn = 0.0
+        self._on_line = False  # the cursor is at the end of the bar
+        # Log records start on a fresh line instead of after the bar; the bar redraws below.
+        self._filter = logging.Filter()
+        self._filter.filter = self._before_record  # type: ignore[method-assign]
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._filter)
+
+    def _before_record(self, record: logging.LogRecord) -> bool:
+        if self._on_line:
+            click.echo("", err=True)
+            self._on_line = False
+        return True
+
+    def __call__(self, step: int, steps: int, last: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self._drawn < 0.1 and step != steps:
+            return  # ~10 redraws a second are plenty
+        self._drawn = now
+        done = int(self.WIDTH * step / steps)
+        left = (now - self._started) / step * (steps - step)
+        losses = (
+            f"  d {last['d_loss']:.3f}  g {last['g_loss']:.3f}  {last['images_per_s']:.0f} img/s"
+            if last
+            else ""
+        )
+        click.echo(
+            f"\r[{'#' * done}{'.' * (self.WIDTH - done)}] {step}/{steps}{losses}  "
+            f"{left / 60:.1f} min left ",
+            nl=False,
+            err=True,
+        )
+        self._on_line = True
+
+    def close(self) -> None:
+        click.echo("", err=True)
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._filter)
 
 
 def _join_torchrun() -> Distributed | None:

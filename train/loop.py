@@ -12,6 +12,7 @@ import functools
 import logging
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -186,11 +187,13 @@ def train(
     run_dir: pathlib.Path | None = None,
     resume: pathlib.Path | None = None,
     distributed: Distributed | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, write the checkpoint to ``out``; return the checkpoint dict.
 
     With ``distributed`` (torchrun), every process trains on its own batches and DDP averages
-    the gradients; only rank 0 writes logs, samples and checkpoints.
+    the gradients; only rank 0 writes logs, samples and checkpoints. ``progress(step, steps,
+    last_record)`` is called after every step on rank 0 (a terminal progress bar).
     """
     rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     lead = rank == 0
@@ -349,6 +352,8 @@ def train(
             )
             if monitor:
                 monitor.log(record)
+        if progress and lead:
+            progress(step, cfg.steps, history[-1] if history else {})
         if monitor and (step % cfg.sample_every == 0 or step == cfg.steps):
             monitor.sample_grid(G_ema, step)
             monitor.loss_curve(history)

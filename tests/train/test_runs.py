@@ -168,3 +168,29 @@ def test_cli_bad_data_is_one_line(tmp_path: pathlib.Path) -> None:
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no such folder or .npz file" in result.stderr
+
+
+def test_progress_bar_draws_step_losses_and_time_left(capsys: pytest.CaptureFixture) -> None:
+    from ganserve.train.cli import ProgressBar
+
+    bar = ProgressBar()
+    bar(5, 10, {"d_loss": 1.25, "g_loss": 0.5, "images_per_s": 900.0})
+    bar.close()
+    line = capsys.readouterr().err
+    assert "[###############...............] 5/10" in line
+    assert "d 1.250  g 0.500  900 img/s" in line and "min left" in line
+
+
+def test_progress_is_reported_every_step(tmp_path: pathlib.Path) -> None:
+    seen: list[int] = []
+    data, heldout = load_digits_split(32)
+    config = TrainConfig(steps=4, batch_size=8, log_every=2, eval_per_class=0)
+    train(
+        GEN,
+        config,
+        data,
+        heldout,
+        tmp_path / "p.pt",
+        progress=lambda step, steps, last: seen.append(step),
+    )
+    assert seen == [1, 2, 3, 4]
