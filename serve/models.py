@@ -240,6 +240,8 @@ class ModelManager:
                 LOGGER.error("reload failed: %s", exc)
                 return [Status("", "", State.FAILED, str(exc))]
             routes = {name: dict(versions) for name, versions in self._routes.items()}
+            # Forget failures of versions the repository no longer has.
+            self._failed = {k: m for k, m in self._failed.items() if k in wanted or k in errors}
             for (name, version), message in errors.items():
                 changes.append(self._fail(name, version, message))
             for (name, version), path in sorted(wanted.items()):
@@ -257,11 +259,10 @@ class ModelManager:
                 if current is not None:
                     self._retire(current)
                 changes.append(Status(name, version, State.READY, backend=served.backend.value))
-            keep = set(wanted) | {k for k in errors if k[0] in routes}
             for name in list(routes):
                 for version in list(routes[name]):
                     # A failed newer version never unloads the version that still serves.
-                    if (name, version) in keep or self._only_survivor(routes, wanted, name):
+                    if (name, version) in wanted or self._only_survivor(routes, wanted, name):
                         continue
                     self._retire(routes[name].pop(version))
                     changes.append(Status(name, version, State.UNLOADED))

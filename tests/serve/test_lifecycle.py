@@ -199,3 +199,19 @@ def test_pinned_versions_are_served_side_by_side(start_server, tmp_path: pathlib
         with pytest.raises(grpc.RpcError) as info:
             client.generate(1, 1, model_version="3")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_failed_version_deleted_from_the_repository_is_forgotten(
+    start_server,
+    tmp_path: pathlib.Path,
+) -> None:
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    add_version(repo, 3, corrupt=True)
+    with admin(server) as client:
+        assert client.reload_models().changes[0].state == admin_pb2.MODEL_STATE_FAILED
+        shutil.rmtree(repo / "digits" / "3")
+        assert client.reload_models().changes == []
+        assert [(m.version, m.state) for m in client.list_models()] == [
+            ("1", admin_pb2.MODEL_STATE_READY)
+        ]
