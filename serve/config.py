@@ -125,7 +125,8 @@ class ServerConfig:
         batching: Batching settings, the same for every model version.
         warmup: Run every batch size the engine will see before reporting SERVING.
         cache_bytes: Byte budget of the response cache; 0 disables it.
-        max_items_per_call: Cap on GenerateBatch items and Interpolate frames.
+        max_items_per_call: Cap on GenerateBatch items and Interpolate frames (never more than
+            max_queue_size, since a call's items are queued together).
         max_request_bytes: Largest request message accepted.
         shutdown_delay_s: On SIGTERM, keep serving this long after health turns NOT_SERVING,
             so load balancers stop sending traffic before the drain starts.

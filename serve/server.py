@@ -66,7 +66,8 @@ class GanServer:
             self.models,
             metrics=self.metrics,
             max_batch_size=config.batching.max_batch_size,
-            max_items_per_call=config.max_items_per_call,
+            # A call's items join the queue together: a call larger than the queue could never.
+            max_items_per_call=min(config.max_items_per_call, config.batching.max_queue_size),
             cache=cache,
             access_log=config.access_log,
         )

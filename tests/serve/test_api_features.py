@@ -134,3 +134,12 @@ def test_request_id_is_echoed_in_trailing_metadata(server: ServerThread) -> None
         )
     assert trailing["x-request-id"] == "abc-123"
     assert len(dict(anonymous.trailing_metadata())["x-request-id"]) == 16
+
+
+def test_items_per_call_never_exceed_the_queue(start_server) -> None:
+    server = start_server(max_queue_size=8, max_items_per_call=1024)
+    with GeneratorClient(server.target) as client:
+        assert client.model_info().max_items_per_call == 8
+        with pytest.raises(grpc.RpcError) as info:
+            client.generate_batch([(s, 1) for s in range(9)])
+    assert "send 1..8 per call" in info.value.details()
