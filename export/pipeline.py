@@ -26,12 +26,17 @@ from ganserve.export.verify import FP32, REDUCED_PRECISION, Runner, Verification
 from ganserve.serve import repository
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.latent import LATENT_SCHEME
-from ganserve.serve.metadata import FP16_MODEL_FILE, METADATA_FILE, MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import (
+    FP16_MODEL_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    PLAN_FILE,
+    ModelMetadata,
+)
 from ganserve.train import checkpoint
 from ganserve.train.networks import Generator
 
 LOGGER = logging.getLogger(__name__)
-PLAN_FILE = "model.plan"
 FP32_TAIL_LAYERS = 2  # output convolution + Tanh
 
 

@@ -12,6 +12,7 @@ from ganserve.serve.errors import ModelLoadError
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
 FP16_MODEL_FILE = "model.fp16.onnx"
+PLAN_FILE = "model.plan"  # TensorRT engine built by export-gan
 FORMAT_VERSION = 1
 
 

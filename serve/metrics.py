@@ -122,6 +122,11 @@ class ServerMetrics:
             (*MODEL, "backend"),
             registry=r,
         )
+        self.auth_failures = prom.Counter(
+            "ganserve_auth_failures",
+            "Calls refused for a missing or wrong bearer token.",
+            registry=r,
+        )
         self.health = prom.Gauge(
             "ganserve_serving", "1 while the server reports SERVING, else 0.", registry=r
         )

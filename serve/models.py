@@ -20,7 +20,13 @@ from ganserve.serve.backends import Backend, EngineOptions, cpu
 from ganserve.serve.batcher import Batcher
 from ganserve.serve.config import ServerConfig
 from ganserve.serve.errors import ModelLoadError, ModelNotFoundError
-from ganserve.serve.metadata import FP16_MODEL_FILE, METADATA_FILE, MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import (
+    FP16_MODEL_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    PLAN_FILE,
+    ModelMetadata,
+)
 from ganserve.serve.metrics import ServerMetrics
 
 LOGGER = logging.getLogger(__name__)
@@ -62,7 +68,7 @@ class ServedVersion:
 def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
     """Sizes and mtimes of the files that define a version, to notice changes on reload."""
     out: list[int] = []
-    for name in (MODEL_FILE, METADATA_FILE, "model.plan"):
+    for name in (MODEL_FILE, METADATA_FILE, PLAN_FILE):
         try:
             stat = (path / name).stat()
         except FileNotFoundError:

@@ -76,11 +76,6 @@ class GanServer:
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
-        self._auth_failures = prom.Counter(
-            "ganserve_auth_failures",
-            "Calls refused for a missing or wrong bearer token.",
-            registry=self.metrics.registry,
-        )
 
     async def _set_health(self, status: int) -> None:
         for name in HEALTH_NAMES:
@@ -92,7 +87,9 @@ class GanServer:
         config = self.config
         interceptors = []
         if config.auth_token:
-            interceptors.append(BearerTokenInterceptor(config.auth_token, self._auth_failures.inc))
+            interceptors.append(
+                BearerTokenInterceptor(config.auth_token, self.metrics.auth_failures.inc)
+            )
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

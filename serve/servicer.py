@@ -269,18 +269,19 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def _response(m: ModelMetadata, work: Work, image: bytes) -> pb.GenerateResponse:
-        return pb.GenerateResponse(
-            image=image,
-            encoding=work.encoding.value,
-            height=m.height,
-            width=m.width,
-            channels=m.channels,
-            seed=work.seed,
-            class_label=-1 if work.label is None else work.label,
-            model=m.name,
-            model_version=m.version,
-        )
+    def _fields(m: ModelMetadata, work: Work, image: bytes) -> dict[str, object]:
+        """The GenerateResponse fields for one image (also each GenerateBatch item)."""
+        return {
+            "image": image,
+            "encoding": work.encoding.value,
+            "height": m.height,
+            "width": m.width,
+            "channels": m.channels,
+            "seed": work.seed,
+            "class_label": -1 if work.label is None else work.label,
+            "model": m.name,
+            "model_version": m.version,
+        }
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -297,7 +298,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 validate_truncation(request.HasField("truncation"), request.truncation),
             )
             (image,) = await self._images(call, served, [work])
-            return self._response(m, work, image)
+            return pb.GenerateResponse(**self._fields(m, work, image))
 
     async def GenerateBatch(
         self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
@@ -326,21 +327,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             images = await self._images(call, served, works)
             # Built in place: assigning ready-made messages to a repeated field copies each.
             response = pb.GenerateBatchResponse()
-            common = {
-                "encoding": encoding.value,
-                "height": m.height,
-                "width": m.width,
-                "channels": m.channels,
-                "model": m.name,
-                "model_version": m.version,
-            }
             for work, image in zip(works, images, strict=True):
-                response.images.add(
-                    image=image,
-                    seed=work.seed,
-                    class_label=-1 if work.label is None else work.label,
-                    **common,
-                )
+                response.images.add(**self._fields(m, work, image))
             return response
 
     async def Interpolate(

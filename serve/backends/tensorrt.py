@@ -23,11 +23,10 @@ import numpy as np
 
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.errors import GanServeError, ModelLoadError
-from ganserve.serve.metadata import METADATA_FILE, ModelMetadata
+from ganserve.serve.metadata import METADATA_FILE, PLAN_FILE, ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
-PLAN_FILE = "model.plan"
 
 _Z_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 _LABEL_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
