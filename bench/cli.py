@@ -8,6 +8,8 @@ Examples:
         http://localhost:8000/metrics --json out.json --csv out.csv --plot out.png
     gan-bench run --target localhost:8001 --server triton --model digits --num-classes 10
     gan-bench compare --out build/bench          # every baseline side by side (make bench)
+    gan-bench soak --calls 100000 --concurrency 128   # reliability runs (make soak)
+    gan-bench overload --queue-size 64 --factor 3
 """
 
 from __future__ import annotations
@@ -298,6 +300,92 @@ def compare(
             "notes": results.notes,
             "machine": _machine(),
         },
+    )
+
+
+def _reliability_run(
+    out: pathlib.Path, name: str, repo: pathlib.Path, server_args: list[str], run
+) -> None:
+    """Start ganserve on ``repo``, await run(server), print and save its figures; exit 1 when
+    the run's verdict is a failure."""
+    from ganserve.bench.compare import ganserve
+
+    out.mkdir(parents=True, exist_ok=True)
+    with ganserve(repo, out / f"{name}-server.log", *server_args) as server:
+        figures = asyncio.run(run(server))
+    figures["machine"] = _machine()
+    (out / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        click.echo(f"{key:<{width}}  {value}")
+    if not figures["passed"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--calls", type=click.IntRange(1), default=100_000, help="Calls after warm-up.")
+@click.option("--concurrency", type=click.IntRange(1), default=128)
+@click.option("--warmup-calls", type=click.IntRange(1), default=10_000)
+@click.option("--rss-budget-mb", type=click.FloatRange(0), default=50.0)
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="build")
+def soak(calls: int, concurrency: int, warmup_calls: int, rss_budget_mb: float, out) -> None:
+    """Many Generate calls against a fresh server: every status documented, none hanging,
+    memory flat (exit 1 otherwise)."""
+    from ganserve.bench.compare import REPO_ROOT
+    from ganserve.bench.reliability import soak as run_soak
+
+    _reliability_run(
+        out,
+        "soak",
+        REPO_ROOT / "models",
+        [],
+        lambda server: run_soak(
+            server.target,
+            server.pid,
+            calls=calls,
+            concurrency=concurrency,
+            warmup_calls=warmup_calls,
+            rss_budget_mb=rss_budget_mb,
+        ),
+    )
+
+
+@main.command()
+@click.option(
+    "--model",
+    type=click.Choice(["dcgan64", "digits"]),
+    default="dcgan64",
+    help="dcgan64: the engine is the bottleneck (the case shedding is for); digits: gRPC is.",
+)
+@click.option("--queue-size", type=click.IntRange(2), default=64)
+@click.option(
+    "--factor",
+    type=click.FloatRange(1, min_open=True),
+    default=3.0,
+    help="Offered load as a multiple of the measured capacity.",
+)
+@click.option("--calls", type=click.IntRange(1), default=10_000)
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="build")
+def overload(model: str, queue_size: int, factor: float, calls: int, out: pathlib.Path) -> None:
+    """Offered load beyond a small queue: shed fast, queue bounded, goodput against capacity
+    (exit 1 on an undocumented status or a queue past its size)."""
+    from ganserve.bench.compare import REPO_ROOT
+    from ganserve.bench.models import ensure_dcgan64
+    from ganserve.bench.reliability import overload as run_overload
+
+    repo = ensure_dcgan64(out / "models") if model == "dcgan64" else REPO_ROOT / "models"
+    _reliability_run(
+        out,
+        "overload",
+        repo,
+        ["--max-queue-size", str(queue_size), "--default-model", model],
+        lambda server: run_overload(
+            server.target,
+            server.metrics_url,
+            queue_size=queue_size,
+            calls=calls,
+            factor=factor,
+        ),
     )
 
 

@@ -100,18 +100,20 @@ def health_check(ch: grpc.aio.Channel) -> Call:
 
 
 def ganserve_scraper(metrics_url: str) -> Scrape:
-    """Sums of ganserve's batch-size and queue-time histograms, for per-window deltas."""
+    """Sums of ganserve's batch-size and queue-time histograms (for per-window deltas), and the
+    queue depth now, over every model version."""
 
     def scrape() -> dict[str, float]:
         with urllib.request.urlopen(metrics_url, timeout=5) as reply:
             text = reply.read().decode()
-        out = {"batch_sum": 0.0, "batch_count": 0.0, "queue_sum": 0.0, "queue_count": 0.0}
         names = {
             "ganserve_batch_size_sum": "batch_sum",
             "ganserve_batch_size_count": "batch_count",
             "ganserve_queue_duration_seconds_sum": "queue_sum",
             "ganserve_queue_duration_seconds_count": "queue_count",
+            "ganserve_queue_depth": "queue_depth",
         }
+        out = dict.fromkeys(names.values(), 0.0)
         for line in text.splitlines():
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in names:

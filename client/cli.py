@@ -67,7 +67,10 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+            hint = ""
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # only ModelAdmin can be off
+                hint = " (the server does not serve it: ModelAdmin needs `ganserve serve --admin`)"
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
 
     return wrapper
 

@@ -6,6 +6,11 @@ is free, so requests arriving while every instance is busy are batched together,
 batch is collected while the current ones run. The engine call (latents, inference,
 post-processing, encoding) runs in a worker thread. Every request carries its own future, and
 the batcher completes or fails every future it takes.
+
+An engine call still running after ``engine_timeout_s`` fails its batch with DEADLINE_EXCEEDED.
+The instance stays out of the pool until its call returns (then it is closed) and, when the
+batcher can spawn engines, a fresh instance takes its place at once: a hung engine costs one
+batch, not the model.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +31,7 @@ from ganserve.serve.config import BatchingConfig
 from ganserve.serve.errors import (
     DeadlineExceededError,
     EngineError,
+    EngineTimeoutError,
     QueueFullError,
     ShuttingDownError,
 )
@@ -61,10 +67,14 @@ class Batcher:
         engines: Sequence[Engine],
         config: BatchingConfig,
         metrics: ServerMetrics,
+        spawn: Callable[[], Engine] | None = None,
     ) -> None:
+        """``spawn`` builds (and warms) one more engine instance, to replace a hung one."""
         if not engines:
             raise ValueError("a batcher needs at least one engine")
         self._free = list(engines)
+        self._spawn = spawn
+        self._hung = 0  # instances whose call outlived the engine timeout and has not returned
         self._config = config
         self._metadata = m = engines[0].metadata
         self.model, self.version = m.name, m.version
@@ -73,8 +83,11 @@ class Batcher:
         self._queue: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()  # set when the queue grows
         self._instances = asyncio.Semaphore(len(engines))
+        # A thread to spare per instance: a hung call keeps its thread while its replacement
+        # runs. Beyond that many hung calls, instances come back only when their calls return.
+        self._spare_threads = len(engines)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(engines), thread_name_prefix=f"engine-{m.name}-{m.version}"
+            max_workers=2 * len(engines), thread_name_prefix=f"engine-{m.name}-{m.version}"
         )
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -87,6 +100,7 @@ class Batcher:
         self._m_encode_time = metrics.encode_duration.labels(*labels)
         self._m_batch = metrics.batch_size.labels(*labels)
         self._m_failures = metrics.batch_failures.labels(*labels)
+        self._m_timeouts = metrics.engine_timeouts.labels(*labels)
         self._m_dropped_deadline = metrics.dropped.labels(*labels, "deadline")
         self._m_dropped_cancelled = metrics.dropped.labels(*labels, "cancelled")
 
@@ -187,10 +201,13 @@ class Batcher:
             self._m_queue_time.observe(started - request.enqueued)
         self._m_batch.observe(len(batch))
         engine = self._free.pop()
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self._executor, self._compute, engine, batch)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._compute, engine, batch
-            )
+            results = await asyncio.wait_for(asyncio.shield(call), self._config.engine_timeout_s)
+        except TimeoutError:
+            self._on_hang(engine, batch, call)
+            return
         except Exception:
             LOGGER.exception(
                 "batch of %d for model %s v%s failed", len(batch), self.model, self.version
@@ -208,9 +225,67 @@ class Batcher:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
-        finally:
-            self._free.append(engine)
-            self._instances.release()
+        self._free.append(engine)
+        self._instances.release()
+
+    def _on_hang(
+        self, engine: Engine, batch: list[_Request], call: asyncio.Future[list[bytes | Exception]]
+    ) -> None:
+        """Fail a batch whose engine call outlived the timeout, and keep the pool whole."""
+        timeout = self._config.engine_timeout_s
+        LOGGER.error(
+            "engine of model %s v%s still running a batch of %d after %.2fs; failing the batch "
+            "and replacing the instance",
+            self.model,
+            self.version,
+            len(batch),
+            timeout,
+        )
+        self._m_failures.inc()
+        self._m_timeouts.inc()
+        error = EngineTimeoutError(
+            f"model {self.model!r} did not finish the batch within the engine timeout "
+            f"({timeout:g}s); retry"
+        )
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._hung += 1
+        replacement = self._replace()
+
+        def returned(_: asyncio.Future) -> None:  # the hung call came back at last
+            self._hung -= 1
+            if replacement is not None and (not replacement.done() or replacement.result()):
+                engine.close()  # its replacement took its place in the pool
+            else:
+                self._free.append(engine)
+                self._instances.release()
+            LOGGER.warning("the hung engine of model %s v%s returned", self.model, self.version)
+
+        call.add_done_callback(returned)
+
+    def _replace(self) -> asyncio.Task[bool] | None:
+        """Start building a fresh engine instance in place of a hung one; None when none can be
+        made (no spawn function, or every spare engine thread already holds a hung call)."""
+        if self._spawn is None or self._hung > self._spare_threads:
+            return None
+        task = asyncio.get_running_loop().create_task(self._add_instance())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def _add_instance(self) -> bool:
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(None, self._spawn)
+        except Exception:
+            LOGGER.exception(
+                "could not replace the hung engine of %s v%s", self.model, self.version
+            )
+            return False
+        self._free.append(engine)
+        self._instances.release()
+        LOGGER.info("replaced the hung engine of model %s v%s", self.model, self.version)
+        return True
 
     def _compute(self, engine: Engine, batch: list[_Request]) -> list[bytes | Exception]:
         """Worker thread: seeds -> latents -> engine -> uint8 -> encoded bytes."""

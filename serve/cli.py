@@ -180,6 +180,14 @@ def _option(*decls: str, env: str, **kwargs: Any):
     help="Largest request message accepted.",
 )
 @_option(
+    "--engine-timeout",
+    "engine_timeout_s",
+    env="ENGINE_TIMEOUT",
+    default=B.engine_timeout_s,
+    type=click.FloatRange(0.01, 3600),
+    help="Seconds a batch may spend in the engine before it fails and the instance is replaced.",
+)
+@_option(
     "--shutdown-delay",
     "shutdown_delay_s",
     env="SHUTDOWN_DELAY",
@@ -242,6 +250,12 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="ACCESS_LOG",
     default=S.access_log,
     help="One log line per request.",
+)
+@_option(
+    "--admin/--no-admin",
+    env="ADMIN",
+    default=S.admin,
+    help="Serve ModelAdmin (list/reload models); behind the bearer token when one is set.",
 )
 @_option(
     "--log-level",

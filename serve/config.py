@@ -44,6 +44,9 @@ class BatchingConfig:
         preferred_batch_sizes: Sizes the engine is best at (a TensorRT profile's). A batch is
             padded up to the smallest preferred size that holds it, or split into preferred
             sizes when larger than all of them. Empty: run batches at their natural size.
+        engine_timeout_s: A batch still in the engine after this many seconds fails with
+            DEADLINE_EXCEEDED, and its engine instance is replaced by a fresh one, so a hung
+            engine costs one batch, not the model.
     """
 
     max_batch_size: int = 64
@@ -51,12 +54,17 @@ class BatchingConfig:
     max_queue_size: int = 4096
     instances: int = 1
     preferred_batch_sizes: tuple[int, ...] = ()
+    engine_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check_range("max_batch_size", self.max_batch_size, 1, 4096)
         _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
         _check_range("max_queue_size", self.max_queue_size, 1, 10_000_000)
         _check_range("instances", self.instances, 1, 64)
+        if not 0.01 <= self.engine_timeout_s <= 3600:
+            raise ValueError(
+                f"engine_timeout_s must be in 0.01..3600 seconds, got {self.engine_timeout_s}"
+            )
         for size in self.preferred_batch_sizes:
             if not 1 <= size <= self.max_batch_size:
                 raise ValueError(
@@ -136,6 +144,8 @@ class ServerConfig:
         engine_cache_dir: Writable folder for TensorRT engine caches.
         log_format: Text or JSON log lines.
         access_log: Write one log line per request.
+        admin: Serve the ModelAdmin service (list and reload models). Off by default; when
+            on, it sits behind the bearer token like every other RPC. SIGHUP reloads either way.
     """
 
     model_repository: pathlib.Path
@@ -159,6 +169,7 @@ class ServerConfig:
     engine_cache_dir: pathlib.Path | None = None
     log_format: LogFormat = LogFormat.TEXT
     access_log: bool = False
+    admin: bool = False
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -192,11 +203,14 @@ BATCHING_KEYS = {f.name for f in dataclasses.fields(BatchingConfig)}
 TLS_KEYS = {"tls_cert": "cert_file", "tls_key": "key_file", "tls_client_ca": "client_ca_file"}
 SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"batching", "tls", "models"}
 # Settings whose flag name differs from the field: the file uses the flag's name.
-FILE_ALIASES = {"shutdown_delay": "shutdown_delay_s", "drain_grace": "drain_grace_s"}
+FILE_ALIASES = {
+    "shutdown_delay": "shutdown_delay_s",
+    "drain_grace": "drain_grace_s",
+    "engine_timeout": "engine_timeout_s",
+}
 FILE_KEYS = (
-    (SERVER_KEYS - set(FILE_ALIASES.values()))
+    ((SERVER_KEYS | BATCHING_KEYS) - set(FILE_ALIASES.values()))
     | set(FILE_ALIASES)
-    | BATCHING_KEYS
     | set(TLS_KEYS)
     | {"auth_token_file", "models"}
 )

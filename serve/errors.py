@@ -45,6 +45,10 @@ class DeadlineExceededError(GanServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class EngineTimeoutError(DeadlineExceededError):
+    """The engine did not finish this request's batch within the engine timeout."""
+
+
 class EngineError(GanServeError):
     """The engine failed on the batch holding this request (details are in the server log)."""
 
@@ -58,6 +62,15 @@ class ModelLoadError(GanServeError):
 
 
 INTERNAL_MESSAGE = "internal error; see the server log"
+SHOWN_CHARS = 64
+
+
+def shown(value: str) -> str:
+    """A caller-supplied string for an error message: quoted, escaped, at most SHOWN_CHARS
+    characters of it (a megabyte-long model name must not come back as a megabyte trailer)."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -83,6 +83,12 @@ class ServerMetrics:
         self.batch_failures = prom.Counter(
             "ganserve_batch_failures", "Batches whose engine call raised.", MODEL, registry=r
         )
+        self.engine_timeouts = prom.Counter(
+            "ganserve_engine_timeouts",
+            "Batches still in the engine after --engine-timeout; each one's instance is replaced.",
+            MODEL,
+            registry=r,
+        )
         self.cache_hits = prom.Counter(
             "ganserve_cache_hits", "Images served from the response cache.", MODEL, registry=r
         )

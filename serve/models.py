@@ -19,7 +19,7 @@ from ganserve.serve import backends, repository
 from ganserve.serve.backends import Backend, EngineOptions, cpu
 from ganserve.serve.batcher import Batcher
 from ganserve.serve.config import ServerConfig
-from ganserve.serve.errors import ModelLoadError, ModelNotFoundError
+from ganserve.serve.errors import ModelLoadError, ModelNotFoundError, shown
 from ganserve.serve.metadata import (
     FP16_MODEL_FILE,
     METADATA_FILE,
@@ -108,14 +108,14 @@ class ModelManager:
         versions = self._routes.get(name or self._default or "")
         if versions is None:
             available = ", ".join(sorted(self._routes)) or "none"
-            raise ModelNotFoundError(f"model {name!r} not found; available: {available}")
+            raise ModelNotFoundError(f"model {shown(name)} not found; available: {available}")
         if not version:
             return versions[max(versions, key=int)]
         served = versions.get(version)
         if served is None:
             listed = ", ".join(sorted(versions, key=int))
             raise ModelNotFoundError(
-                f"model {name or self._default!r} version {version!r} is not served; "
+                f"model {shown(name or self._default)} version {shown(version)} is not served; "
                 f"served versions: {listed}"
             )
         return served
@@ -162,13 +162,21 @@ class ModelManager:
             share = max(1, len(os.sched_getaffinity(0)) // batching.instances)
             threads = cpu.tune_threads(opened.path, opened.metadata, options, [1, share])
             options = dataclasses.replace(options, intra_op_threads=threads)
+        sizes = self._warmup_sizes(backend) if config.warmup else []
+
+        def spawn() -> backends.Engine:
+            engine = backends.create_engine(opened.path, opened.metadata, backend, options)
+            try:
+                backends.warmup(engine, sizes)
+            except BaseException:
+                engine.close()
+                raise
+            return engine
+
         engines = []
         try:
             for _ in range(batching.instances):
-                engine = backends.create_engine(opened.path, opened.metadata, backend, options)
-                engines.append(engine)
-                if config.warmup:
-                    backends.warmup(engine, self._warmup_sizes(backend))
+                engines.append(spawn())
         except BaseException:
             for engine in engines:
                 engine.close()
@@ -181,7 +189,7 @@ class ModelManager:
         return ServedVersion(
             opened.metadata,
             backend,
-            Batcher(engines, batching, self._metrics),
+            Batcher(engines, batching, self._metrics, spawn),
             _fingerprint(opened.path),
         )
 
@@ -250,6 +258,18 @@ class ModelManager:
             self._failed = {k: m for k, m in self._failed.items() if k in wanted or k in errors}
             for (name, version), message in errors.items():
                 changes.append(self._fail(name, version, message))
+            # A model whose folder lost every version (deleted, unmounted) keeps serving from
+            # memory: a reload never takes a model down because its files went missing.
+            listed = {name for name, _ in (*wanted, *errors)}
+            gone = sorted(set(routes) - listed)
+            root = self._config.model_repository
+            for name in gone:
+                for version in routes[name]:
+                    message = (
+                        f"{root / name} holds no version folders any more; still serving "
+                        f"version {version} from memory"
+                    )
+                    changes.append(self._fail(name, version, message))
             for (name, version), path in sorted(wanted.items()):
                 current = routes.get(name, {}).get(version)
                 if current is not None and current.fingerprint == _fingerprint(path):
@@ -265,7 +285,7 @@ class ModelManager:
                 if current is not None:
                     self._retire(current)
                 changes.append(Status(name, version, State.READY, backend=served.backend.value))
-            for name in list(routes):
+            for name in set(routes) - set(gone):
                 for version in list(routes[name]):
                     # A failed newer version never unloads the version that still serves.
                     if (name, version) in wanted or self._only_survivor(routes, wanted, name):

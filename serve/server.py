@@ -27,6 +27,7 @@ from ganserve.serve.gpu_metrics import register_gpu_metrics
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, Status
 from ganserve.serve.servicer import GeneratorServicer
+from ganserve.serve.wire import GuardedRegistrar
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 LOGGER = logging.getLogger(__name__)
@@ -98,18 +99,17 @@ class GanServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        generator_pb2_grpc.add_GeneratorServicer_to_server(self.servicer, server)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.models), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                ADMIN_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        registrar = GuardedRegistrar(server)  # unparsable requests -> INVALID_ARGUMENT
+        generator_pb2_grpc.add_GeneratorServicer_to_server(self.servicer, registrar)
+        services = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        if config.admin:
+            admin = ModelAdminServicer(self.models)
+            admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, registrar)
+            services.append(ADMIN_SERVICE_NAME)
+            if not config.auth_token:
+                LOGGER.warning("ModelAdmin is on without --auth-token-file: anyone can reload")
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), registrar)
         address = f"{config.host}:{config.port}"
         credentials = _credentials(config)
         if credentials is None:

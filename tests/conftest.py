@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import pathlib
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 
 import grpc
+import hypothesis
 import pytest
 
 from ganserve.serve.config import BatchingConfig, ServerConfig
 from ganserve.serve.server import GanServer
 from ganserve.v1 import generator_pb2_grpc
+
+# CI replays the same examples every run (a red build is reproducible); locally they vary.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUNDLED_REPOSITORY = ROOT / "models"
@@ -67,6 +74,9 @@ class ServerThread:
 
 
 def make_config(repository: pathlib.Path, **overrides: object) -> ServerConfig:
+    """A loopback config on free ports. ModelAdmin is on (tests reload through it); its
+    default, off, is covered by test_admin_service_is_off_by_default."""
+    overrides.setdefault("admin", True)
     batching = {
         k: overrides.pop(k)
         for k in list(overrides)

@@ -249,14 +249,18 @@ def test_wrong_typed_setting_is_refused_naming_it() -> None:
 
 @pytest.mark.parametrize(
     ("key", "field"),
-    [("shutdown_delay", "shutdown_delay_s"), ("drain_grace", "drain_grace_s")],
+    [
+        ("shutdown_delay", "shutdown_delay_s"),
+        ("drain_grace", "drain_grace_s"),
+        ("engine_timeout", "engine_timeout_s"),
+    ],
 )
 def test_file_keys_are_the_flag_names_with_underscores(
     tmp_path: pathlib.Path, key: str, field: str
 ) -> None:
-    """The flags are --shutdown-delay and --drain-grace, so the file says the same."""
+    """The flags are --shutdown-delay, --drain-grace and --engine-timeout; so is the file."""
     config = settings_from(tmp_path, f"{key} = 3\n")
-    assert getattr(config, field) == 3.0
+    assert getattr(config.batching if field == "engine_timeout_s" else config, field) == 3.0
     path = write_toml(tmp_path, f"{field} = 3\n", name="field-name.toml")
     with pytest.raises(ValueError, match=rf"unknown key\(s\) {field}"):
         read_config_file(path)
@@ -285,8 +289,10 @@ def test_dry_run_prints_the_defaults_as_json() -> None:
         "max_queue_size": 4096,
         "instances": 1,
         "preferred_batch_sizes": [],
+        "engine_timeout_s": 30.0,
     }
     assert out["models"] == {} and out["tls"] is None and out["auth_token"] is None
+    assert out["admin"] is False  # ModelAdmin (reload) is off unless asked for
     assert (out["backend"], out["log_format"], out["model_repository"]) == (
         "auto",
         "text",

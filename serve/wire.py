@@ -1,0 +1,116 @@
+"""Malformed request bytes become INVALID_ARGUMENT, not INTERNAL.
+
+gRPC Python answers a request it cannot parse with INTERNAL ("Exception deserializing
+request!"), which tells the caller the server is at fault. Here every handler's deserializer is
+wrapped at registration: bytes that do not parse arrive as a `Malformed` value, and the handler
+answers INVALID_ARGUMENT naming the message type, before any servicer code runs. The wrapping
+happens once per method when the services are added, so the hot path pays one isinstance check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+
+import grpc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request whose bytes did not parse as ``message``."""
+
+    message: str
+    error: str
+
+    def status_message(self) -> str:
+        return f"the request is not a valid {self.message} message ({self.error}); fix the client"
+
+
+def _message_name(deserializer: Callable[[bytes], object]) -> str:
+    cls = getattr(deserializer, "__self__", None)  # a message class's FromString
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", "request")
+
+
+def _safe(deserializer: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    name = _message_name(deserializer)
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            return Malformed(name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _guard_unary(behavior: Callable) -> Callable:
+    @functools.wraps(behavior)
+    async def handler(request: object, context: grpc.aio.ServicerContext) -> object:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.status_message())
+        return await behavior(request, context)
+
+    return handler
+
+
+def _guard_stream(behavior: Callable) -> Callable:
+    @functools.wraps(behavior)
+    async def handler(request: object, context: grpc.aio.ServicerContext):
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.status_message())
+        async for response in behavior(request, context):
+            yield response
+
+    return handler
+
+
+def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same method handler, answering unparsable requests with INVALID_ARGUMENT."""
+    if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        return handler  # no unary request to parse (this server has no client-streaming RPCs)
+    if handler.unary_unary is not None:
+        return handler._replace(
+            request_deserializer=_safe(handler.request_deserializer),
+            unary_unary=_guard_unary(handler.unary_unary),
+        )
+    stream = handler.unary_stream
+    # A streaming handler is an async generator, or a coroutine that calls context.write().
+    wrap = _guard_stream if inspect.isasyncgenfunction(stream) else _guard_unary
+    return handler._replace(
+        request_deserializer=_safe(handler.request_deserializer), unary_stream=wrap(stream)
+    )
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails):
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is None:
+            cached = guard(self._inner.service(handler_call_details))
+            if cached is not None:  # unknown method names are not remembered
+                self._cache[method] = cached
+        return cached
+
+
+class GuardedRegistrar:
+    """Stands in for a grpc.aio.Server in the generated ``add_*_to_server`` functions."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: guard(h) for name, h in handlers.items()}
+        )
