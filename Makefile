@@ -9,7 +9,7 @@ METRICS_PORT ?= 8000
 # torch is pinned: an unpinned torch pulls the multi-GB CUDA build.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test model proto lint clean bench
+.PHONY: run test model proto lint clean bench soak
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
@@ -52,6 +52,12 @@ $(TRITON_VENV)/.installed:
 
 bench: $(STAMP) $(TRITON_VENV)/.installed
 	$(BIN)/gan-bench compare --out build/bench --triton-python $(TRITON_VENV)/bin/python
+
+# The full reliability runs (docs/reliability.md): 100,000 calls at concurrency 128, then
+# offered load at 3x capacity against a small queue. CI runs shortened forms in the tests.
+soak: $(STAMP)
+	$(BIN)/gan-bench soak --calls 100000 --concurrency 128 --out build/reliability
+	$(BIN)/gan-bench overload --queue-size 64 --factor 3 --out build/reliability
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

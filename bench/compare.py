@@ -70,11 +70,19 @@ def _stop(proc: subprocess.Popen) -> None:
 class Server:
     target: str
     metrics_url: str | None
-    pid: int
+    process: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 @contextlib.contextmanager
-def ganserve(repo: pathlib.Path, log: pathlib.Path, *args: str) -> Iterator[Server]:
+def ganserve(
+    repo: pathlib.Path, log: pathlib.Path, *args: str, tls_ca: pathlib.Path | None = None
+) -> Iterator[Server]:
+    """A ganserve process on free loopback ports, SERVING once yielded; ``tls_ca`` is the CA
+    to trust when ``args`` turn TLS on."""
     port, metrics = free_port(), free_port()
     cmd = [
         str(BIN / "ganserve"),
@@ -98,13 +106,18 @@ def ganserve(repo: pathlib.Path, log: pathlib.Path, *args: str) -> Iterator[Serv
     target = f"127.0.0.1:{port}"
 
     def ready() -> bool:
-        with grpc.insecure_channel(target) as ch:
+        if tls_ca is None:
+            channel = grpc.insecure_channel(target)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+            channel = grpc.secure_channel(target, credentials)
+        with channel as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     try:
         _wait(ready, "ganserve", proc)
-        yield Server(target, f"http://127.0.0.1:{metrics}/metrics", proc.pid)
+        yield Server(target, f"http://127.0.0.1:{metrics}/metrics", proc)
     finally:
         _stop(proc)
 
@@ -158,7 +171,7 @@ def triton(
 
     try:
         _wait(ready, "Triton", proc, timeout=180)
-        yield Server(target, None, proc.pid)
+        yield Server(target, None, proc)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)  # tritonserver is the peer's child

@@ -273,6 +273,7 @@ class ModelManager:
             for (name, version), path in sorted(wanted.items()):
                 current = routes.get(name, {}).get(version)
                 if current is not None and current.fingerprint == _fingerprint(path):
+                    self._failed.pop((name, version), None)  # the served files are back
                     continue
                 try:
                     served = await loop.run_in_executor(None, self._load, name, version)

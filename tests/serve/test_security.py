@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import BUNDLED_REPOSITORY as BUNDLED
 from conftest import ServerThread
 from ganserve.client.client import GeneratorClient
 from ganserve.serve.config import TlsConfig
@@ -505,3 +506,38 @@ def test_interpolate_frames_are_capped(capped_server: ServerThread, frames: int)
             lambda: client.interpolate(1, 2, frames, 3),
             f"frames {frames} is out of range: use 2..8",
         )
+
+
+# --- secrets stay out of the logs --------------------------------------------------------------
+
+
+def test_secrets_never_appear_in_logs(tmp_path: pathlib.Path, pki: Pki) -> None:
+    """A real server process with TLS, a token, DEBUG logs and the access log: right, wrong and
+    malformed credentials go through it; its whole output never holds the token, a caller's
+    wrong token, or the private key."""
+    from ganserve.bench.compare import ganserve
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    wrong = "someone-elses-token-0123456789"
+    log = tmp_path / "server.log"
+    args = ["--auth-token-file", str(token_file), "--log-level", "DEBUG", "--access-log"]
+    args += ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    with (
+        ganserve(BUNDLED, log, *args, tls_ca=pki.ca) as server,
+        grpc.secure_channel(server.target, credentials) as channel,
+    ):
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        request = pb.GenerateRequest(seed=1, class_label=1)
+        assert stub.Generate(request, metadata=[("authorization", f"Bearer {TOKEN}")], timeout=30)
+        for value in (f"Bearer {wrong}", wrong, f"Basic {wrong}"):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(request, metadata=[("authorization", value)], timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert wrong not in info.value.details()
+    text = log.read_text()
+    assert "refused" in text and "Generate" in text  # the log did record the calls
+    key_body = "".join(pki.server_key.read_text().splitlines()[1:-1])
+    for secret in (TOKEN, wrong, key_body[:40]):
+        assert secret not in text
