@@ -1,15 +1,156 @@
-# Placeholder: the multi-stage CPU/GPU images land with issue 8 (deployment).
-# Until then this serves the bundled model with the serving install only (no torch).
-FROM python:3.11-slim-bookworm
-WORKDIR /app
+# syntax=docker/dockerfile:1
+#
+# ganserve images, one Dockerfile, three targets:
+#
+#   docker build --target cpu -t ganserve:0.1.0 .        # ONNX Runtime CPU, bundled digits model
+#   docker build --target gpu -t ganserve:0.1.0-gpu .    # CUDA + cuDNN, onnxruntime-gpu, TensorRT
+#   docker build --target train -t ganserve-train:0.1.0 . # gan-train / export-gan, torch CPU build
+#
+# Each builder stage makes a virtual environment in /opt/venv; the runtime stages copy that venv
+# and nothing else from it (no compiler, no pip cache, no source tree). The serving images never
+# contain torch: `pip install .` is the serving install, and the train/dev extras are only
+# installed in the train target. Both serving images run as UID 65532 and work with a read-only
+# root filesystem: the only writable paths they need are /tmp (HOME and TMPDIR point there) and,
+# for TensorRT engine caches, /var/cache/ganserve. See docs/deploy.md.
+
+# Pinned bases; override with --build-arg (e.g. a digest, python:3.11.14-slim-bookworm@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+
+# ---------------------------------------------------------------------------------------------
+# Sources, shared by the builders: just what `pip install .` reads.
+FROM ${PYTHON_IMAGE} AS source
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY serve serve
 COPY client client
 COPY proto proto
 COPY train train
 COPY export export
-RUN pip install --no-cache-dir .
-COPY models/digits/2/model.onnx models/digits/2/metadata.json /models/digits/2/
+COPY bench bench
+
+# ---------------------------------------------------------------------------------------------
+# CPU builder: the serving install (onnxruntime, grpcio, ...; no torch) into /opt/venv.
+FROM ${PYTHON_IMAGE} AS builder-cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=source /src /src
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install /src \
+    && /opt/venv/bin/ganserve serve --help >/dev/null
+
+# ---------------------------------------------------------------------------------------------
+# CPU runtime.
+FROM ${PYTHON_IMAGE} AS cpu
+LABEL org.opencontainers.image.title="ganserve" \
+      org.opencontainers.image.description="GAN image generation over gRPC (ONNX Runtime CPU)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp
+COPY --from=builder-cpu /opt/venv /opt/venv
+# The bundled model, so `docker run` serves at once; mount real models over /models.
+COPY models/digits/2/model.onnx models/digits/2/model.fp16.onnx models/digits/2/metadata.json \
+     /models/digits/2/
 USER 65532:65532
 EXPOSE 50051 8000
-ENTRYPOINT ["ganserve", "serve", "--model-repository", "/models"]
+# gRPC health (grpc.health.v1.Health, service ""), plaintext or TLS; the same command is the
+# Helm chart's probe under TLS. GANSERVE_PORT is the server's own port variable.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", "\
+import os, sys, grpc; \
+from grpc_health.v1.health_pb2 import HealthCheckRequest; \
+from grpc_health.v1.health_pb2_grpc import HealthStub; \
+env = os.environ.get; \
+pem = lambda name: env(name) and open(env(name), 'rb').read(); \
+target = 'localhost:' + env('GANSERVE_PORT', '50051'); \
+tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT')); \
+name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))]; \
+channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target); \
+sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)"]
+# Exec form: ganserve is PID 1 and gets SIGTERM itself (health NOT_SERVING, drain, exit 0).
+ENTRYPOINT ["ganserve", "serve"]
+CMD ["--model-repository", "/models", "--log-format", "json"]
+
+# ---------------------------------------------------------------------------------------------
+# GPU base: CUDA runtime + cuDNN with Ubuntu's Python 3.11 (same interpreter path in builder and
+# runtime, so the copied venv's symlinks resolve).
+FROM ${CUDA_IMAGE} AS cuda-python
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3.11 python3.11-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# GPU builder: the serving install with the gpu extra (onnxruntime-gpu, tensorrt, cuda-python,
+# nvidia-ml-py). onnxruntime and onnxruntime-gpu share the `onnxruntime` package folder, so the
+# CPU wheel is removed and the GPU wheel reinstalled over it; the build fails unless CUDA is
+# then among the providers.
+FROM cuda-python AS builder-gpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=source /src /src
+RUN python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip \
+    && /opt/venv/bin/pip install "/src[gpu]" \
+    && ORT_GPU="$(/opt/venv/bin/pip show onnxruntime-gpu | sed -n 's/^Version: //p')" \
+    && /opt/venv/bin/pip uninstall -y onnxruntime \
+    && /opt/venv/bin/pip install --force-reinstall --no-deps "onnxruntime-gpu==${ORT_GPU}" \
+    && /opt/venv/bin/python -c "import onnxruntime as ort, sys; \
+sys.exit('CUDAExecutionProvider' not in ort.get_available_providers())" \
+    && /opt/venv/bin/ganserve serve --help >/dev/null
+
+# GPU runtime.
+FROM cuda-python AS gpu
+LABEL org.opencontainers.image.title="ganserve-gpu" \
+      org.opencontainers.image.description="GAN image generation over gRPC (CUDA, TensorRT)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+COPY --from=builder-gpu /opt/venv /opt/venv
+COPY models/digits/2/model.onnx models/digits/2/model.fp16.onnx models/digits/2/metadata.json \
+     /models/digits/2/
+# TensorRT engine caches (minutes to build): mount a volume here to keep them across restarts.
+RUN mkdir -p /var/cache/ganserve && chown 65532:65532 /var/cache/ganserve
+USER 65532:65532
+EXPOSE 50051 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-c", "\
+import os, sys, grpc; \
+from grpc_health.v1.health_pb2 import HealthCheckRequest; \
+from grpc_health.v1.health_pb2_grpc import HealthStub; \
+env = os.environ.get; \
+pem = lambda name: env(name) and open(env(name), 'rb').read(); \
+target = 'localhost:' + env('GANSERVE_PORT', '50051'); \
+tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT')); \
+name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))]; \
+channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target); \
+sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)"]
+ENTRYPOINT ["ganserve", "serve"]
+CMD ["--model-repository", "/models", "--log-format", "json", \
+     "--engine-cache-dir", "/var/cache/ganserve"]
+
+# ---------------------------------------------------------------------------------------------
+# Training and export (optional): torch's CPU build from PyTorch's CPU wheel index (PyPI's Linux
+# torch pulls the multi-GB CUDA libraries), then the train extra.
+FROM ${PYTHON_IMAGE} AS builder-train
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=source /src /src
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && /opt/venv/bin/pip install "/src[train]"
+
+FROM ${PYTHON_IMAGE} AS train
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+COPY --from=builder-train /opt/venv /opt/venv
+WORKDIR /work
+USER 65532:65532
+ENTRYPOINT ["gan-train"]
+CMD ["--help"]

@@ -1,0 +1,118 @@
+{{/* Names, labels and the pieces several templates share. */}}
+
+{{- define "ganserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ganserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ganserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ganserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ganserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ganserve.labels" -}}
+helm.sh/chart: {{ include "ganserve.chart" . }}
+{{ include "ganserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "ganserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ganserve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image: the CPU target's tag, or the GPU target's (tag + gpu.tagSuffix). */}}
+{{- define "ganserve.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.gpu.enabled }}{{ $tag = printf "%s%s" $tag .Values.gpu.tagSuffix }}{{ end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* Where the pieces are mounted in the container. */}}
+{{- define "ganserve.configDir" -}}/etc/ganserve/config{{- end }}
+{{- define "ganserve.configFile" -}}{{ include "ganserve.configDir" . }}/ganserve.toml{{- end }}
+{{- define "ganserve.tlsDir" -}}/etc/ganserve/tls{{- end }}
+{{- define "ganserve.authDir" -}}/etc/ganserve/auth{{- end }}
+{{- define "ganserve.engineCacheDir" -}}/var/cache/ganserve{{- end }}
+
+{{- define "ganserve.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "ganserve.fullname" .)) }}
+{{- end }}
+
+{{/*
+Seconds Kubernetes waits between the start of termination and SIGKILL: the preStop sleep, then
+the server's shutdown_delay and drain_grace after SIGTERM (server defaults 0 and 10 when
+unset), plus 5 s to exit. An explicit
+terminationGracePeriodSeconds must exceed the first three together.
+*/}}
+{{- define "ganserve.terminationGracePeriodSeconds" -}}
+{{- $delay := .Values.config.shutdown_delay }}
+{{- if kindIs "invalid" $delay }}{{ $delay = 0 }}{{ end }}
+{{- $drain := .Values.config.drain_grace }}
+{{- if kindIs "invalid" $drain }}{{ $drain = 10 }}{{ end }}
+{{- $needed := addf (.Values.preStopSleepSeconds | default 0) $delay $drain }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- ceil (addf $needed 5) | int }}
+{{- else if le (float64 .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be greater than preStopSleepSeconds + config.shutdown_delay + config.drain_grace (%v), or the drain is cut short by SIGKILL" .Values.terminationGracePeriodSeconds $needed) }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image's HEALTHCHECK command as a Python program (the Dockerfile's, word for word; a test
+compares them). It asks grpc.health.v1.Health about "" on localhost:$GANSERVE_PORT, over TLS when
+GANSERVE_HEALTH_CA is set, and exits 0 only for SERVING.
+*/}}
+{{- define "ganserve.healthCheckProgram" -}}
+import os, sys, grpc;
+from grpc_health.v1.health_pb2 import HealthCheckRequest;
+from grpc_health.v1.health_pb2_grpc import HealthStub;
+env = os.environ.get;
+pem = lambda name: env(name) and open(env(name), 'rb').read();
+target = 'localhost:' + env('GANSERVE_PORT', '50051');
+tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT'));
+name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))];
+channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target);
+sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)
+{{- end }}
+
+{{/* One probe's action: kubelet's native gRPC probe, or the health check command under TLS. */}}
+{{- define "ganserve.probeAction" -}}
+{{- if .Values.tls.enabled }}
+exec:
+  command:
+    - python
+    - -c
+    - {{ include "ganserve.healthCheckProgram" . | replace "\n" " " | toJson }}
+{{- else }}
+grpc:
+  port: {{ .Values.ports.grpc }}
+{{- end }}
+{{- end }}
+
+{{/* A value as TOML: strings, numbers, booleans and lists of them are JSON-compatible. */}}
+{{- define "ganserve.toml" -}}
+{{- toJson . }}
+{{- end }}

@@ -1,0 +1,448 @@
+"""The Helm chart renders, lints and validates against Kubernetes' own schemas, and what it
+renders matches the server: its ports, its metric names, its config loader, its security needs.
+Probes and shutdown timing are in test_helm_probes.py.
+
+Helm is the real one (its Go library through helm-python-sdk); the Kubernetes schemas are the
+OpenAPI ones packaged by kubernetes-validate. No cluster is involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import dockerfile_lint
+import helm_python as helm
+import kubernetes_validate
+import pytest
+from chart_render import (
+    CHART,
+    DEFAULT,
+    FULL,
+    GRPC_PORT,
+    METRICS_PORT,
+    NAMESPACE,
+    RELEASE,
+    TOKEN,
+    VALUES,
+    Manifests,
+    config_file,
+    container,
+    render,
+    write_certificates,
+)
+from click.testing import CliRunner
+
+from conftest import ROOT
+from ganserve.serve import cli
+from ganserve.serve.backends import Backend
+from ganserve.serve.config import FILE_KEYS
+from ganserve.serve.metrics import ServerMetrics
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas known.
+KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
+# Config file keys the chart sets itself (or, for the token, never puts in a ConfigMap).
+CHART_MANAGED_KEYS = {
+    "model_repository",
+    "port",
+    "metrics_port",
+    "engine_cache_dir",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "auth_token",
+    "auth_token_file",
+    "models",
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module", params=list(VALUES), ids=list(VALUES))
+def rendered(request: pytest.FixtureRequest, chart: helm.Chart) -> Manifests:
+    return render(chart, VALUES[request.param])[0]
+
+
+@pytest.fixture(scope="module")
+def full(chart: helm.Chart) -> Manifests:
+    return render(chart, FULL)[0]
+
+
+@pytest.fixture(scope="module")
+def default(chart: helm.Chart) -> Manifests:
+    return render(chart, DEFAULT)[0]
+
+
+# --- Helm and Kubernetes accept it --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(VALUES))
+def test_chart_lints_clean(name: str) -> None:
+    report = helm.lint(CHART, copy.deepcopy(VALUES[name]), strict=True)
+    assert report["errors"] == []
+    # Severity 1 is information (e.g. "icon is recommended"); warnings and errors fail.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_rendered_manifests_match_the_kubernetes_schemas(
+    rendered: Manifests, kube_version: str
+) -> None:
+    assert {"Deployment", "ConfigMap", "PodDisruptionBudget", "ServiceAccount"} <= set(rendered)
+    for obj in rendered.values():
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked by hand in test_service_monitor_scrapes_the_metrics_port
+        # strict: unknown fields are errors too, so a misspelt key cannot pass.
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+# Other corners of the templates, each rendered, linted and validated like the two above.
+VARIANTS = {
+    "metrics-off": {"metrics": {"enabled": False}},
+    "models-from-nfs": {
+        "modelRepository": {
+            "source": "volume",
+            "volume": {"nfs": {"server": "nfs.example", "path": "/models"}},
+            "subPath": "ganserve",
+        }
+    },
+    "tls-without-client-auth": {"tls": {"enabled": True, "secretName": "ganserve-tls"}},
+    "hpa-on-inflight-only": {
+        "autoscaling": {
+            "enabled": True,
+            "targetCPUUtilizationPercentage": None,
+            "customMetric": {"enabled": True, "name": "ganserve_inflight_requests"},
+        }
+    },
+    "existing-secrets-and-accounts": {
+        "auth": {"enabled": True, "existingSecret": "tokens", "secretKey": "ganserve"},
+        "serviceAccount": {"create": False, "name": "inference"},
+        "podDisruptionBudget": {"minAvailable": 1},
+        "gpu": {"enabled": True, "engineCache": {"existingClaim": "trt-engines"}},
+    },
+}
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=list(VARIANTS))
+def test_variants_lint_and_match_the_kubernetes_schemas(
+    chart: helm.Chart, values: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
+    report = helm.lint(CHART, copy.deepcopy(values), strict=True)
+    assert report["errors"] == [] and all(m["severity"] < 2 for m in report["messages"])
+    objects, _ = render(chart, values)
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+    if not values.get("tls") and not values.get("auth"):
+        _dry_run(config_file(objects), tmp_path)
+
+
+def test_full_values_render_every_optional_object(full: Manifests) -> None:
+    assert {
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "Secret",
+        f"Service/{RELEASE}-ganserve-headless",
+    } <= set(full)
+
+
+def test_defaults_render_no_optional_object(default: Manifests) -> None:
+    assert not {"HorizontalPodAutoscaler", "ServiceMonitor", "Secret"} & set(default)
+    assert default["Deployment"]["spec"]["replicas"] == 2
+
+
+# --- values.schema.json -------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "negative-replicas": ({"replicaCount": -1}, "/replicaCount"),
+    "unknown-backend": ({"config": {"backend": "bogus"}}, "/config/backend"),
+    "unknown-model-backend": ({"models": {"digits": {"backend": "bogus"}}}, "/models/digits"),
+    "unknown-config-key": ({"config": {"max_batch": 8}}, "max_batch"),
+    "batch-size-out-of-range": ({"config": {"max_batch_size": 0}}, "/config/max_batch_size"),
+    "short-token": ({"auth": {"enabled": True, "token": "short"}}, "/auth/token"),
+    "unknown-metric": (
+        {"autoscaling": {"enabled": True, "customMetric": {"enabled": True, "name": "cpu"}}},
+        "/autoscaling/customMetric/name",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES.values(), ids=list(BAD_VALUES))
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    report = helm.lint(CHART, values, strict=True)
+    assert any(where in error for error in report["errors"]), report
+
+
+def test_schema_backends_are_the_servers(chart: helm.Chart) -> None:
+    schema = chart.schema
+    backends = [b.value for b in Backend]
+    assert schema["properties"]["config"]["properties"]["backend"]["enum"] == backends
+    model = schema["properties"]["models"]["additionalProperties"]
+    assert model["properties"]["backend"]["enum"] == backends
+
+
+def test_schema_config_keys_are_the_servers_config_file_keys(chart: helm.Chart) -> None:
+    """Every key the server's config file takes is in the schema or set by the chart itself,
+    and the schema offers no key the server would refuse."""
+    offered = set(chart.schema["properties"]["config"]["properties"])
+    assert offered <= FILE_KEYS
+    assert offered | CHART_MANAGED_KEYS == FILE_KEYS, (
+        f"new server settings {sorted(FILE_KEYS - offered - CHART_MANAGED_KEYS)}: add them to "
+        "values.schema.json (config) or to CHART_MANAGED_KEYS"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tls": {"enabled": True}}, "tls.secretName"),
+        ({"auth": {"enabled": True}}, "auth.existingSecret"),
+        ({"modelRepository": {"source": "persistentVolumeClaim"}}, "claimName"),
+        ({"modelRepository": {"source": "volume"}}, "modelRepository.volume"),
+        (
+            {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
+            "customMetric",
+        ),
+        ({"terminationGracePeriodSeconds": 25}, "terminationGracePeriodSeconds"),
+    ],
+    ids=["tls-secret", "auth-token", "claim", "volume", "hpa-metric", "grace-period"],
+)
+def test_incomplete_values_fail_with_a_message(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# --- the chart matches the server ---------------------------------------------------------------
+
+
+def test_ports_are_the_servers_defaults(chart: helm.Chart, rendered: Manifests) -> None:
+    assert chart.values["ports"] == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    ports = {p["name"]: p["containerPort"] for p in container(rendered)["ports"]}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    service = rendered[f"Service/{RELEASE}-ganserve"]["spec"]["ports"]
+    by_name = {p["name"]: p for p in service}
+    assert by_name["grpc"]["appProtocol"] == "grpc"
+    assert by_name["grpc"]["targetPort"] == "grpc" and by_name["metrics"]["targetPort"] == "metrics"
+    assert f"port = {GRPC_PORT}\n" in config_file(rendered)
+    assert f"metrics_port = {METRICS_PORT}\n" in config_file(rendered)
+
+
+def test_hpa_custom_metric_is_a_per_pod_gauge_of_the_server(
+    chart: helm.Chart, full: Manifests
+) -> None:
+    families = {f.name: f.type for f in ServerMetrics(max_batch_size=8).registry.collect()}
+    (pods,) = [m for m in full["HorizontalPodAutoscaler"]["spec"]["metrics"] if m["type"] == "Pods"]
+    assert families[pods["pods"]["metric"]["name"]] == "gauge"
+    allowed = chart.schema["properties"]["autoscaling"]["properties"]["customMetric"]
+    for name in allowed["properties"]["name"]["enum"]:
+        assert families.get(name) == "gauge", name
+
+
+def test_hpa_defaults_to_cpu_and_owns_the_replica_count(chart: helm.Chart) -> None:
+    objects, _ = render(chart, {"autoscaling": {"enabled": True}})
+    hpa = objects["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            },
+        }
+    ]
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": objects["Deployment"]["metadata"]["name"],
+    }
+    assert "replicas" not in objects["Deployment"]["spec"]
+
+
+def test_service_monitor_scrapes_the_metrics_port(full: Manifests) -> None:
+    monitor = full["ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    selected = [
+        obj
+        for key, obj in full.items()
+        if key.startswith("Service/")
+        and monitor["spec"]["selector"]["matchLabels"].items() <= obj["metadata"]["labels"].items()
+    ]
+    # Both Services match; only the main one has a metrics port, so each pod is scraped once.
+    assert [s["metadata"]["name"] for s in selected if "metrics" in _port_names(s)] == [
+        f"{RELEASE}-ganserve"
+    ]
+
+
+def _port_names(service: dict[str, Any]) -> set[str]:
+    return {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_headless_service_is_headless_grpc_only(full: Manifests) -> None:
+    spec = full[f"Service/{RELEASE}-ganserve-headless"]["spec"]
+    assert spec["clusterIP"] == "None" and _port_names({"spec": spec}) == {"grpc"}
+
+
+def test_pod_annotations_point_prometheus_at_metrics(default: Manifests) -> None:
+    annotations = default["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def _dry_run(config_text: str, tmp_path: pathlib.Path) -> dict[str, Any]:
+    """The server's own CLI (`ganserve serve --dry-run --config FILE`) on the rendered file."""
+    path = tmp_path / "ganserve.toml"
+    path.write_text(config_text)
+    env = {k: None for k in os.environ if k.startswith("GANSERVE_")}
+    result = CliRunner().invoke(cli.main, ["serve", "--dry-run", "--config", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_default_config_file_is_accepted_by_the_server(
+    default: Manifests, chart: helm.Chart, tmp_path: pathlib.Path
+) -> None:
+    resolved = _dry_run(config_file(default), tmp_path)
+    config = chart.values["config"]
+    assert resolved["model_repository"] == "/models"
+    assert (resolved["port"], resolved["metrics_port"]) == (GRPC_PORT, METRICS_PORT)
+    assert resolved["batching"]["max_batch_size"] == config["max_batch_size"]
+    assert resolved["shutdown_delay_s"] == config["shutdown_delay"]
+    assert resolved["drain_grace_s"] == config["drain_grace"]
+    assert resolved["log_format"] == "json" and resolved["backend"] == "auto"
+    assert resolved["tls"] is None and resolved["auth_token"] is None
+
+
+def test_full_config_file_is_accepted_by_the_server(
+    full: Manifests, tmp_path: pathlib.Path
+) -> None:
+    """TLS and token paths point into the pod's Secret mounts; here they point at real files."""
+    tls_dir, auth_dir = tmp_path / "tls", tmp_path / "auth"
+    write_certificates(tls_dir)
+    auth_dir.mkdir()
+    (auth_dir / "token").write_text(TOKEN + "\n")
+    text = config_file(full)
+    text = text.replace('"/etc/ganserve/tls/', f'"{tls_dir}/').replace(
+        '"/etc/ganserve/auth/', f'"{auth_dir}/'
+    )
+    resolved = _dry_run(text, tmp_path)
+    assert resolved["batching"]["preferred_batch_sizes"] == [8, 32, 64]
+    assert resolved["shutdown_delay_s"] == 2.5
+    assert resolved["engine_cache_dir"] == "/var/cache/ganserve"
+    assert resolved["models"]["digits"] == {
+        "backend": "onnxruntime-cuda",
+        "versions": [1, 2],
+        "precision": "fp16",
+    }
+    assert resolved["tls"]["client_ca_file"] == str(tls_dir / "ca.crt")
+    assert resolved["auth_token"] == "<redacted>"
+
+
+def test_config_file_paths_are_where_the_secrets_and_volumes_are_mounted(
+    full: Manifests, tmp_path: pathlib.Path
+) -> None:
+    mounts = {m["name"]: m for m in container(full)["volumeMounts"]}
+    volumes = {v["name"]: v for v in full["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    text = config_file(full)
+    assert mounts["tls"]["mountPath"] == "/etc/ganserve/tls"
+    assert volumes["tls"]["secret"]["secretName"] == "ganserve-tls"
+    for key, name in (("tls_cert", "tls.crt"), ("tls_key", "tls.key"), ("tls_client_ca", "ca.crt")):
+        assert f'{key} = "/etc/ganserve/tls/{name}"' in text
+    assert 'auth_token_file = "/etc/ganserve/auth/token"' in text
+    assert mounts["auth"]["mountPath"] == "/etc/ganserve/auth"
+    assert volumes["auth"]["secret"]["items"] == [{"key": "token", "path": "token"}]
+    assert full["Secret"]["stringData"] == {"token": TOKEN}
+    assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "ganserve-models"
+    assert mounts["engine-cache"]["mountPath"] == "/var/cache/ganserve"
+    config_mount = mounts["config"]["mountPath"]
+    assert container(full)["args"] == ["--config", f"{config_mount}/ganserve.toml"]
+
+
+def test_bundled_models_need_no_volume(default: Manifests) -> None:
+    mounts = {m["mountPath"] for m in container(default)["volumeMounts"]}
+    assert "/models" not in mounts
+    assert 'model_repository = "/models"' in config_file(default)
+
+
+def test_gpu_values_pick_the_gpu_image_and_request_a_gpu(full: Manifests) -> None:
+    spec = full["Deployment"]["spec"]["template"]["spec"]
+    assert container(full)["image"] == "ganserve:0.1.0-gpu"
+    assert container(full)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+
+
+def test_cpu_values_pick_the_cpu_image(default: Manifests) -> None:
+    assert container(default)["image"] == "ganserve:0.1.0"
+    assert "nvidia.com/gpu" not in str(container(default)["resources"])
+
+
+def test_pod_is_locked_down(rendered: Manifests) -> None:
+    """Issue 7's checklist: non-root, read-only root, no privilege escalation, no capabilities,
+    the runtime's seccomp profile, no API token."""
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    security = container(rendered)["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable paths: /tmp (HOME and TMPDIR in the image) and, on GPU, the engine cache.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {
+        m["mountPath"]
+        for m in container(rendered)["volumeMounts"]
+        if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+    }
+    assert "/tmp" in writable <= {"/tmp", "/var/cache/ganserve"}
+
+
+def test_image_writes_only_where_the_chart_mounts_volumes(default: Manifests) -> None:
+    stages = {s.name: s for s in dockerfile_lint.stages((ROOT / "Dockerfile").read_text())}
+    env = stages["cpu"].env()
+    assert env["HOME"] == env["TMPDIR"] == "/tmp"
+    assert any(m["mountPath"] == "/tmp" for m in container(default)["volumeMounts"])
+
+
+def test_pdb_keeps_pods_during_voluntary_disruptions(default: Manifests) -> None:
+    pdb = default["PodDisruptionBudget"]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"] == default["Deployment"]["spec"]["selector"]
+
+
+def test_notes_say_how_to_call_the_service(chart: helm.Chart) -> None:
+    _, notes = render(chart, DEFAULT)
+    assert f"port-forward service/{RELEASE}-ganserve {GRPC_PORT}:{GRPC_PORT}" in notes
+    assert f"gan-client --target localhost:{GRPC_PORT} generate" in notes
+    assert "grpcurl -plaintext" in notes and "ganserve.v1.Generator/Generate" in notes
+    _, notes = render(chart, FULL)
+    assert "--tls-ca ca.crt" in notes and "--token-file token" in notes
+    assert f"dns:///{RELEASE}-ganserve-headless.{NAMESPACE}.svc:{GRPC_PORT}" in notes
+
+
+def test_readme_documents_every_top_level_value(chart: helm.Chart) -> None:
+    rows = [line for line in (CHART / "README.md").read_text().splitlines() if line[:1] == "|"]
+    missing = [key for key in chart.values if not any(f"`{key}" in row for row in rows)]
+    assert missing == []

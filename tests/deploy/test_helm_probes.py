@@ -1,0 +1,155 @@
+"""The chart's probes and shutdown timing: native gRPC health probes on the server's port, the
+image's own health check under TLS (run here against a real mutual-TLS server), and a grace
+period that outlasts the drain."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dockerfile_lint
+import helm_python as helm
+import pytest
+from chart_render import (
+    CHART,
+    DEFAULT,
+    FULL,
+    GRPC_PORT,
+    NAMESPACE,
+    RELEASE,
+    TOKEN,
+    Manifests,
+    container,
+    render,
+    write_certificates,
+)
+
+from conftest import ROOT, ServerThread
+from ganserve.serve.config import TlsConfig
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def full(chart: helm.Chart) -> Manifests:
+    return render(chart, FULL)[0]
+
+
+@pytest.fixture(scope="module")
+def default(chart: helm.Chart) -> Manifests:
+    return render(chart, DEFAULT)[0]
+
+
+def test_probes_are_native_grpc_health_checks_on_the_grpc_port(default: Manifests) -> None:
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        action = container(default)[probe]
+        assert set(action) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}
+        # service "" (left out): the whole server's health, which the server reports.
+        assert action["grpc"] == {"port": GRPC_PORT}
+
+
+def test_tls_probes_run_the_images_healthcheck_command(full: Manifests) -> None:
+    """Kubelet's gRPC probe has no TLS, so under TLS the probes exec the image's HEALTHCHECK."""
+    stages = {s.name: s for s in dockerfile_lint.stages((ROOT / "Dockerfile").read_text())}
+    image_command = dockerfile_lint.healthcheck_argv(stages["gpu"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container(full)[probe]["exec"]["command"] == image_command
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (DEFAULT, 5 + 20 + 5),
+        (FULL, 31),  # preStop 3 + shutdown_delay 2.5 + drain_grace 20 + 5, rounded up
+        ({"terminationGracePeriodSeconds": 60}, 60),
+    ],
+    ids=["default", "full", "explicit"],
+)
+def test_termination_grace_outlasts_the_drain(
+    chart: helm.Chart, values: dict[str, Any], expected: int
+) -> None:
+    objects, _ = render(chart, values)
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    merged = chart.merge_values(copy.deepcopy(values))
+    drain = (
+        merged["preStopSleepSeconds"]
+        + merged["config"]["shutdown_delay"]
+        + merged["config"]["drain_grace"]
+    )
+    assert spec["terminationGracePeriodSeconds"] == expected > drain
+
+
+def test_pre_stop_sleeps_when_asked(full: Manifests, default: Manifests) -> None:
+    assert container(full)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "3"]
+    assert "lifecycle" not in container(default)
+
+
+# --- the TLS probe, run for real ----------------------------------------------------------------
+
+
+def run_probe(
+    objects: Manifests, server: ServerThread, tls_dir: pathlib.Path, **env_overrides: str | None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the rendered readiness probe's command with the container's environment (its
+    /etc/ganserve/tls paths pointed at ``tls_dir``, GANSERVE_PORT at the test server), changed
+    by ``env_overrides`` (None removes a variable)."""
+    spec = container(objects)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    for item in spec["env"]:
+        env[item["name"]] = item["value"].replace("/etc/ganserve/tls", str(tls_dir))
+    env.update(GANSERVE_PORT=str(server.server.port), **env_overrides)
+    env = {k: v for k, v in env.items() if v is not None}
+    python, *args = spec["readinessProbe"]["exec"]["command"]
+    assert python == "python"
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("tls")
+    write_certificates(folder, name=f"{RELEASE}-ganserve.{NAMESPACE}.svc")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mtls_server(
+    start_server_module: Callable[..., ServerThread], tls_dir: pathlib.Path
+) -> ServerThread:
+    tls = TlsConfig(
+        cert_file=tls_dir / "tls.crt",
+        key_file=tls_dir / "tls.key",
+        client_ca_file=tls_dir / "ca.crt",
+    )
+    return start_server_module(tls=tls, auth_token=TOKEN)
+
+
+def test_tls_probe_passes_against_a_mutual_tls_server(
+    full: Manifests, mtls_server: ServerThread, tls_dir: pathlib.Path
+) -> None:
+    result = run_probe(full, mtls_server, tls_dir)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def test_tls_probe_fails_without_a_client_certificate(
+    full: Manifests, mtls_server: ServerThread, tls_dir: pathlib.Path
+) -> None:
+    result = run_probe(
+        full, mtls_server, tls_dir, GANSERVE_HEALTH_CERT=None, GANSERVE_HEALTH_KEY=None
+    )
+    assert result.returncode != 0
+
+
+def test_tls_probe_fails_for_a_certificate_of_another_name(
+    full: Manifests, mtls_server: ServerThread, tls_dir: pathlib.Path
+) -> None:
+    result = run_probe(full, mtls_server, tls_dir, GANSERVE_HEALTH_SERVER_NAME="other.example")
+    assert result.returncode != 0
