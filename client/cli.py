@@ -151,6 +151,15 @@ _truncation = click.option(
 @_model
 @_version
 @_truncation
+@click.option(
+    "--mix-seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=None,
+    help="Style mixing (StyleGAN-style models): a second seed for the later style layers.",
+)
+@click.option(
+    "--mix-layer", type=click.IntRange(0), default=0, help="First style layer from --mix-seed."
+)
 @click.option("--raw", is_flag=True, help="Ask for raw uint8 pixels instead of PNG on the wire.")
 @click.option(
     "-o",
@@ -169,6 +178,8 @@ def generate(
     model: str,
     model_version: str,
     truncation: float | None,
+    mix_seed: int | None,
+    mix_layer: int,
     raw: bool,
     output: pathlib.Path,
 ) -> None:
@@ -181,6 +192,8 @@ def generate(
         model_version=model_version,
         encoding=encoding,
         truncation=truncation,
+        style_mix_seed=mix_seed,
+        style_mix_layer=mix_layer,
     )
     result.save(output)
     r = result.response

@@ -156,8 +156,11 @@ class GeneratorClient:
         model_version: str = "",
         encoding: ImageEncoding = ImageEncoding.PNG,
         truncation: float | None = None,
+        style_mix_seed: int | None = None,
+        style_mix_layer: int = 0,
         timeout: float | None = None,
     ) -> GeneratedImage:
+        """One image; style_mix_* mix a second seed's style in (StyleGAN-style models)."""
         request = generator_pb2.GenerateRequest(
             seed=seed,
             model=model,
@@ -165,6 +168,8 @@ class GeneratorClient:
             encoding=encoding,
             class_label=class_label,
             truncation=truncation,
+            style_mix_seed=style_mix_seed,
+            style_mix_layer=style_mix_layer,
         )
         return GeneratedImage(self._stub.Generate(request, **self._kwargs(timeout)))
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ganserve.serve import imaging, latent
+from ganserve.serve import inputs as model_inputs
 from ganserve.serve.backends import Engine
 from ganserve.serve.config import BatchingConfig
 from ganserve.serve.errors import (
@@ -42,13 +43,16 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Work:
-    """One image to make. ``latent`` overrides the seed's latent (interpolation frames)."""
+    """One image to make. ``latent`` overrides the seed's z (interpolation frames; the noise
+    still comes from the seed). ``mix_seed``: style mixing from ``mix_layer`` on."""
 
     seed: int
     label: int | None
     encoding: imaging.Encoding
     truncation: float = 1.0
     latent: np.ndarray | None = None
+    mix_seed: int | None = None
+    mix_layer: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -288,24 +292,37 @@ class Batcher:
         return True
 
     def _compute(self, engine: Engine, batch: list[_Request]) -> list[bytes | Exception]:
-        """Worker thread: seeds -> latents -> engine -> uint8 -> encoded bytes."""
+        """Worker thread: seeds -> model inputs -> engine -> uint8 -> encoded bytes."""
         started = time.monotonic()
         m = self._metadata
-        n = len(batch)
-        z = np.empty((n, m.latent_dim), dtype=np.float32)  # (N, latent_dim)
-        psi = np.ones((n, 1), dtype=np.float32)
+        n, d = len(batch), m.latent_dim
+        draws = np.empty((n, d + m.noise_dim), dtype=np.float32)  # (N, latent_dim + noise_dim)
+        psi = np.empty(n, dtype=np.float32)
+        mixing = m.style_layers and any(r.work.mix_seed is not None for r in batch)
+        mix = np.empty((n, d), dtype=np.float32) if mixing else None
+        mix_layer = np.full(n, m.style_layers, dtype=np.int64) if mixing else None
         for i, request in enumerate(batch):
             work = request.work
             if work.latent is None:
-                z[i] = latent.seed_to_latent(work.seed, m.latent_dim)
+                draws[i] = model_inputs.seed_vector(m, work.seed)
             else:
-                z[i] = work.latent
-            psi[i, 0] = work.truncation
-        z *= psi  # truncation: z' = psi * z (the z-space mean is 0)
+                draws[i, :d] = work.latent
+                if m.noise_dim:
+                    draws[i, d:] = model_inputs.seed_vector(m, work.seed)[d:]
+            psi[i] = work.truncation
+            if mixing:
+                if work.mix_seed is None:
+                    mix[i] = draws[i, :d]
+                else:
+                    mix[i] = latent.seed_to_latent(work.mix_seed, d)
+                    mix_layer[i] = work.mix_layer
         labels = None
         if m.conditional:
             labels = np.fromiter((r.work.label for r in batch), dtype=np.int64, count=n)
-        images = self._run_engine(engine, z, labels)  # (N, C, H, W) float32 in [-1, 1]
+        feeds = model_inputs.assemble(
+            m, draws, labels=labels, truncation=psi, mix=mix, mix_layer=mix_layer
+        )
+        images = self._run_engine(engine, feeds)  # (N, C, H, W) float32 in [-1, 1]
         finite = np.isfinite(images).reshape(n, -1).all(axis=1)  # (N,)
         pixels = imaging.to_uint8(images)  # (N, H, W, C) uint8
         encoding_started = time.monotonic()
@@ -325,20 +342,20 @@ class Batcher:
         self._m_encode_time.observe(time.monotonic() - encoding_started)
         return results
 
-    def _run_engine(self, engine: Engine, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    def _run_engine(self, engine: Engine, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run at the preferred batch sizes: pad up to the smallest that fits, split above the
         largest. Each sample's output is independent of its batch-mates, so padding rows (copies
         of the chunk's first row) change nothing and are cut off."""
         if not self._preferred:
-            return engine.run(z, labels)
-        outputs, start, n = [], 0, len(z)
+            return engine.run(feeds)
+        outputs, start, n = [], 0, len(feeds["z"])
         while start < n:
             remaining = n - start
             size = next((p for p in self._preferred if p >= remaining), self._preferred[-1])
             take = min(size, remaining)
             index = np.full(size, start)  # padding rows repeat the chunk's first row
             index[:take] = np.arange(start, start + take)
-            out = engine.run(z[index], None if labels is None else labels[index])
+            out = engine.run({name: value[index] for name, value in feeds.items()})
             outputs.append(out[:take])
             start += take
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)

@@ -16,6 +16,9 @@ PLAN_FILE = "model.plan"  # TensorRT engine built by export-gan
 FORMAT_VERSION = 1
 
 
+TRUNCATION_MODES = ("z-scale", "w")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelMetadata:
     """What a served model takes and returns.
@@ -28,7 +31,16 @@ class ModelMetadata:
         class_names: One name per class (empty when unconditional).
         height, width, channels: Output image shape.
         latent_scheme: Name of the seed->latent mapping (see `ganserve.serve.latent`).
-        architecture: Generator family, e.g. "dcgan".
+        architecture: Generator family: "dcgan", "gan" (Goodfellow et al.'s fully-connected
+            one) or "stylegan".
+        truncation_mode: What a request's truncation psi means. "z-scale": the server scales
+            z by psi before the model. "w": the model takes psi as its ``truncation`` input and
+            applies w' = w_avg + psi (w - w_avg) after its mapping network (StyleGAN).
+        noise_dim: Length of the model's ``noise`` input (per-layer noise, flattened); the
+            server draws it from the request's seed after z. 0: no noise input.
+        style_layers: Style inputs of the synthesis network. When > 0 the model takes
+            ``z_mix`` and ``mix_layer``: layers from ``mix_layer`` on use z_mix's style
+            (style mixing); mix_layer == style_layers mixes nothing.
         value_range: Range of the raw generator output, always [-1, 1] today.
         onnx_opset: ONNX opset of model.onnx.
         source_checkpoint_sha256: SHA-256 of the checkpoint the model was exported from.
@@ -47,6 +59,9 @@ class ModelMetadata:
     channels: int
     latent_scheme: str
     architecture: str = "dcgan"
+    truncation_mode: str = "z-scale"
+    noise_dim: int = 0
+    style_layers: int = 0
     value_range: tuple[float, float] = (-1.0, 1.0)
     onnx_opset: int = 0
     source_checkpoint_sha256: str = ""
@@ -62,6 +77,14 @@ class ModelMetadata:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ValueError(
+                f"truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, "
+                f"got {self.truncation_mode!r}"
+            )
+        for field in ("noise_dim", "style_layers"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} entries but num_classes is "

@@ -30,7 +30,6 @@ from ganserve.v1 import generator_pb2_grpc
 
 LOGGER = logging.getLogger(__name__)
 MAX_TRUNCATION = 2.0
-TRUNCATION_MODE = "z-scale"
 
 
 def validate_label(metadata: ModelMetadata, has_label: bool, label: int, field: str) -> int | None:
@@ -68,6 +67,26 @@ def validate_truncation(has_value: bool, value: float) -> float:
             "(1 = no truncation)"
         )
     return value
+
+
+def validate_style_mix(
+    metadata: ModelMetadata, has_seed: bool, seed: int, layer: int
+) -> tuple[int | None, int]:
+    """(style_mix_seed or None, style_mix_layer), checked against the model's style layers."""
+    if not has_seed:
+        return None, 0
+    layers = metadata.style_layers
+    if not layers:
+        raise InvalidArgumentError(
+            f"style_mix_seed must be unset: model {metadata.name!r} ({metadata.architecture}) "
+            "has no style layers; style mixing needs a StyleGAN-style model"
+        )
+    if not 0 <= layer < layers:
+        raise InvalidArgumentError(
+            f"style_mix_layer {layer} is out of range: model {metadata.name!r} has style "
+            f"layers 0..{layers - 1}"
+        )
+    return seed, layer
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -242,7 +261,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         if cache is not None:
             for i, work in enumerate(works):
                 if work.latent is None:  # interpolation frames are not addressable by seed
-                    keys[i] = (*served.key, work.seed, work.label, work.encoding, work.truncation)
+                    keys[i] = (
+                        *served.key,
+                        work.seed,
+                        work.label,
+                        work.encoding,
+                        work.truncation,
+                        work.mix_seed,
+                        work.mix_layer,
+                    )
                     out[i] = cache.get(keys[i])
             hits = sum(x is not None for x in out)
             if hits:
@@ -289,6 +316,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         async with _Call(self, "Generate", context) as call:
             served = self._enter(call, request.model, request.model_version)
             m = served.metadata
+            mix_seed, mix_layer = validate_style_mix(
+                m,
+                request.HasField("style_mix_seed"),
+                request.style_mix_seed,
+                request.style_mix_layer,
+            )
             work = Work(
                 request.seed,
                 validate_label(
@@ -296,6 +329,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 ),
                 validate_encoding(request.encoding),
                 validate_truncation(request.HasField("truncation"), request.truncation),
+                mix_seed=mix_seed,
+                mix_layer=mix_layer,
             )
             (image,) = await self._images(call, served, [work])
             return pb.GenerateResponse(**self._fields(m, work, image))
@@ -393,5 +428,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 backend=served.backend.value,
                 versions=[v.metadata.version for v in self._models.versions(m.name)],
                 max_items_per_call=self._max_items,
-                truncation_mode=TRUNCATION_MODE,
+                truncation_mode=m.truncation_mode,
+                architecture=m.architecture,
+                style_layers=m.style_layers,
             )

@@ -188,15 +188,15 @@ class EngineControl:
             engine.run = self._wrap(engine.run)
 
     def _wrap(self, run: Callable) -> Callable:
-        def controlled(z, labels):
+        def controlled(feeds):
             with self._lock:
-                self.batches.append(len(z))
+                self.batches.append(len(feeds["z"]))
                 fail, self.fail_next = self.fail_next > 0, max(self.fail_next - 1, 0)
             self.entered.set()
             self.gate.wait(30)
             if fail:
                 raise RuntimeError("planted engine failure")
-            return run(z, labels)
+            return run(feeds)
 
         return controlled
 

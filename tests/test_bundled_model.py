@@ -9,7 +9,7 @@ from conftest import BUNDLED_REPOSITORY
 from ganserve.serve import repository
 from ganserve.serve.backends import EngineOptions
 from ganserve.serve.backends.cpu import OnnxCpuEngine
-from ganserve.serve.latent import seeds_to_latents
+from ganserve.serve.inputs import feeds_for_seeds
 from ganserve.train import checkpoint
 from ganserve.train.data import load_digits_split
 from ganserve.train.metrics import DigitClassifier
@@ -28,9 +28,10 @@ def test_served_samples_are_legible_digits_of_the_asked_class() -> None:
     """A classifier fit on real training digits reads the served samples as the asked class."""
     engine = OnnxCpuEngine(VERSION.path, VERSION.metadata, EngineOptions())
     per_class = 50
-    z = seeds_to_latents(list(range(per_class)) * 10, VERSION.metadata.latent_dim)
     labels = torch.arange(10).repeat_interleave(per_class)
-    images = engine.run(z, labels.numpy())
+    images = engine.run(
+        feeds_for_seeds(VERSION.metadata, list(range(per_class)) * 10, labels.numpy())
+    )
     train, heldout = load_digits_split(32)
     judge = DigitClassifier(train)
     real_accuracy = judge.accuracy(heldout.images, heldout.labels)
@@ -42,8 +43,7 @@ def test_served_samples_are_legible_digits_of_the_asked_class() -> None:
 @pytest.mark.parametrize("digit", range(10))
 def test_every_class_is_recognised(digit: int) -> None:
     engine = OnnxCpuEngine(VERSION.path, VERSION.metadata, EngineOptions())
-    z = seeds_to_latents(range(20), VERSION.metadata.latent_dim)
-    images = engine.run(z, torch.full((20,), digit).numpy())
+    images = engine.run(feeds_for_seeds(VERSION.metadata, range(20), [digit] * 20))
     judge = DigitClassifier(load_digits_split(32)[0])
     assert judge.accuracy(torch.from_numpy(images), torch.full((20,), digit)) >= 0.7
 

@@ -1,7 +1,8 @@
 """Execution backends: turn (z, label) into images on some device.
 
-Every backend is an `Engine`: ``run(z, labels) -> (N, C, H, W) float32`` on the host, callable
-from one worker thread at a time per engine instance. Backends that need a GPU import their
+Every backend is an `Engine`: ``run(feeds) -> (N, C, H, W) float32`` on the host, where
+``feeds`` maps the model's input names (`ganserve.serve.inputs`) to batches; callable from one
+worker thread at a time per engine instance. Backends that need a GPU import their
 libraries lazily, so the CPU install never needs them.
 """
 
@@ -16,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ganserve.serve import inputs
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
 
@@ -61,8 +63,9 @@ class Engine(Protocol):
     metadata: ModelMetadata
     backend: Backend
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """(N, latent_dim) float32 [+ (N,) int64] -> (N, C, H, W) float32 in [-1, 1]."""
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Input name -> (N, ...) batch (see `ganserve.serve.inputs`) -> (N, C, H, W) float32
+        in [-1, 1]."""
         ...
 
     def close(self) -> None:
@@ -75,9 +78,7 @@ def warmup(engine: Engine, batch_sizes: Iterable[int]) -> None:
     allocation (cuDNN algorithm search, TensorRT engine build, CPU arena growth)."""
     m = engine.metadata
     for size in sorted(set(batch_sizes)):
-        z = np.zeros((size, m.latent_dim), dtype=np.float32)
-        labels = np.zeros(size, dtype=np.int64) if m.conditional else None
-        out = engine.run(z, labels)
+        out = engine.run(inputs.zero_feeds(m, size))
         if out.shape != (size, m.channels, m.height, m.width):
             raise ModelLoadError(
                 f"model {m.name!r} v{m.version}: warm-up at batch {size} returned shape "

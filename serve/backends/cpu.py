@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import onnxruntime as ort
 
+from ganserve.serve import inputs as model_inputs
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metadata import ModelMetadata
 
@@ -17,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 def check_signature(session: ort.InferenceSession, metadata: ModelMetadata, source: str) -> str:
     """Check the session's inputs and output against the metadata; return the output name."""
     inputs = {i.name: i for i in session.get_inputs()}
-    expected = {"z"} | ({"label"} if metadata.conditional else set())
+    expected = set(model_inputs.input_names(metadata))
     if set(inputs) != expected:
         raise ModelLoadError(
             f"{source}: inputs are {sorted(inputs)}, metadata implies {sorted(expected)}"
@@ -69,10 +70,7 @@ class OnnxCpuEngine:
         self._session = open_session(onnx_path, session_options, ["CPUExecutionProvider"])
         self._output = check_signature(self._session, metadata, str(onnx_path))
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        feeds = {"z": z}
-        if self.metadata.conditional:
-            feeds["label"] = labels
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run([self._output], feeds)[0]
 
     def close(self) -> None:
@@ -98,18 +96,17 @@ def tune_threads(
     if len(candidates) == 1:
         return candidates[0]
     m = metadata
-    z = np.zeros((options.max_batch_size, m.latent_dim), dtype=np.float32)
-    labels = np.zeros(options.max_batch_size, dtype=np.int64) if m.conditional else None
+    feeds = model_inputs.zero_feeds(m, options.max_batch_size)
     timings = {}
     for threads in candidates:
         engine = OnnxCpuEngine(
             version_dir, m, dataclasses.replace(options, intra_op_threads=threads)
         )
-        engine.run(z, labels)  # first call: allocations
+        engine.run(feeds)  # first call: allocations
         runs = []
         for _ in range(3):
             started = time.perf_counter()
-            engine.run(z, labels)
+            engine.run(feeds)
             runs.append(time.perf_counter() - started)
         timings[threads] = sorted(runs)[1]
         engine.close()

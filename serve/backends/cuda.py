@@ -240,21 +240,19 @@ class OnnxCudaEngine:
             (self._max_batch, *self._image_shape), np.float32, "cuda", self._device_id
         )
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """(N, latent_dim) float32 [+ (N,) int64] -> (N, C, H, W) float32 on the host."""
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Input name -> (N, ...) host batch -> (N, C, H, W) float32 on the host."""
         if self._session is None:
             raise RuntimeError(f"engine for model {self.metadata.name!r} is closed")
-        n = z.shape[0]
+        n = feeds["z"].shape[0]
         if not 1 <= n <= self._max_batch:
             raise ValueError(f"batch of {n} is outside 1..max_batch_size ({self._max_batch})")
         binding = self._session.io_binding()
-        binding.bind_cpu_input("z", np.ascontiguousarray(z, dtype=self._input_dtypes["z"]))
-        if self.metadata.conditional:
-            if labels is None or labels.shape != (n,):
-                raise ValueError(f"model {self.metadata.name!r} needs one label per latent")
-            binding.bind_cpu_input(
-                "label", np.ascontiguousarray(labels, dtype=self._input_dtypes["label"])
-            )
+        for name, dtype in self._input_dtypes.items():
+            value = feeds.get(name)
+            if value is None or value.shape[0] != n:
+                raise ValueError(f"model {self.metadata.name!r} needs input {name} for {n} rows")
+            binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=dtype))
         # The first n images of the max-batch buffer: one allocation serves every batch size.
         binding.bind_output(
             self._output,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ganserve.serve import inputs as model_inputs
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.errors import GanServeError, ModelLoadError
 from ganserve.serve.metadata import METADATA_FILE, PLAN_FILE, ModelMetadata
@@ -193,7 +194,7 @@ def check_plan_signature(
     mismatch."""
     inputs = {t.name: t for t in tensors if t.is_input}
     outputs = [t for t in tensors if not t.is_input]
-    expected = {"z"} | ({"label"} if metadata.conditional else set())
+    expected = set(model_inputs.input_names(metadata))
     if set(inputs) != expected:
         raise ModelLoadError(
             f"{source}: inputs are {sorted(inputs)}, metadata implies {sorted(expected)}"
@@ -395,21 +396,19 @@ class TensorRTEngine:
         if not self._context.set_tensor_address(tensor.name, int(device)):
             raise RuntimeError(f"TensorRT refused the address of tensor {tensor.name}")
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """(N, latent_dim) float32 [+ (N,) int64] -> (N, C, H, W) float32 on the host."""
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Input name -> (N, ...) host batch -> (N, C, H, W) float32 on the host."""
         if self._closed:
             raise RuntimeError(f"engine for model {self.metadata.name!r} is closed")
         m = self.metadata
-        n = z.shape[0]
+        n = feeds["z"].shape[0]
         if not 1 <= n <= self._max_batch:
             raise ValueError(f"batch of {n} is outside 1..max_batch_size ({self._max_batch})")
-        if z.shape != (n, m.latent_dim):
-            raise ValueError(f"z has shape {z.shape}, expected ({n}, {m.latent_dim})")
-        feeds = {"z": z}
-        if m.conditional:
-            if labels is None or labels.shape != (n,):
-                raise ValueError(f"model {m.name!r} needs one label per latent")
-            feeds["label"] = labels
+        for name in model_inputs.input_names(m):
+            item_shape = self._buffers[name].item_shape
+            if name not in feeds or feeds[name].shape != (n, *item_shape):
+                got = feeds[name].shape if name in feeds else "nothing"
+                raise ValueError(f"input {name} is {got}, expected {(n, *item_shape)}")
         cudart, context, stream = self._cudart, self._context, self._stream
         # The current device is per host thread, and the batcher's worker thread is not the
         # one that loaded the engine.

@@ -92,6 +92,16 @@ def test_model_info_reports_versions_limits_and_truncation_mode(client: Generato
     info = client.model_info()
     assert list(info.versions) == ["2"]
     assert info.max_items_per_call == 64 and info.truncation_mode == "z-scale"
+    assert (info.architecture, info.style_layers) == ("dcgan", 0)
+
+
+def test_style_mixing_on_a_model_without_style_layers_is_invalid(client: GeneratorClient) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.generate(seed=1, class_label=1, style_mix_seed=2, style_mix_layer=1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "style_mix_seed must be unset: model 'digits' (dcgan) has no style layers" in (
+        info.value.details()
+    )
 
 
 def test_repeated_requests_hit_the_cache(server: ServerThread, client: GeneratorClient) -> None:

@@ -105,18 +105,35 @@ def _check_image(image: bytes, encoding: int) -> None:
 
 
 @PROPERTY
-@given(seed=seeds, label=labels, model=models, version=versions, enc=encodings, psi=truncations)
+@given(
+    seed=seeds,
+    label=labels,
+    model=models,
+    version=versions,
+    enc=encodings,
+    psi=truncations,
+    mix=st.one_of(st.none(), seeds),
+    mix_layer=st.integers(-(2**31), 2**31 - 1),
+)
 def test_generate_answers_every_request_by_the_contract(
-    channel: grpc.Channel, seed, label, model, version, enc, psi
+    channel: grpc.Channel, seed, label, model, version, enc, psi, mix, mix_layer
 ) -> None:
     request = pb.GenerateRequest(
-        seed=seed, class_label=label, model=model, model_version=version, encoding=enc
+        seed=seed,
+        class_label=label,
+        model=model,
+        model_version=version,
+        encoding=enc,
+        style_mix_seed=mix,
+        style_mix_layer=mix_layer,
     )
     if psi is not None:
         request.truncation = psi
-    problems = _model_problems(model, version) or _label_problems(
-        label, "class_label"
-    ) + _common_problems(enc, psi)
+    # The bundled DCGAN has no style layers: any style_mix_seed is refused.
+    mixing = [(INVALID, "style_mix_seed")] if mix is not None else []
+    problems = _model_problems(model, version) or (
+        _label_problems(label, "class_label") + _common_problems(enc, psi) + mixing
+    )
     stub = channel.unary_unary(
         "/ganserve.v1.Generator/Generate",
         request_serializer=pb.GenerateRequest.SerializeToString,

@@ -52,14 +52,14 @@ class RecordingEngine:
     def close(self) -> None:
         pass
 
-    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        self.batches.append(len(z))
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.batches.append(len(feeds["z"]))
         self.started.set()
         self.gate.wait(10)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("injected engine fault")
-        out = self.engine.run(z, labels)
+        out = self.engine.run(feeds)
         for row in self.nan_rows:
             out[row] = np.nan
         return out

@@ -23,7 +23,7 @@ from ganserve.serve.backends.cpu import OnnxCpuEngine
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.gpu_metrics import register_gpu_metrics
 from ganserve.serve.imaging import to_uint8
-from ganserve.serve.latent import seeds_to_latents
+from ganserve.serve.inputs import feeds_for_seeds
 from ganserve.serve.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
 
 MODELS = pathlib.Path(__file__).resolve().parents[2] / "models"
@@ -50,10 +50,9 @@ needs_trt = pytest.mark.skipif(
 without_cuda = pytest.mark.skipif(CUDA_REASON is None, reason="a CUDA GPU is usable here")
 
 
-def _inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    z = seeds_to_latents(range(1000, 1000 + n), METADATA.latent_dim)
-    labels = (np.arange(n) % METADATA.num_classes).astype(np.int64)
-    return z, labels
+def _inputs(n: int) -> dict[str, np.ndarray]:
+    """The feeds of seeds 1000.. with classes cycling, as the server builds them."""
+    return feeds_for_seeds(METADATA, range(1000, 1000 + n), np.arange(n) % METADATA.num_classes)
 
 
 def _assert_matches(out: np.ndarray, reference: np.ndarray, max_abs: float) -> None:
@@ -71,10 +70,11 @@ def _assert_batch_invariant(engine: object) -> None:
     a rounding difference of 1e-6 flips a uint8 level now and then. So: never more than one
     level apart, and identical on at least 99.9% of pixels.
     """
-    z, labels = _inputs(64)
-    batch = to_uint8(engine.run(z, labels)).astype(np.int16)
+    feeds = _inputs(64)
+    batch = to_uint8(engine.run(feeds)).astype(np.int16)
     for i in (0, 31, 63):
-        alone = to_uint8(engine.run(z[i : i + 1], labels[i : i + 1])).astype(np.int16)
+        one = {name: value[i : i + 1] for name, value in feeds.items()}
+        alone = to_uint8(engine.run(one)).astype(np.int16)
         diff = np.abs(alone[0] - batch[i])
         assert int(diff.max()) <= 1
         assert float((diff == 0).mean()) >= 0.999
@@ -395,10 +395,10 @@ def ort_gpu_engine(
 def test_ort_gpu_engine_matches_the_cpu_engine(
     ort_gpu_engine: cuda.OnnxCudaEngine, cpu_engine: OnnxCpuEngine, n: int
 ) -> None:
-    z, labels = _inputs(n)
+    feeds = _inputs(n)
     _assert_matches(
-        ort_gpu_engine.run(z, labels),
-        cpu_engine.run(z, labels),
+        ort_gpu_engine.run(feeds),
+        cpu_engine.run(feeds),
         ORT_GPU_TOLERANCE[ort_gpu_engine.backend],
     )
 
@@ -470,8 +470,8 @@ def test_built_plan_is_usable_and_auto_picks_it(plan_dir: pathlib.Path) -> None:
 def test_tensorrt_engine_matches_the_cpu_engine(
     trt_engine: tensorrt.TensorRTEngine, cpu_engine: OnnxCpuEngine, n: int
 ) -> None:
-    z, labels = _inputs(n)
-    _assert_matches(trt_engine.run(z, labels), cpu_engine.run(z, labels), 1e-3)
+    feeds = _inputs(n)
+    _assert_matches(trt_engine.run(feeds), cpu_engine.run(feeds), 1e-3)
 
 
 @needs_trt
@@ -504,4 +504,4 @@ def test_tensorrt_engine_close_is_idempotent(plan_dir: pathlib.Path) -> None:
     engine.close()
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
-        engine.run(*_inputs(1))
+        engine.run(_inputs(1))

@@ -59,11 +59,11 @@ class SlowEngine:
             engine.run = self._wrap(engine.run, seconds)
 
     def _wrap(self, run: Callable, seconds: float) -> Callable:
-        def slow(z, labels):
+        def slow(feeds):
             time.sleep(seconds)
             with self._lock:
-                self.images += len(z)
-            return run(z, labels)
+                self.images += len(feeds["z"])
+            return run(feeds)
 
         return slow
 

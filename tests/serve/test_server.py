@@ -197,10 +197,10 @@ def test_drain_flips_health_finishes_accepted_work_and_refuses_new(start_server)
     engine = batcher._free[0]
     real_run = engine.run
 
-    def held_run(z, labels):  # hold the batch in the engine until the test says go
+    def held_run(feeds):  # hold the batch in the engine until the test says go
         started.set()
         gate.wait(20)
-        return real_run(z, labels)
+        return real_run(feeds)
 
     engine.run = held_run
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -15,20 +15,24 @@ IMAGE_ENCODING_PNG: ImageEncoding
 IMAGE_ENCODING_RAW_UINT8: ImageEncoding
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("seed", "class_label", "model", "encoding", "truncation", "model_version")
+    __slots__ = ("seed", "class_label", "model", "encoding", "truncation", "model_version", "style_mix_seed", "style_mix_layer")
     SEED_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STYLE_MIX_SEED_FIELD_NUMBER: _ClassVar[int]
+    STYLE_MIX_LAYER_FIELD_NUMBER: _ClassVar[int]
     seed: int
     class_label: int
     model: str
     encoding: ImageEncoding
     truncation: float
     model_version: str
-    def __init__(self, seed: _Optional[int] = ..., class_label: _Optional[int] = ..., model: _Optional[str] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., truncation: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+    style_mix_seed: int
+    style_mix_layer: int
+    def __init__(self, seed: _Optional[int] = ..., class_label: _Optional[int] = ..., model: _Optional[str] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., truncation: _Optional[float] = ..., model_version: _Optional[str] = ..., style_mix_seed: _Optional[int] = ..., style_mix_layer: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("image", "encoding", "height", "width", "channels", "seed", "class_label", "model", "model_version")
@@ -59,7 +63,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "num_classes", "height", "width", "channels", "class_names", "max_batch_size", "backend", "versions", "max_items_per_call", "truncation_mode")
+    __slots__ = ("name", "version", "latent_dim", "num_classes", "height", "width", "channels", "class_names", "max_batch_size", "backend", "versions", "max_items_per_call", "truncation_mode", "architecture", "style_layers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +77,8 @@ class ModelInfo(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_MODE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -86,7 +92,9 @@ class ModelInfo(_message.Message):
     versions: _containers.RepeatedScalarFieldContainer[str]
     max_items_per_call: int
     truncation_mode: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., max_items_per_call: _Optional[int] = ..., truncation_mode: _Optional[str] = ...) -> None: ...
+    architecture: str
+    style_layers: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., max_items_per_call: _Optional[int] = ..., truncation_mode: _Optional[str] = ..., architecture: _Optional[str] = ..., style_layers: _Optional[int] = ...) -> None: ...
 
 class BatchItem(_message.Message):
     __slots__ = ("seed", "class_label")
