@@ -1,8 +1,11 @@
-"""PyTorch generator -> ONNX: one file, dynamic batch, self-describing.
+"""PyTorch generator (any family) -> ONNX: one file, dynamic batch, self-describing.
 
-Inputs ``z`` (N, latent_dim) float32 and, for conditional models, ``label`` (N,) int64; output
-``image`` (N, C, H, W) float32 in [-1, 1]. Turning that into uint8 pixels is the serving
-side's job, in one place for every backend: `ganserve.serve.imaging.to_uint8`.
+Inputs are exactly the ones `ganserve.serve.inputs` builds from the model's metadata, in its
+order: ``z`` (N, latent_dim) float32; ``label`` (N,) int64 when conditional; for a stylegan
+``truncation`` (N,) float32, ``noise`` (N, noise_dim) float32, ``z_mix`` (N, latent_dim)
+float32 and ``mix_layer`` (N,) int64. Output ``image`` (N, C, H, W) float32 in [-1, 1].
+Turning that into uint8 pixels is the serving side's job, in one place for every backend:
+`ganserve.serve.imaging.to_uint8`.
 """
 
 from __future__ import annotations
@@ -15,37 +18,45 @@ from typing import Any
 import onnx
 import torch
 
-from ganserve.train.networks import Generator
+from ganserve.serve import inputs
+from ganserve.serve.metadata import ModelMetadata
 
 METADATA_PROP = "ganserve.metadata"
 
 
 class _ExportWrapper(torch.nn.Module):
-    """Fixes the exported signature: (z, label) for conditional models, (z,) otherwise."""
+    """Fixes the exported signature: the model's inputs, positionally, in ``names`` order."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: torch.nn.Module, names: list[str]) -> None:
         super().__init__()
         self.generator = generator
+        self.names = tuple(names)
 
-    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        return self.generator(z, label)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.generator.forward_feeds(dict(zip(self.names, args, strict=True)))
 
 
-def export_onnx(generator: Generator, path: pathlib.Path, *, opset: int, optimize: bool) -> None:
-    """Export with the dynamo exporter; ``optimize`` runs its onnxscript optimiser (constant
-    folding, dead-code removal), which makes the graph smaller without changing results."""
-    cfg = generator.config
+def export_onnx(
+    generator: torch.nn.Module,
+    path: pathlib.Path,
+    *,
+    metadata: ModelMetadata,
+    opset: int,
+    optimize: bool,
+) -> None:
+    """Export with the dynamo exporter, inputs as ``metadata`` implies; ``optimize`` runs its
+    onnxscript optimiser (constant folding, dead-code removal), which makes the graph smaller
+    without changing results."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    z = torch.zeros(2, cfg.latent_dim)
-    if cfg.num_classes:
-        args: tuple[torch.Tensor, ...] = (z, torch.zeros(2, dtype=torch.int64))
-        names, shapes = ["z", "label"], {"z": {0: batch}, "label": {0: batch}}
-    else:
-        args, names, shapes = (z,), ["z"], {"z": {0: batch}}
+    names = inputs.input_names(metadata)
+    # Example feeds of batch 2 (torch.export specialises sizes 0 and 1).
+    feeds = inputs.zero_feeds(metadata, 2)
+    args = tuple(torch.from_numpy(feeds[name]) for name in names)
+    shapes = (tuple({0: batch} for _ in names),)  # forward(*args): one entry, for args
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter is chatty about internals
         torch.onnx.export(
-            _ExportWrapper(generator),
+            _ExportWrapper(generator, names),
             args,
             str(path),
             input_names=names,

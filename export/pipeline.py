@@ -1,4 +1,5 @@
-"""Checkpoint -> a verified model version in ``<repository>/<name>/<version>/``.
+"""Checkpoint (any generator family) -> a verified model version in
+``<repository>/<name>/<version>/``.
 
 Writes ``model.onnx`` (FP32), optionally ``model.fp16.onnx`` and ``model.plan`` (TensorRT), and
 ``metadata.json``. Every artifact is verified against PyTorch before anything is published;
@@ -25,7 +26,6 @@ from ganserve.export import onnx_export, tensorrt_build
 from ganserve.export.verify import FP32, REDUCED_PRECISION, Runner, VerificationError, verify
 from ganserve.serve import repository
 from ganserve.serve.backends import Backend, EngineOptions
-from ganserve.serve.latent import LATENT_SCHEME
 from ganserve.serve.metadata import (
     FP16_MODEL_FILE,
     METADATA_FILE,
@@ -33,8 +33,7 @@ from ganserve.serve.metadata import (
     PLAN_FILE,
     ModelMetadata,
 )
-from ganserve.train import checkpoint
-from ganserve.train.networks import Generator
+from ganserve.train import checkpoint, sampling
 
 LOGGER = logging.getLogger(__name__)
 FP32_TAIL_LAYERS = 2  # output convolution + Tanh
@@ -120,21 +119,21 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
 
-def _torch_runner(generator: Generator) -> Runner:
-    @torch.no_grad()
-    def run(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        y = None if labels is None else torch.from_numpy(labels)
-        return generator(torch.from_numpy(z), y).numpy()
+def _torch_runner(generator: torch.nn.Module) -> Runner:
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return sampling.run_feeds(generator, feeds).numpy()
 
     return run
 
 
 def _ort_runner(path: pathlib.Path, providers: list[str]) -> Runner:
-    session = ort.InferenceSession(str(path), providers=providers)
-    names = {i.name for i in session.get_inputs()}
+    options = ort.SessionOptions()
+    # Errors only: ORT warns that it cannot constant-fold FP16 nodes on the CPU, which is
+    # noise here (the FP16 model is verified on the CPU only where CUDA is absent).
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=providers)
 
-    def run(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        feeds = {"z": z} | ({"label": labels} if "label" in names else {})
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         return session.run(None, feeds)[0]
 
     return run
@@ -171,17 +170,13 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
 
     cfg = generator.config
     class_names = tuple(ckpt.get("dataset", {}).get("class_names", ())) if cfg.num_classes else ()
-    metadata = ModelMetadata(
+    # The signature (architecture, truncation_mode, noise_dim, style_layers) comes from the
+    # generator itself, so the metadata and the exported inputs agree by construction.
+    metadata = sampling.model_metadata(
+        generator,
         name=config.name,
         version=str(version),
-        latent_dim=cfg.latent_dim,
-        num_classes=cfg.num_classes,
         class_names=class_names or tuple(str(i) for i in range(cfg.num_classes)),
-        height=cfg.image_size,
-        width=cfg.image_size,
-        channels=cfg.channels,
-        latent_scheme=LATENT_SCHEME,
-        architecture="dcgan",
         onnx_opset=config.opset,
         source_checkpoint_sha256=checkpoint.file_sha256(ckpt_path),
         training_metrics=dict(ckpt.get("metrics", {})),
@@ -192,9 +187,7 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
         },
         extra={"step": int(ckpt["step"]), "dataset": ckpt.get("dataset", {})},
     )
-    check = dict(
-        latent_dim=cfg.latent_dim, num_classes=cfg.num_classes, batch_sizes=config.batch_sizes
-    )
+    check = dict(metadata=metadata, batch_sizes=config.batch_sizes)
     reference = _torch_runner(generator)
     notes: list[str] = []
     config.repository.mkdir(parents=True, exist_ok=True)
@@ -205,7 +198,11 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
         try:
             onnx_path = staging / MODEL_FILE
             onnx_export.export_onnx(
-                generator, onnx_path, opset=config.opset, optimize=config.optimize
+                generator,
+                onnx_path,
+                metadata=metadata,
+                opset=config.opset,
+                optimize=config.optimize,
             )
             report = verify(
                 _ort_runner(onnx_path, ["CPUExecutionProvider"]),

@@ -2,7 +2,9 @@
 
 Needs the ``tensorrt`` package and an NVIDIA GPU; engines are specific to the GPU model and
 TensorRT version they were built with, which are recorded next to the plan. The optimisation
-profile covers batch 1 .. max_batch with ``opt_batch`` as the tuned size. FP16 engines may keep
+profile covers batch 1 .. max_batch with ``opt_batch`` as the tuned size, for every input the
+model takes (`ganserve.serve.inputs`: z, label, and a stylegan's truncation, noise, z_mix and
+mix_layer). FP16 engines may keep
 the last layers in FP32 when FP16 drifts (the caller rebuilds with ``fp32_tail`` > 0).
 """
 
@@ -12,6 +14,7 @@ import logging
 import pathlib
 from typing import Any
 
+from ganserve.serve import inputs
 from ganserve.serve.backends import tensorrt as trt_backend
 from ganserve.serve.metadata import ModelMetadata
 
@@ -21,6 +24,20 @@ WORKSPACE_BYTES = 1 << 30
 
 class BuildError(RuntimeError):
     """TensorRT could not parse the ONNX file or build an engine."""
+
+
+def item_shapes(metadata: ModelMetadata) -> dict[str, tuple[int, ...]]:
+    """Each model input's shape without the batch axis, in input order."""
+    m = metadata
+    shapes = {
+        "z": (m.latent_dim,),
+        "label": (),
+        "truncation": (),
+        "noise": (m.noise_dim,),
+        "z_mix": (m.latent_dim,),
+        "mix_layer": (),
+    }
+    return {name: shapes[name] for name in inputs.input_names(m)}
 
 
 def unavailable() -> str | None:
@@ -61,14 +78,8 @@ def build_plan(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    profile.set_shape(
-        "z",
-        (1, metadata.latent_dim),
-        (opt_batch, metadata.latent_dim),
-        (max_batch, metadata.latent_dim),
-    )
-    if metadata.conditional:
-        profile.set_shape("label", (1,), (opt_batch,), (max_batch,))
+    for name, item in item_shapes(metadata).items():  # every input shares the batch axis
+        profile.set_shape(name, (1, *item), (opt_batch, *item), (max_batch, *item))
     config.add_optimization_profile(profile)
     pinned: list[str] = []
     if precision == "fp16":

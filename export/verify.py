@@ -1,7 +1,10 @@
 """Verification: an exported artifact must reproduce PyTorch, and be batch invariant.
 
-Every check runs fixed seeds through the serving seed->latent map, covering every class at
-each batch size (1, a prime, and the max batch by default). Two tolerances:
+Every check feeds the artifact and the reference the same inputs, built from fixed seeds the
+way the server builds them (`ganserve.serve.inputs.feeds_for_seeds`: z, then any noise, from
+the seed's stream), covering every class at each batch size (1, a prime, and the max batch by
+default). Models with truncation_mode "w" (stylegan) are checked a second time with a
+different truncation psi and style-mixing layer on every row of the batch. Two tolerances:
 
 * FP32 ONNX: max |artifact - PyTorch| <= 1e-4 in the [-1, 1] output range.
 * FP16 ONNX and TensorRT engines: after the shared uint8 post-processing, >= 99.9% of pixels
@@ -20,10 +23,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ganserve.serve import inputs
 from ganserve.serve.imaging import to_uint8
-from ganserve.serve.latent import seeds_to_latents
+from ganserve.serve.metadata import ModelMetadata
 
-Runner = Callable[[np.ndarray, np.ndarray | None], np.ndarray]  # (z, labels) -> NCHW float32
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds (input name -> batch) -> NCHW
+PSI_CYCLE = (0.7, 1.0, 0.5, 0.0)  # per-row truncation of the "styled" check
+MIX_SEED_OFFSET = 1_000_000  # z_mix's seed, per row
 
 
 class VerificationError(RuntimeError):
@@ -115,12 +121,41 @@ def _compare(
         )
 
 
+def _styled_row(m: ModelMetadata, i: int) -> dict[str, float | int]:
+    """Row i's truncation psi and mixing layer in the "styled" check: every combination of a
+    few psi values and every layer from 0 (all z_mix) to style_layers (no mixing) shows up."""
+    return {"truncation": PSI_CYCLE[i % len(PSI_CYCLE)], "mix_layer": i % (m.style_layers + 1)}
+
+
+def case_feeds(
+    m: ModelMetadata, seeds: list[int], labels: np.ndarray, *, styled: bool
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The feeds of one batch, built by `inputs.feeds_for_seeds`, and a note per row."""
+    y = labels if m.conditional else None
+    if not styled:
+        return inputs.feeds_for_seeds(m, seeds, y), [""] * len(seeds)
+    rows, notes = [], []
+    for i, seed in enumerate(seeds):  # one row at a time: psi and mix_layer vary per row
+        row = _styled_row(m, i)
+        rows.append(
+            inputs.feeds_for_seeds(
+                m,
+                [seed],
+                None if y is None else y[i : i + 1],
+                truncation=row["truncation"],
+                mix_seeds=[seed + MIX_SEED_OFFSET],
+                mix_layer=row["mix_layer"],
+            )
+        )
+        notes.append(f", psi {row['truncation']}, mixing from layer {row['mix_layer']}")
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, notes
+
+
 def verify(
     run: Runner,
     reference: Runner,
     *,
-    latent_dim: int,
-    num_classes: int,
+    metadata: ModelMetadata,
     batch_sizes: Sequence[int],
     tolerance: Tolerance,
     what: str,
@@ -129,23 +164,28 @@ def verify(
 
     Raises VerificationError naming the worst case.
     """
+    m = metadata
     worst = _Worst()
-    conditional = num_classes > 0
+    styles = (False, True) if m.truncation_mode == "w" or m.style_layers else (False,)
     for batch in batch_sizes:
-        for seeds, labels in _cases(num_classes, batch):
-            z = seeds_to_latents(seeds, latent_dim)  # (B, latent_dim)
-            y = labels if conditional else None
+        for seeds, labels in _cases(m.num_classes, batch):
+            for styled in styles:
+                feeds, notes = case_feeds(m, seeds, labels, styled=styled)
 
-            def describe(
-                i: int, seeds: list[int] = seeds, labels: np.ndarray = labels, batch: int = batch
-            ) -> str:
-                label = int(labels[i]) if conditional else "-"
-                return f"batch size {batch}, seed {seeds[i]}, class {label}"
+                def describe(
+                    i: int,
+                    seeds: list[int] = seeds,
+                    labels: np.ndarray = labels,
+                    batch: int = batch,
+                    notes: list[str] = notes,
+                ) -> str:
+                    label = int(labels[i]) if m.conditional else "-"
+                    return f"batch size {batch}, seed {seeds[i]}, class {label}{notes[i]}"
 
-            got = run(z, y)
-            _compare(got, reference(z, y), tolerance, worst, describe, what)
-            if batch > 1:
-                _check_invariance(run, got, z, y, tolerance, describe, what)
+                got = run(feeds)
+                _compare(got, reference(feeds), tolerance, worst, describe, what)
+                if batch > 1:
+                    _check_invariance(run, got, feeds, tolerance, describe, what)
     return {
         "max_abs_diff": worst.abs_diff,
         "max_level_diff": worst.level_diff,
@@ -157,15 +197,13 @@ def verify(
 def _check_invariance(
     run: Runner,
     batched: np.ndarray,
-    z: np.ndarray,
-    y: np.ndarray | None,
+    feeds: dict[str, np.ndarray],
     tolerance: Tolerance,
     describe: Callable[[int], str],
     what: str,
 ) -> None:
-    alone = np.concatenate(
-        [run(z[i : i + 1], None if y is None else y[i : i + 1]) for i in range(len(z))]
-    )
+    n = len(batched)
+    alone = np.concatenate([run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)])
     a, b = to_uint8(alone).astype(np.int16), to_uint8(batched).astype(np.int16)
     levels = np.abs(a - b)
     if tolerance.max_abs is not None:
@@ -176,7 +214,7 @@ def _check_invariance(
             or float((levels <= 1).mean()) < tolerance.min_within_one
         )
     if broken:
-        i = int(levels.reshape(len(z), -1).max(axis=1).argmax())
+        i = int(levels.reshape(n, -1).max(axis=1).argmax())
         raise VerificationError(
             f"{what} is not batch invariant: {describe(i)} computed alone differs from the same "
             f"seed inside the batch by up to {int(levels[i].max())} uint8 levels"

@@ -13,8 +13,9 @@ import pathlib
 from typing import Any
 
 import torch
+from torch import nn
 
-from ganserve.train.networks import Generator, GeneratorConfig
+from ganserve.train.networks import GeneratorConfig, create_generator
 
 FORMAT = "ganserve-checkpoint"
 FORMAT_VERSION = 1
@@ -66,13 +67,14 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def build_generator(ckpt: dict[str, Any], *, ema: bool = True) -> Generator:
-    """Rebuild the (EMA) generator in eval mode; mismatched weights are named in the error."""
+def build_generator(ckpt: dict[str, Any], *, ema: bool = True) -> nn.Module:
+    """Rebuild the (EMA) generator of the checkpoint's family in eval mode; mismatched weights
+    are named in the error."""
     try:
         config = GeneratorConfig.from_dict(ckpt["generator_config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint generator_config is invalid: {exc}") from exc
-    generator = Generator(config)
+    generator = create_generator(config)
     key = "generator_ema" if ema else "generator"
     try:
         generator.load_state_dict(ckpt[key])

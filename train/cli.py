@@ -1,4 +1,5 @@
-"""`gan-train`: train a DCGAN-family generator and write a checkpoint.
+"""`gan-train`: train a generator (DCGAN, the original fully-connected GAN, or StyleGAN-style)
+and write a checkpoint.
 
 Data: scikit-learn's digits (built in, conditional), a folder of images (one subfolder per
 class, or flat for an unconditional model), or a .npz with `images` and optional `labels`.
@@ -13,6 +14,9 @@ Examples:
     gan-train --out ckpt/wgan.pt --loss wgan-gp --n-critic 5 --beta1 0 --beta2 0.9
     gan-train --out ckpt/faces.pt --data ~/faces --image-size 64 --width 64 --latent-dim 100
     gan-train --out checkpoints/digits.pt --steps 6000 --resume checkpoints/digits.pt
+    gan-train --out ckpt/digits-gan.pt --arch gan --width 128 --steps 5000
+    gan-train --out ckpt/digits-style.pt --arch stylegan --width 16 --lr-g 0.002 \
+        --style-mixing 0.9 --diffaugment translation,cutout
     torchrun --standalone --nproc-per-node 2 -m ganserve.train.cli --out ckpt/ddp.pt
 """
 
@@ -31,7 +35,7 @@ from ganserve.train.checkpoint import CheckpointError
 from ganserve.train.data import DataError, load
 from ganserve.train.loop import Distributed, TrainConfig, train
 from ganserve.train.losses import Loss
-from ganserve.train.networks import GeneratorConfig
+from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
 
 _positive = click.FloatRange(0, min_open=True)
 
@@ -79,12 +83,41 @@ _positive = click.FloatRange(0, min_open=True)
 @click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.5)
 @click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999)
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHITECTURES),
+    default="dcgan",
+    help="Generator family: DCGAN, the original fully-connected GAN, or StyleGAN-style.",
+)
 @click.option("--latent-dim", type=click.IntRange(1, 4096), default=64)
 @click.option(
     "--width",
     type=click.IntRange(1, 1024),
     default=32,
-    help="Feature maps of the generator's last hidden layer (and D's first).",
+    help="dcgan, stylegan: feature maps of G's output-resolution layer (and D's first); "
+    "gan: units of G's first hidden layer (and D's last).",
+)
+@click.option(
+    "--embed-dim", type=click.IntRange(1, 4096), default=32, help="Label embedding length."
+)
+@click.option(
+    "--fc-layers",
+    type=click.IntRange(1, 16),
+    default=3,
+    help="gan: hidden layers of G and of D.",
+)
+@click.option("--w-dim", type=click.IntRange(1, 4096), default=128, help="stylegan: length of w.")
+@click.option(
+    "--mapping-layers",
+    type=click.IntRange(1, 16),
+    default=4,
+    help="stylegan: layers of the mapping network z -> w.",
+)
+@click.option(
+    "--style-mixing",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="stylegan: share of samples trained with mixed styles (0 = off).",
 )
 @click.option("--image-size", type=click.Choice(["8", "16", "32", "64", "128"]), default="32")
 @click.option("--unconditional", is_flag=True, help="Ignore class labels.")
@@ -110,8 +143,13 @@ def main(
     threads: int,
     image_size: str,
     unconditional: bool,
+    arch: str,
     latent_dim: int,
     width: int,
+    embed_dim: int,
+    fc_layers: int,
+    w_dim: int,
+    mapping_layers: int,
     **options: object,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -122,11 +160,16 @@ def main(
     try:
         train_set, heldout = load(data, size)
         gen_config = GeneratorConfig(
+            architecture=arch,
             latent_dim=latent_dim,
             num_classes=0 if unconditional else len(train_set.class_names),
             image_size=size,
             channels=int(train_set.images.shape[1]),
             width=width,
+            embed_dim=embed_dim,
+            fc_layers=fc_layers,
+            w_dim=w_dim,
+            mapping_layers=mapping_layers,
         )
         train_config = TrainConfig(loss=Loss(options.pop("loss")), **options)
         run_dir = run_dir or out.with_name(out.stem + "-run")

@@ -18,7 +18,7 @@ import torch
 from scipy import linalg
 from sklearn.metrics import pairwise_distances
 
-from ganserve.serve.latent import seeds_to_latents
+from ganserve.train import sampling
 from ganserve.train.data import ImageDataset
 from ganserve.train.features import FeatureNet
 
@@ -110,15 +110,8 @@ def generate(generator: torch.nn.Module, per_class: int) -> tuple[torch.Tensor, 
     cfg = generator.config
     classes = max(cfg.num_classes, 1)
     seeds = list(range(FIRST_SEED, FIRST_SEED + per_class * classes))
-    z = torch.from_numpy(seeds_to_latents(seeds, cfg.latent_dim))
-    labels = torch.arange(classes).repeat_interleave(per_class) if cfg.num_classes else None
-    images = torch.cat(
-        [
-            generator(z[i : i + 256], None if labels is None else labels[i : i + 256])
-            for i in range(0, len(z), 256)
-        ]
-    )
-    return images, None if labels is None else labels.numpy()
+    labels = np.repeat(np.arange(classes), per_class) if cfg.num_classes else None
+    return sampling.generate(generator, seeds, labels), labels
 
 
 def evaluate_generator(

@@ -1,5 +1,9 @@
 """The training loop: alternate D and G steps, keep an EMA generator, evaluate, checkpoint.
 
+One loop for every generator family (`ganserve.train.networks.Architecture`): the factory
+builds G and D from the generator config; losses, regularisers, EMA, evaluation and the
+checkpoint format are shared.
+
 Resuming continues exactly: weights, optimiser states, EMA, step, loss history and both random
 streams (torch's global one and the loop's batch generator) come back from the checkpoint.
 """
@@ -30,10 +34,11 @@ from ganserve.train.losses import (
 from ganserve.train.metrics import DigitClassifier, evaluate
 from ganserve.train.monitor import RunMonitor
 from ganserve.train.networks import (
-    Discriminator,
-    DiscriminatorConfig,
-    Generator,
+    Architecture,
     GeneratorConfig,
+    create_discriminator,
+    create_generator,
+    discriminator_config_for,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class TrainConfig:
         diffaugment: Comma-separated DiffAugment policy ("translation,cutout[,color]"); empty
             disables it.
         ema_decay: Decay of the generator's exponential moving average (the exported weights).
+        style_mixing: stylegan only: probability that a generated sample takes a second
+            latent's style from a random layer on (mixing regularisation, Karras et al. 2019).
         seed: Seeds torch for weights, batches and latents.
         log_every: Steps between log records.
         sample_every: Steps between sample grids and loss curves (run folder only).
@@ -87,6 +94,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     diffaugment: str = ""
     ema_decay: float = 0.999
+    style_mixing: float = 0.0
     seed: int = 0
     log_every: int = 100
     sample_every: int = 500
@@ -108,6 +116,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.style_mixing <= 1.0:
+            raise ValueError(f"style_mixing must be in [0, 1], got {self.style_mixing}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.gp_weight < 0 or self.r1_gamma < 0:
@@ -158,13 +168,16 @@ def _check_resume(ckpt: dict[str, Any], gen_config: GeneratorConfig, cfg: TrainC
             f"--resume: the checkpoint lacks {', '.join(missing)} (written by an "
             "older gan-train, or stripped); it can be exported, not resumed"
         )
-    if ckpt["generator_config"] != dataclasses.asdict(gen_config):
+    # Through from_dict: fields added since the checkpoint was written take their defaults.
+    if GeneratorConfig.from_dict(ckpt["generator_config"]) != gen_config:
         raise ValueError(
             "--resume: the checkpoint's generator config differs from this run's "
-            f"({ckpt['generator_config']} vs {dataclasses.asdict(gen_config)})"
+            f"({ckpt['generator_config']} vs {gen_config.to_dict()})"
         )
-    saved, now = ckpt["training_config"], cfg.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    saved, now, defaults = ckpt["training_config"], cfg.to_dict(), TrainConfig().to_dict()
+    changed = sorted(
+        k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]
+    )
     if changed:
         raise ValueError(
             f"--resume: training settings differ from the checkpoint's: "
@@ -207,15 +220,15 @@ def train(
         raise ValueError(
             f"the data has {data.images.shape[1]} channel(s), the generator {gen_config.channels}"
         )
+    stylegan = gen_config.family is Architecture.STYLEGAN
+    if cfg.style_mixing and not stylegan:
+        raise ValueError(
+            f"--style-mixing is for --arch stylegan, not {gen_config.architecture}; leave it at 0"
+        )
     policy = parse_policy(cfg.diffaugment, gen_config.channels)
     torch.manual_seed(cfg.seed)
-    disc_config = DiscriminatorConfig(
-        num_classes=gen_config.num_classes,
-        image_size=gen_config.image_size,
-        channels=gen_config.channels,
-        width=gen_config.width,
-    )
-    G, D = Generator(gen_config), Discriminator(disc_config)
+    disc_config = discriminator_config_for(gen_config)
+    G, D = create_generator(gen_config), create_discriminator(disc_config)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
@@ -253,7 +266,7 @@ def train(
 
     def payload(step: int) -> dict[str, Any]:
         return {
-            "generator_config": dataclasses.asdict(gen_config),
+            "generator_config": gen_config.to_dict(),
             "discriminator_config": dataclasses.asdict(disc_config),
             "training_config": cfg.to_dict(),
             "dataset": {
@@ -278,6 +291,18 @@ def train(
     def augment(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, policy, batch_gen) if policy else x
 
+    def generate(net: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """G(z, y); with style mixing on, a share of the samples take a second latent's style
+        from a random layer on. Nothing extra is drawn when it is off."""
+        if not cfg.style_mixing:
+            return net(z, y)
+        layers = G.style_layers
+        z_mix = torch.randn(z.shape, generator=batch_gen)  # (B, latent_dim)
+        cut = torch.randint(1, layers, (len(z),), generator=batch_gen)  # (B,) in 1..L-1
+        mixed = torch.rand(len(z), generator=batch_gen) < cfg.style_mixing  # (B,)
+        mix_layer = torch.where(mixed, cut, torch.full_like(cut, layers))  # L: no mixing
+        return net(z, y, z_mix=z_mix, mix_layer=mix_layer)
+
     started, window_started, window_images = time.monotonic(), time.monotonic(), 0
     for step in range(start + 1, cfg.steps + 1):
         for _ in range(cfg.n_critic):
@@ -290,7 +315,7 @@ def train(
             real_y = real_y if conditional else None
             fake_y = fake_y if conditional else None
             with torch.no_grad():  # D's step needs no gradient through G
-                fake = G(z, fake_y)
+                fake = generate(G, z, fake_y)
             real_aug, fake_aug = augment(real), augment(fake)
             # Real and fake in one pass: DDP wants one forward per backward.
             logits = D_train(
@@ -323,7 +348,7 @@ def train(
         # Generator step: fresh latents through G (DDP) and the bare D, whose gradients the
         # next D step clears.
         z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
-        g_loss = generator_loss(cfg.loss, D(augment(G_train(z, fake_y)), fake_y))
+        g_loss = generator_loss(cfg.loss, D(augment(generate(G_train, z, fake_y)), fake_y))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganserve.serve.latent import seeds_to_latents
 from ganserve.train.data import ImageDataset
+from ganserve.train.sampling import generate, grid_seeds
 
 
 def _features(images: torch.Tensor) -> np.ndarray:
@@ -36,17 +36,6 @@ class DigitClassifier:
 
 
 @torch.no_grad()
-def sample_grid_inputs(
-    num_classes: int, per_class: int, latent_dim: int, first_seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeds first_seed.. for every class, through the serving seed->latent map."""
-    seeds = list(range(first_seed, first_seed + per_class))
-    z = torch.from_numpy(seeds_to_latents(seeds, latent_dim)).repeat(max(num_classes, 1), 1)
-    labels = torch.arange(max(num_classes, 1)).repeat_interleave(per_class)
-    return z, labels
-
-
-@torch.no_grad()
 def evaluate(
     generator: torch.nn.Module,
     classifier: DigitClassifier,
@@ -55,11 +44,10 @@ def evaluate(
     per_class: int = 100,
 ) -> dict[str, float]:
     """Class accuracy of held-out real digits and of generated ones, seeds 10000.. per class."""
-    cfg = generator.config
-    z, labels = sample_grid_inputs(cfg.num_classes, per_class, cfg.latent_dim, first_seed=10_000)
+    seeds, labels = grid_seeds(generator.config.num_classes, per_class, first_seed=10_000)
     generator.eval()
-    fake = generator(z, labels if cfg.num_classes else None)
+    fake = generate(generator, seeds, labels)  # through the serving inputs, noise included
     return {
         "heldout_class_accuracy": classifier.accuracy(heldout.images, heldout.labels),
-        "sample_class_accuracy": classifier.accuracy(fake, labels),
+        "sample_class_accuracy": classifier.accuracy(fake, torch.from_numpy(labels)),
     }

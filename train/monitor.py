@@ -20,7 +20,7 @@ from PIL import Image
 
 from ganserve.serve.imaging import to_uint8
 from ganserve.train import checkpoint
-from ganserve.train.metrics import sample_grid_inputs
+from ganserve.train.sampling import generate, grid_seeds
 
 GRID_COLUMNS = 10
 
@@ -46,20 +46,9 @@ class RunMonitor:
     @torch.no_grad()
     def sample_grid(self, generator: torch.nn.Module, step: int) -> pathlib.Path:
         """Seeds 0..9 (columns) for every class (rows), through the serving seed->latent map."""
-        cfg = generator.config
-        z, labels = sample_grid_inputs(cfg.num_classes, GRID_COLUMNS, cfg.latent_dim)
-        images = generator(z, labels if cfg.num_classes else None).numpy()
-        tiles = to_uint8(images)  # (N, H, W, C)
-        rows = max(cfg.num_classes, 1)
-        h, w, c = tiles.shape[1:]
-        grid = np.full((rows * (h + 2), GRID_COLUMNS * (w + 2), c), 255, dtype=np.uint8)
-        for i, tile in enumerate(tiles):
-            r, col = divmod(i, GRID_COLUMNS)
-            grid[
-                r * (h + 2) + 1 : r * (h + 2) + 1 + h, col * (w + 2) + 1 : col * (w + 2) + 1 + w
-            ] = tile
+        images = generate(generator, *grid_seeds(generator.config.num_classes, GRID_COLUMNS))
         path = self.run_dir / "samples" / f"step_{step:06d}.png"
-        Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
+        tile_grid(images.numpy(), GRID_COLUMNS).save(path)
         return path
 
     def loss_curve(self, history: list[dict[str, float]]) -> pathlib.Path:
@@ -96,3 +85,17 @@ class RunMonitor:
 
     def close(self) -> None:
         self._log.close()
+
+
+def tile_grid(images: np.ndarray, columns: int) -> Image.Image:
+    """(N, C, H, W) generator output in [-1, 1] -> one picture, row-major, 1-pixel white
+    borders, through the serving post-processing."""
+    tiles = to_uint8(images)  # (N, H, W, C)
+    rows = -(-len(tiles) // columns)
+    h, w, c = tiles.shape[1:]
+    grid = np.full((rows * (h + 2), columns * (w + 2), c), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, col = divmod(i, columns)
+        top, left = r * (h + 2) + 1, col * (w + 2) + 1
+        grid[top : top + h, left : left + w] = tile
+    return Image.fromarray(grid[:, :, 0] if c == 1 else grid)

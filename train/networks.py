@@ -1,19 +1,40 @@
-"""DCGAN-family generator and discriminator, optionally class-conditional.
+"""Network configs, the factory that builds G and D for every generator family, and DCGAN.
 
-Generator (Radford et al. 2016): z (+ label embedding) -> 4x4 by a 4x4 transposed conv, then
-stride-2 4x4 transposed convs with BatchNorm + ReLU doubling the resolution, Tanh output.
-Discriminator: the mirror image with stride-2 convs and LeakyReLU(0.2), spectral norm on every
-layer (Miyato et al. 2018) and a projection head for the label (Miyato & Koyama 2018).
+Families (``GeneratorConfig.architecture``), all optionally class-conditional, all trained by
+the same loop and exported by the same ``export-gan``:
+
+* "dcgan" (Radford et al. 2016): z (+ label embedding) -> 4x4 by a 4x4 transposed conv, then
+  stride-2 4x4 transposed convs with BatchNorm + ReLU doubling the resolution, Tanh output.
+  Discriminator: the mirror image with stride-2 convs and LeakyReLU(0.2), spectral norm on
+  every layer (Miyato et al. 2018) and a projection head for the label (Miyato & Koyama 2018).
+* "gan" (Goodfellow et al. 2014): fully-connected G and D, see `networks_gan`.
+* "stylegan" (Karras et al. 2019, 2020): mapping network, modulated convolutions, noise
+  inputs, see `networks_stylegan`; its discriminator is the DCGAN one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from ganserve.train import networks_gan, networks_stylegan
+
+
+class Architecture(enum.Enum):
+    """Generator family."""
+
+    DCGAN = "dcgan"
+    GAN = "gan"
+    STYLEGAN = "stylegan"
+
+
+ARCHITECTURES = tuple(a.value for a in Architecture)
 
 
 def _check_common(image_size: int, channels: int, width: int, num_classes: int) -> None:
@@ -37,32 +58,57 @@ def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GeneratorConfig:
-    """Architecture of a DCGAN generator.
+    """Architecture of a generator of any family.
+
+    The architecture is stored as its string value, so a checkpoint stays plain data (and
+    checkpoints written before families existed, which lack it, load as "dcgan").
 
     Args:
+        architecture: Family: "dcgan", "gan" or "stylegan" (see `Architecture`).
         latent_dim: Length of z.
         num_classes: Class labels; 0 for an unconditional generator.
         image_size: Output height and width, a power of two >= 8.
         channels: 1 (grayscale) or 3 (RGB).
-        width: Feature maps of the last hidden layer; each layer nearer 4x4 has twice as many.
-        embed_dim: Length of the label embedding concatenated to z (conditional only).
+        width: dcgan and stylegan: feature maps at the output resolution's layer; each layer
+            nearer 4x4 has twice as many. gan: units of the first hidden layer; each next
+            one has twice as many.
+        embed_dim: Length of the label embedding (conditional only).
+        fc_layers: gan only: hidden fully-connected layers of G (and of D).
+        w_dim: stylegan only: length of the intermediate latent w (the style).
+        mapping_layers: stylegan only: fully-connected layers of the mapping network z -> w.
     """
 
+    architecture: str = "dcgan"
     latent_dim: int = 64
     num_classes: int = 10
     image_size: int = 32
     channels: int = 1
     width: int = 32
     embed_dim: int = 32
+    fc_layers: int = 3
+    w_dim: int = 128
+    mapping_layers: int = 4
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}"
+            )
         _check_common(self.image_size, self.channels, self.width, self.num_classes)
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        for field in ("latent_dim", "fc_layers", "w_dim", "mapping_layers"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if self.num_classes and self.embed_dim < 1:
             raise ValueError(
                 f"embed_dim must be >= 1 for a conditional model, got {self.embed_dim}"
             )
+
+    @property
+    def family(self) -> Architecture:
+        return Architecture(self.architecture)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
@@ -71,22 +117,34 @@ class GeneratorConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DiscriminatorConfig:
-    """Architecture of a DCGAN discriminator with spectral norm and a projection head.
+    """Architecture of a discriminator with spectral norm and a projection head.
 
     Args:
+        architecture: "dcgan" (convolutional; also the stylegan family's) or "gan"
+            (fully-connected on the flattened image).
         num_classes: Class labels; 0 for an unconditional discriminator.
         image_size: Input height and width, a power of two >= 8.
         channels: 1 or 3.
-        width: Feature maps of the first layer; each stride-2 layer doubles them.
+        width: dcgan: feature maps of the first layer; each stride-2 layer doubles them.
+            gan: units of the last hidden layer; each layer nearer the image has twice as many.
+        fc_layers: gan only: hidden fully-connected layers.
     """
 
+    architecture: str = "dcgan"
     num_classes: int = 10
     image_size: int = 32
     channels: int = 1
     width: int = 32
+    fc_layers: int = 3
 
     def __post_init__(self) -> None:
+        if self.architecture not in (Architecture.DCGAN.value, Architecture.GAN.value):
+            raise ValueError(
+                f"discriminator architecture must be dcgan or gan, got {self.architecture!r}"
+            )
         _check_common(self.image_size, self.channels, self.width, self.num_classes)
+        if self.fc_layers < 1:
+            raise ValueError(f"fc_layers must be >= 1, got {self.fc_layers}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscriminatorConfig:
@@ -105,7 +163,12 @@ def init_weights(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """(z, label) -> image in [-1, 1], (N, C, H, W)."""
+    """DCGAN: (z, label) -> image in [-1, 1], (N, C, H, W)."""
+
+    # The exported model's extra inputs (`ganserve.serve.inputs`): none; psi scales z.
+    truncation_mode = "z-scale"
+    noise_dim = 0
+    style_layers = 0
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -139,9 +202,13 @@ class Generator(nn.Module):
             z = torch.cat([z, self.embed(label)], dim=1)  # (N, latent_dim + embed_dim)
         return self.net(z[:, :, None, None])  # (N, C, H, W)
 
+    def forward_feeds(self, feeds: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The exported model's computation, from its named inputs."""
+        return self(feeds["z"], feeds.get("label"))
+
 
 class Discriminator(nn.Module):
-    """(image, label) -> (N,) realness logits."""
+    """DCGAN: (image, label) -> (N,) realness logits."""
 
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
@@ -165,3 +232,40 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             out = out + (self.embed(label) * h).sum(dim=1)  # projection term <e(y), h>
         return out
+
+
+def create_generator(config: GeneratorConfig) -> nn.Module:
+    """The generator of ``config.architecture``.
+
+    Every family's generator has ``config``, ``forward(z, label)`` (training, evaluation),
+    ``forward_feeds(feeds)`` (the exported model's computation from its named inputs) and the
+    attributes ``truncation_mode``, ``noise_dim`` and ``style_layers`` that the model's
+    metadata and inputs follow (`ganserve.serve.inputs`).
+    """
+    family = config.family
+    if family is Architecture.GAN:
+        return networks_gan.FCGenerator(config)
+    if family is Architecture.STYLEGAN:
+        return networks_stylegan.StyleGenerator(config)
+    return Generator(config)
+
+
+def create_discriminator(config: DiscriminatorConfig) -> nn.Module:
+    """The discriminator of ``config.architecture``."""
+    if config.architecture == Architecture.GAN.value:
+        return networks_gan.FCDiscriminator(config)
+    return Discriminator(config)
+
+
+def discriminator_config_for(config: GeneratorConfig) -> DiscriminatorConfig:
+    """The discriminator trained against ``config``'s generator: the fully-connected one for
+    "gan", the DCGAN one (spectral norm, projection) for "dcgan" and "stylegan"."""
+    gan = config.family is Architecture.GAN
+    return DiscriminatorConfig(
+        architecture=Architecture.GAN.value if gan else Architecture.DCGAN.value,
+        num_classes=config.num_classes,
+        image_size=config.image_size,
+        channels=config.channels,
+        width=config.width,
+        fc_layers=config.fc_layers,
+    )

@@ -12,14 +12,16 @@ from onnx import numpy_helper
 
 from conftest import BUNDLED_REPOSITORY
 from ganserve.export.verify import FP32, REDUCED_PRECISION, VerificationError, _cases, verify
+from ganserve.serve.metadata import ModelMetadata
 
-ONNX = BUNDLED_REPOSITORY / "digits" / "1" / "model.onnx"
-CHECK = dict(latent_dim=64, num_classes=10, batch_sizes=(1, 7, 16))
+VERSION = BUNDLED_REPOSITORY / "digits" / "1"
+ONNX = VERSION / "model.onnx"
+CHECK = dict(metadata=ModelMetadata.read(VERSION / "metadata.json"), batch_sizes=(1, 7, 16))
 
 
 def runner(path: pathlib.Path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda z, y: session.run(None, {"z": z, "label": y})[0]
+    return lambda feeds: session.run(None, feeds)[0]
 
 
 def test_identical_model_passes_with_zero_difference() -> None:
@@ -42,8 +44,8 @@ def test_one_tampered_weight_in_the_onnx_file_is_caught(tmp_path: pathlib.Path) 
 def test_batch_dependent_output_is_caught_as_broken_invariance() -> None:
     base = runner(ONNX)
 
-    def batch_dependent(z, y):
-        return np.clip(base(z, y) + 0.02 * (len(z) > 1), -1, 1)
+    def batch_dependent(feeds):
+        return np.clip(base(feeds) + 0.02 * (len(feeds["z"]) > 1), -1, 1)
 
     with pytest.raises(VerificationError, match="not batch invariant: batch size 7, seed 7000"):
         verify(batch_dependent, batch_dependent, tolerance=FP32, what="faulty", **CHECK)
@@ -52,9 +54,9 @@ def test_batch_dependent_output_is_caught_as_broken_invariance() -> None:
 def shifted(base, levels: int, share: float):
     """A runner whose first `share` of pixels are `levels` uint8 levels above `base`'s."""
 
-    def run(z, y):
-        out = base(z, y).copy()
-        flat = out.reshape(len(z), -1)
+    def run(feeds):
+        out = base(feeds).copy()
+        flat = out.reshape(len(out), -1)
         count = max(1, int(share * flat.shape[1]))
         pixels = np.rint((flat[:, :count] + 1) * 127.5)
         flat[:, :count] = np.clip(pixels + levels, 0, 255) / 127.5 - 1
