@@ -34,8 +34,15 @@ def diff_augment(
     return x.contiguous()
 
 
+def _draw_device(g: torch.Generator | None, x: torch.Tensor) -> torch.device:
+    """Where to draw: the generator's device (the loop's is on the CPU, so a run draws the
+    same numbers on any device), else x's."""
+    return g.device if g is not None else x.device
+
+
 def _rand(n: int, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype)
+    draw = torch.rand(n, 1, 1, 1, generator=g, device=_draw_device(g, x), dtype=x.dtype)
+    return draw.to(x.device)
 
 
 def _color(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
@@ -50,8 +57,9 @@ def _color(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
 def _translation(x: torch.Tensor, g: torch.Generator | None, ratio: float = 0.125) -> torch.Tensor:
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = torch.randint(-sh, sh + 1, (n,), generator=g, device=x.device)
-    dx = torch.randint(-sw, sw + 1, (n,), generator=g, device=x.device)
+    at = _draw_device(g, x)
+    dy = torch.randint(-sh, sh + 1, (n,), generator=g, device=at).to(x.device)
+    dx = torch.randint(-sw, sw + 1, (n,), generator=g, device=at).to(x.device)
     padded = F.pad(x, (sw, sw, sh, sh), value=-1.0)  # pad with black in [-1, 1]
     rows = (torch.arange(h, device=x.device)[None, :] - dy[:, None] + sh).clamp(0, h + 2 * sh - 1)
     cols = (torch.arange(w, device=x.device)[None, :] - dx[:, None] + sw).clamp(0, w + 2 * sw - 1)
@@ -63,8 +71,9 @@ def _translation(x: torch.Tensor, g: torch.Generator | None, ratio: float = 0.12
 def _cutout(x: torch.Tensor, g: torch.Generator | None, ratio: float = 0.5) -> torch.Tensor:
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g, device=x.device)
-    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g, device=x.device)
+    at = _draw_device(g, x)
+    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g, device=at).to(x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g, device=at).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
     inside = ((ys - cy[:, None, None]).abs() <= ch // 2) & (

@@ -119,6 +119,17 @@ _positive = click.FloatRange(0, min_open=True)
     default=0.0,
     help="stylegan: share of samples trained with mixed styles (0 = off).",
 )
+@click.option(
+    "--device",
+    default="auto",
+    help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    help="bf16: mixed precision (bfloat16 autocast; on Ampere-or-newer GPUs it helps).",
+)
 @click.option("--image-size", type=click.Choice(["8", "16", "32", "64", "128"]), default="32")
 @click.option("--unconditional", is_flag=True, help="Ignore class labels.")
 @click.option("--seed", type=click.IntRange(0), default=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import pathlib
 
 import numpy as np
@@ -98,12 +99,44 @@ def _finish(
     )
 
 
-def load_image_folder(path: pathlib.Path, image_size: int) -> tuple[ImageDataset, ImageDataset]:
-    """Images from a folder: one subfolder per class (conditional) or all in the folder
-    (unconditional). Any format Pillow reads; unreadable files are skipped with a warning.
-    All images must share one mode (L or RGB): mixed modes are an error naming two files."""
-    from PIL import Image, UnidentifiedImageError
+class _Decode(torch.utils.data.Dataset):
+    """(file, label) -> (file, label, mode, (H, W, C) float32 array in [0, 1] or the error)."""
 
+    def __init__(self, items: list[tuple[pathlib.Path, int]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[pathlib.Path, int, str, np.ndarray | str]:
+        from PIL import Image, UnidentifiedImageError
+
+        file, label = self.items[i]
+        try:
+            with Image.open(file) as im:
+                im.load()
+                array = np.asarray(im, dtype=np.float32) / 255.0
+                return file, label, im.mode, array if array.ndim == 3 else array[:, :, None]
+        except (UnidentifiedImageError, OSError) as exc:
+            return file, label, "", str(exc)
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
+def _decode_workers(files: int) -> int:
+    """DataLoader workers for decoding: none for small folders (a worker costs a process)."""
+    return 0 if files < 512 else min(4, len(os.sched_getaffinity(0)))
+
+
+def load_image_folder(
+    path: pathlib.Path, image_size: int, *, workers: int | None = None
+) -> tuple[ImageDataset, ImageDataset]:
+    """Images from a folder: one subfolder per class (conditional) or all in the folder
+    (unconditional). Any format Pillow reads, decoded by ``workers`` DataLoader processes
+    (default: 0 for small folders, else up to 4); unreadable files are skipped with a warning.
+    All images must share one mode (L or RGB): mixed modes are an error naming two files."""
     if not path.is_dir():
         raise DataError(f"{path}: not a folder of images")
     subfolders = sorted(p for p in path.iterdir() if p.is_dir())
@@ -115,29 +148,30 @@ def load_image_folder(path: pathlib.Path, image_size: int) -> tuple[ImageDataset
     else:
         groups = [(0, sorted(f for f in path.iterdir() if f.is_file()))]
         class_names = ()
+    items = [(file, label) for label, files in groups for file in files]
+    loader = torch.utils.data.DataLoader(
+        _Decode(items),
+        batch_size=None,  # one file at a time, in order
+        collate_fn=_as_is,  # keep numpy arrays (the default converts them to tensors)
+        num_workers=_decode_workers(len(items)) if workers is None else workers,
+    )
     arrays, labels, skipped, modes = [], [], 0, {}
-    for label, files in groups:
-        for file in files:
-            try:
-                with Image.open(file) as im:
-                    im.load()
-                    mode = im.mode
-                    array = np.asarray(im, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as exc:
-                LOGGER.warning("skipping %s: %s", file, exc)
-                skipped += 1
-                continue
-            if mode not in ("L", "RGB"):
-                raise DataError(f"{file}: mode {mode}; convert images to L (grayscale) or RGB")
-            modes.setdefault(mode, file)
-            if len(modes) > 1:
-                (m1, f1), (m2, f2) = modes.items()
-                raise DataError(
-                    f"{path}: mixed image modes ({f1} is {m1}, {f2} is {m2}); "
-                    "convert all images to one mode"
-                )
-            arrays.append(array if array.ndim == 3 else array[:, :, None])
-            labels.append(label)
+    for file, label, mode, array in loader:
+        if isinstance(array, str):
+            LOGGER.warning("skipping %s: %s", file, array)
+            skipped += 1
+            continue
+        if mode not in ("L", "RGB"):
+            raise DataError(f"{file}: mode {mode}; convert images to L (grayscale) or RGB")
+        modes.setdefault(mode, file)
+        if len(modes) > 1:
+            (m1, f1), (m2, f2) = modes.items()
+            raise DataError(
+                f"{path}: mixed image modes ({f1} is {m1}, {f2} is {m2}); "
+                "convert all images to one mode"
+            )
+        arrays.append(array)
+        labels.append(label)
     if skipped:
         LOGGER.warning("%s: skipped %d unreadable file(s)", path, skipped)
     if not arrays:

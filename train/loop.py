@@ -23,6 +23,7 @@ import torch
 
 from ganserve.train import checkpoint
 from ganserve.train.augment import diff_augment, parse_policy
+from ganserve.train.config import TrainConfig, resolve_device
 from ganserve.train.data import ImageDataset
 from ganserve.train.losses import (
     Loss,
@@ -51,81 +52,12 @@ RESUMABLE_CHANGES = {
     "checkpoint_every",
     "keep_last",
     "eval_per_class",
+    "device",
+    "precision",
 }
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """One training run.
-
-    Args:
-        steps: Generator updates.
-        batch_size: Real images per discriminator step (and as many fakes).
-        lr_g, lr_d: Adam learning rates.
-        beta1, beta2: Adam betas (DCGAN: 0.5, 0.999; WGAN-GP: 0.0, 0.9).
-        loss: Adversarial objective.
-        n_critic: Discriminator steps per generator step (WGAN-GP uses 5).
-        gp_weight: Gradient-penalty weight (WGAN-GP only).
-        r1_gamma: R1 penalty weight on real images; 0 disables it.
-        label_smoothing: One-sided: real targets become 1 - smoothing (non-saturating, LS).
-        diffaugment: Comma-separated DiffAugment policy ("translation,cutout[,color]"); empty
-            disables it.
-        ema_decay: Decay of the generator's exponential moving average (the exported weights).
-        style_mixing: stylegan only: probability that a generated sample takes a second
-            latent's style from a random layer on (mixing regularisation, Karras et al. 2019).
-        seed: Seeds torch for weights, batches and latents.
-        log_every: Steps between log records.
-        sample_every: Steps between sample grids and loss curves (run folder only).
-        checkpoint_every: Steps between evaluated checkpoints (run folder only).
-        keep_last: Checkpoints kept in the run folder, besides best.pt.
-        eval_per_class: Generated samples per class for evaluation; 0 skips it.
-    """
-
-    steps: int = 3000
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    loss: Loss = Loss.NONSATURATING
-    n_critic: int = 1
-    gp_weight: float = 10.0
-    r1_gamma: float = 0.0
-    label_smoothing: float = 0.0
-    diffaugment: str = ""
-    ema_decay: float = 0.999
-    style_mixing: float = 0.0
-    seed: int = 0
-    log_every: int = 100
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    keep_last: int = 3
-    eval_per_class: int = 100
-
-    def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "n_critic",
-            "log_every",
-            "sample_every",
-            "checkpoint_every",
-            "keep_last",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.style_mixing <= 1.0:
-            raise ValueError(f"style_mixing must be in [0, 1], got {self.style_mixing}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.gp_weight < 0 or self.r1_gamma < 0:
-            raise ValueError("gp_weight and r1_gamma must be >= 0")
-        parse_policy(self.diffaugment, channels=3)  # names an unknown policy early
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "loss": self.loss.value}
+# A dataset up to this size lives on the GPU; a larger one stays in pinned host memory and each
+# batch is copied over.
+DEVICE_DATA_BYTES = 2 * 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +68,11 @@ class Distributed:
     world_size: int
 
 
-def _ddp(module: torch.nn.Module) -> torch.nn.Module:
+def _ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
+    if device.type == "cuda":
+        return DistributedDataParallel(module, device_ids=[device.index])
     return DistributedDataParallel(module)
 
 
@@ -226,9 +160,18 @@ def train(
             f"--style-mixing is for --arch stylegan, not {gen_config.architecture}; leave it at 0"
         )
     policy = parse_policy(cfg.diffaugment, gen_config.channels)
+    device = resolve_device(cfg.device, rank)
+    amp = cfg.precision == "bf16"
+    if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16: {device} has no bfloat16 support; use fp32")
+    # bfloat16 needs no loss scaling: its exponent range is float32's.
+    autocast = functools.partial(
+        torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=amp
+    )
     torch.manual_seed(cfg.seed)
     disc_config = discriminator_config_for(gen_config)
-    G, D = create_generator(gen_config), create_discriminator(disc_config)
+    G = create_generator(gen_config).to(device)
+    D = create_discriminator(disc_config).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
@@ -246,6 +189,8 @@ def train(
         opt_d.load_state_dict(ckpt["optimizer_d"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         batch_gen.set_state(ckpt["rng"]["batch"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])
         LOGGER.info("resumed from %s at step %d", resume, start)
 
@@ -262,7 +207,16 @@ def train(
     )
 
     # DDP wrappers for the passes that train; G and D stay the modules that are saved.
-    G_train, D_train = (_ddp(G), _ddp(D)) if world > 1 else (G, D)
+    G_train, D_train = (_ddp(G, device), _ddp(D, device)) if world > 1 else (G, D)
+    images, labels = data.images, data.labels
+    if device.type == "cuda":
+        if images.numel() * images.element_size() <= DEVICE_DATA_BYTES:
+            images, labels = images.to(device), labels.to(device)
+        else:
+            images, labels = images.pin_memory(), labels.pin_memory()
+
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
 
     def payload(step: int) -> dict[str, Any]:
         return {
@@ -283,7 +237,11 @@ def train(
             "discriminator": D.state_dict(),
             "optimizer_g": opt_g.state_dict(),
             "optimizer_d": opt_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "batch": batch_gen.get_state(),
+                **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            },
             "world_size": world,
             "torch_version": str(torch.__version__),
         }
@@ -301,27 +259,31 @@ def train(
         cut = torch.randint(1, layers, (len(z),), generator=batch_gen)  # (B,) in 1..L-1
         mixed = torch.rand(len(z), generator=batch_gen) < cfg.style_mixing  # (B,)
         mix_layer = torch.where(mixed, cut, torch.full_like(cut, layers))  # L: no mixing
-        return net(z, y, z_mix=z_mix, mix_layer=mix_layer)
+        return net(z, y, z_mix=on_device(z_mix), mix_layer=on_device(mix_layer))
 
     started, window_started, window_images = time.monotonic(), time.monotonic(), 0
     for step in range(start + 1, cfg.steps + 1):
         for _ in range(cfg.n_critic):
             idx = torch.randint(len(data), (cfg.batch_size,), generator=batch_gen)
-            real, real_y = data.images[idx], data.labels[idx]  # (B, C, H, W), (B,)
-            z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
-            fake_y = torch.randint(
-                max(gen_config.num_classes, 1), (cfg.batch_size,), generator=batch_gen
+            idx = idx.to(images.device)
+            real, real_y = on_device(images[idx]), on_device(labels[idx])  # (B, C, H, W), (B,)
+            z = on_device(torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen))
+            fake_y = on_device(
+                torch.randint(
+                    max(gen_config.num_classes, 1), (cfg.batch_size,), generator=batch_gen
+                )
             )
             real_y = real_y if conditional else None
             fake_y = fake_y if conditional else None
-            with torch.no_grad():  # D's step needs no gradient through G
-                fake = generate(G, z, fake_y)
+            with torch.no_grad(), autocast():  # D's step needs no gradient through G
+                fake = generate(G, z, fake_y).float()
             real_aug, fake_aug = augment(real), augment(fake)
             # Real and fake in one pass: DDP wants one forward per backward.
-            logits = D_train(
-                torch.cat([real_aug, fake_aug]),
-                torch.cat([real_y, fake_y]) if conditional else None,
-            )
+            with autocast():
+                logits = D_train(
+                    torch.cat([real_aug, fake_aug]),
+                    torch.cat([real_y, fake_y]) if conditional else None,
+                ).float()  # losses and penalties in float32
             d_loss = discriminator_loss(
                 cfg.loss,
                 logits[: cfg.batch_size],
@@ -347,8 +309,10 @@ def train(
 
         # Generator step: fresh latents through G (DDP) and the bare D, whose gradients the
         # next D step clears.
-        z = torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen)
-        g_loss = generator_loss(cfg.loss, D(augment(generate(G_train, z, fake_y)), fake_y))
+        z = on_device(torch.randn(cfg.batch_size, gen_config.latent_dim, generator=batch_gen))
+        with autocast():
+            fake = augment(generate(G_train, z, fake_y).float())
+            g_loss = generator_loss(cfg.loss, D(fake, fake_y).float())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

@@ -234,8 +234,12 @@ class StyleGenerator(nn.Module):
 
     @torch.no_grad()
     def _track_w_avg(self, w: torch.Tensor, label: torch.Tensor | None) -> None:
-        rows = label if self.config.num_classes else torch.zeros(len(w), dtype=torch.long)
-        sums = torch.zeros_like(self.w_avg).index_add_(0, rows, w)  # (classes, w_dim)
+        rows = (
+            label
+            if self.config.num_classes
+            else torch.zeros(len(w), dtype=torch.long, device=w.device)
+        )
+        sums = torch.zeros_like(self.w_avg).index_add_(0, rows, w.float())  # (classes, w_dim)
         counts = torch.bincount(rows, minlength=len(self.w_avg)).to(w.dtype)  # (classes,)
         seen = counts > 0
         means = sums[seen] / counts[seen, None]

@@ -50,8 +50,11 @@ def model_metadata(generator: nn.Module, **fields: Any) -> ModelMetadata:
 
 @torch.no_grad()
 def run_feeds(generator: nn.Module, feeds: dict[str, np.ndarray]) -> torch.Tensor:
-    """The generator on a model's feeds (input name -> (N, ...) array): (N, C, H, W)."""
-    return generator.forward_feeds({k: torch.from_numpy(v) for k, v in feeds.items()})
+    """The generator on a model's feeds (input name -> (N, ...) array): (N, C, H, W) on the
+    CPU, wherever the generator runs."""
+    device = next(generator.parameters()).device
+    out = generator.forward_feeds({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+    return out.cpu()
 
 
 def grid_seeds(

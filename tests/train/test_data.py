@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganserve.train.data import DataError, load
+from ganserve.train.data import DataError, load, load_image_folder
 
 
 def write_images(folder: pathlib.Path, count: int, mode: str = "RGB", size: int = 20) -> None:
@@ -28,6 +28,18 @@ def test_subfolders_are_classes(tmp_path: pathlib.Path) -> None:
     assert train.images.shape[1:] == (3, 16, 16) and len(train) + len(held) == 20
     assert train.images.min() >= -1 and train.images.max() <= 1
     assert set(held.labels.tolist()) == {0, 1}  # stratified
+
+
+def test_decoding_workers_give_the_same_dataset(tmp_path: pathlib.Path) -> None:
+    """DataLoader worker processes decode the files; order and pixels do not change."""
+    for name in ("a", "b"):
+        write_images(tmp_path / name, 12, size=16)
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    inline = load_image_folder(tmp_path, 16, workers=0)
+    parallel = load_image_folder(tmp_path, 16, workers=2)
+    for one, other in zip(inline, parallel, strict=True):
+        assert np.array_equal(one.images.numpy(), other.images.numpy())
+        assert one.labels.tolist() == other.labels.tolist()
 
 
 def test_flat_folder_is_unconditional(tmp_path: pathlib.Path) -> None:
