@@ -207,11 +207,12 @@ class Batcher:
         engine = self._free.pop()
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self._compute, engine, batch)
+        hung = False
         try:
             results = await asyncio.wait_for(asyncio.shield(call), self._config.engine_timeout_s)
         except TimeoutError:
+            hung = True
             self._on_hang(engine, batch, call)
-            return
         except Exception:
             LOGGER.exception(
                 "batch of %d for model %s v%s failed", len(batch), self.model, self.version
@@ -229,8 +230,10 @@ class Batcher:
                     request.future.set_exception(result)
                 else:
                     request.future.set_result(result)
-        self._free.append(engine)
-        self._instances.release()
+        finally:
+            if not hung:  # a hung instance comes back (or is replaced) via _on_hang
+                self._free.append(engine)
+                self._instances.release()
 
     def _on_hang(
         self, engine: Engine, batch: list[_Request], call: asyncio.Future[list[bytes | Exception]]
@@ -259,7 +262,10 @@ class Batcher:
 
         def returned(_: asyncio.Future) -> None:  # the hung call came back at last
             self._hung -= 1
-            if replacement is not None and (not replacement.done() or replacement.result()):
+            replaced = replacement is not None and (
+                not replacement.done() or (not replacement.cancelled() and replacement.result())
+            )
+            if replaced:
                 engine.close()  # its replacement took its place in the pool
             else:
                 self._free.append(engine)
