@@ -378,7 +378,17 @@ def overload(model: str, queue_size: int, factor: float, calls: int, out: pathli
         out,
         "overload",
         repo,
-        ["--max-queue-size", str(queue_size), "--default-model", model],
+        # One core left to gRPC: with every core in the engine, the event loop lags under
+        # sustained overload and gRPC itself starts cancelling calls the server has not
+        # picked up yet (see docs/reliability.md).
+        [
+            "--max-queue-size",
+            str(queue_size),
+            "--default-model",
+            model,
+            "--intra-op-threads",
+            str(max(1, len(os.sched_getaffinity(0)) - 1)),
+        ],
         lambda server: run_overload(
             server.target,
             server.metrics_url,
