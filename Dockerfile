@@ -55,19 +55,10 @@ COPY models/digits/2/model.onnx models/digits/2/model.fp16.onnx models/digits/2/
      /models/digits/2/
 USER 65532:65532
 EXPOSE 50051 8000
-# gRPC health (grpc.health.v1.Health, service ""), plaintext or TLS; the same command is the
-# Helm chart's probe under TLS. GANSERVE_PORT is the server's own port variable.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", "\
-import os, sys, grpc; \
-from grpc_health.v1.health_pb2 import HealthCheckRequest; \
-from grpc_health.v1.health_pb2_grpc import HealthStub; \
-env = os.environ.get; \
-pem = lambda name: env(name) and open(env(name), 'rb').read(); \
-target = 'localhost:' + env('GANSERVE_PORT', '50051'); \
-tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT')); \
-name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))]; \
-channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target); \
-sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)"]
+# gRPC health (grpc.health.v1.Health, service ""), plaintext or TLS: serve/healthcheck.py, the
+# same command the Helm chart's probes run under TLS.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "ganserve.serve.healthcheck"]
 # Exec form: ganserve is PID 1 and gets SIGTERM itself (health NOT_SERVING, drain, exit 0).
 ENTRYPOINT ["ganserve", "serve"]
 CMD ["--model-repository", "/models", "--log-format", "json"]
@@ -117,17 +108,8 @@ COPY models/digits/2/model.onnx models/digits/2/model.fp16.onnx models/digits/2/
 RUN mkdir -p /var/cache/ganserve && chown 65532:65532 /var/cache/ganserve
 USER 65532:65532
 EXPOSE 50051 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-c", "\
-import os, sys, grpc; \
-from grpc_health.v1.health_pb2 import HealthCheckRequest; \
-from grpc_health.v1.health_pb2_grpc import HealthStub; \
-env = os.environ.get; \
-pem = lambda name: env(name) and open(env(name), 'rb').read(); \
-target = 'localhost:' + env('GANSERVE_PORT', '50051'); \
-tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT')); \
-name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))]; \
-channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target); \
-sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "ganserve.serve.healthcheck"]
 ENTRYPOINT ["ganserve", "serve"]
 CMD ["--model-repository", "/models", "--log-format", "json", \
      "--engine-cache-dir", "/var/cache/ganserve"]

@@ -19,6 +19,7 @@ NON_ROOT_USER = "non-root-user"
 EXEC_FORM = "exec-form"
 NO_TORCH = "no-torch"
 HEALTHCHECK = "healthcheck"
+HEALTH_MODULE = "ganserve.serve.healthcheck"
 EXPOSE = "expose"
 ENTRYPOINT = "entrypoint"
 READ_ONLY_ENV = "read-only-env"
@@ -292,7 +293,9 @@ def _health_problems(stage: Stage) -> list[str]:
     argv = healthcheck_argv(stage)
     if argv is None:
         return [f"{HEALTHCHECK}: stage {stage.name}: needs HEALTHCHECK CMD [...] (exec form)"]
-    command = " ".join(argv)
-    if "grpc_health" not in command or "HealthStub" not in command:
-        return [f"{HEALTHCHECK}: stage {stage.name}: HEALTHCHECK must ask grpc.health.v1.Health"]
+    if argv[-2:] != ["-m", HEALTH_MODULE]:
+        return [
+            f"{HEALTHCHECK}: stage {stage.name}: HEALTHCHECK must run `python -m {HEALTH_MODULE}` "
+            "(it asks grpc.health.v1.Health)"
+        ]
     return []

@@ -76,9 +76,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 HOME=/tmp TMPDIR=/tmp
 COPY --from=builder-cpu /opt/venv /opt/venv
 USER 65532:65532
 EXPOSE 50051 8000
-HEALTHCHECK --interval=10s CMD ["python", "-c", "\\
-import grpc; \\
-from grpc_health.v1.health_pb2_grpc import HealthStub"]
+HEALTHCHECK --interval=10s CMD ["python", "-m", "ganserve.serve.healthcheck"]
 ENTRYPOINT ["ganserve", "serve"]
 CMD ["--model-repository", "/models"]
 FROM cpu AS gpu
@@ -108,7 +106,7 @@ BAD = {
         ("pip install /src", "pip install /src[gpu,dev]"),
     ],
     lint.HEALTHCHECK: [
-        ("HealthStub", "urlopen"),
+        ("ganserve.serve.healthcheck", "http.server"),
         ('HEALTHCHECK --interval=10s CMD ["python"', 'HEALTHCHECK NONE\nLABEL x=["python"'),
     ],
     lint.EXPOSE: [("EXPOSE 50051 8000", "EXPOSE 50051"), ("EXPOSE 50051 8000", "EXPOSE 80 8000")],

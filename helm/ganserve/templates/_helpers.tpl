@@ -80,32 +80,15 @@ terminationGracePeriodSeconds must exceed the first three together.
 {{- end }}
 {{- end }}
 
-{{/*
-The image's HEALTHCHECK command as a Python program (the Dockerfile's, word for word; a test
-compares them). It asks grpc.health.v1.Health about "" on localhost:$GANSERVE_PORT, over TLS when
-GANSERVE_HEALTH_CA is set, and exits 0 only for SERVING.
-*/}}
-{{- define "ganserve.healthCheckProgram" -}}
-import os, sys, grpc;
-from grpc_health.v1.health_pb2 import HealthCheckRequest;
-from grpc_health.v1.health_pb2_grpc import HealthStub;
-env = os.environ.get;
-pem = lambda name: env(name) and open(env(name), 'rb').read();
-target = 'localhost:' + env('GANSERVE_PORT', '50051');
-tls = grpc.ssl_channel_credentials(pem('GANSERVE_HEALTH_CA'), pem('GANSERVE_HEALTH_KEY'), pem('GANSERVE_HEALTH_CERT'));
-name = [('grpc.ssl_target_name_override', env('GANSERVE_HEALTH_SERVER_NAME', 'localhost'))];
-channel = grpc.secure_channel(target, tls, name) if env('GANSERVE_HEALTH_CA') else grpc.insecure_channel(target);
-sys.exit(HealthStub(channel).Check(HealthCheckRequest(), timeout=4).status != 1)
-{{- end }}
 
 {{/* One probe's action: kubelet's native gRPC probe, or the health check command under TLS. */}}
 {{- define "ganserve.probeAction" -}}
 {{- if .Values.tls.enabled }}
 exec:
-  command:
+  command:  # the image's HEALTHCHECK (serve/healthcheck.py; a test compares them)
     - python
-    - -c
-    - {{ include "ganserve.healthCheckProgram" . | replace "\n" " " | toJson }}
+    - -m
+    - ganserve.serve.healthcheck
 {{- else }}
 grpc:
   port: {{ .Values.ports.grpc }}

@@ -1,0 +1,54 @@
+"""`python -m ganserve.serve.healthcheck`: exit 0 when the local server reports SERVING.
+
+The container's HEALTHCHECK and the Helm chart's probes under TLS (kubelet's native gRPC probe
+cannot do TLS) run this. It asks grpc.health.v1.Health about "" on localhost:$GANSERVE_PORT
+(the server's own port variable; default 50051), over TLS when GANSERVE_HEALTH_CA is set, with
+a client certificate when GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY are set (mutual TLS),
+checking the certificate against GANSERVE_HEALTH_SERVER_NAME (default localhost).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_health.v1.health_pb2_grpc import HealthStub
+
+TIMEOUT_S = 4.0
+
+
+def _pem(variable: str) -> bytes | None:
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check() -> bool:
+    """True when the server on this host reports SERVING."""
+    target = "localhost:" + os.environ.get("GANSERVE_PORT", "50051")
+    ca = _pem("GANSERVE_HEALTH_CA")
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            ca, _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")
+        )
+        name = os.environ.get("GANSERVE_HEALTH_SERVER_NAME", "localhost")
+        channel = grpc.secure_channel(
+            target, credentials, [("grpc.ssl_target_name_override", name)]
+        )
+    with channel:
+        try:
+            reply = HealthStub(channel).Check(HealthCheckRequest(), timeout=TIMEOUT_S)
+        except grpc.RpcError as exc:
+            print(f"health check failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return False
+    return reply.status == HealthCheckResponse.SERVING
+
+
+if __name__ == "__main__":
+    sys.exit(0 if check() else 1)
