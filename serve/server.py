@@ -36,6 +36,7 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 # Health is reported for the whole server ("") and for the Generator service by name.
 HEALTH_NAMES = ("", SERVICE_NAME)
+REFUSE_AT_LEAST_S = 0.5  # of the drain, answering UNAVAILABLE before the port closes
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -157,6 +158,9 @@ class GanServer:
             await asyncio.sleep(delay)
         started = time.monotonic()
         await self.models.close(grace)
+        # Refuse with UNAVAILABLE for a moment even when nothing was queued: a call that meets
+        # gRPC's own stop gets CANCELLED instead (grpc/grpc#41785), which clients do not retry.
+        await asyncio.sleep(max(0.0, min(REFUSE_AT_LEAST_S, grace) - (time.monotonic() - started)))
         await self._shutdown_transport(max(grace - (time.monotonic() - started), 1.0))
         LOGGER.info("stopped after draining for %.2fs", time.monotonic() - started)
 
