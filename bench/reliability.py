@@ -57,6 +57,17 @@ class Outcome:
         return float(np.percentile(values, q) * 1e3) if values else float("nan")
 
 
+async def _timed(call: Callable[[int], Awaitable[object]], i: int, outcome: Outcome) -> None:
+    """Make call(i); file its latency under its status."""
+    started = time.perf_counter()
+    try:
+        await call(i)
+        code = "OK"
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+    outcome.latency[code].append(time.perf_counter() - started)
+
+
 async def drive(
     call: Callable[[int], Awaitable[object]], *, calls: int, concurrency: int, first: int = 0
 ) -> Outcome:
@@ -66,13 +77,7 @@ async def drive(
 
     async def worker() -> None:
         for i in indices:
-            started = time.perf_counter()
-            try:
-                await call(i)
-                code = "OK"
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-            outcome.latency[code].append(time.perf_counter() - started)
+            await _timed(call, i, outcome)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -86,23 +91,13 @@ async def drive_rate(
     """Start ``calls`` calls at a constant ``rate`` per second, whatever the answers (open
     loop: an overloaded server does not slow the arrivals down, as with real clients)."""
     outcome = Outcome()
-
-    async def one(i: int) -> None:
-        started = time.perf_counter()
-        try:
-            await call(i)
-            code = "OK"
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-        outcome.latency[code].append(time.perf_counter() - started)
-
     tasks = []
     started = time.perf_counter()
     for n in range(calls):
         delay = started + n / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(first + n)))
+        tasks.append(asyncio.create_task(_timed(call, first + n, outcome)))
     await asyncio.gather(*tasks)
     outcome.seconds = time.perf_counter() - started
     return outcome
