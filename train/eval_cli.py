@@ -1,13 +1,16 @@
 """`gan-eval`: evaluate a checkpoint's EMA generator offline, beside a real-vs-real baseline.
 
 No weights are downloaded: the feature extractor is a small classifier trained on the
-training split, cached under --cache-dir by a hash of the data and the extractor.
+training split, cached under --cache-dir by a hash of the data and the extractor. Standard
+FID needs an Inception weight file you already have (--inception): pytorch-fid's
+pt_inception-2015-12-05-6726825d.pth or NVIDIA's inception-2015-12-05.pt.
 
 Examples:
 
     gan-eval models/digits/1/checkpoint.pt
     gan-eval build/digits.pt --per-class 200 --json build/digits-eval.json
     gan-eval ckpt/faces.pt --data ~/faces --image-size 64
+    gan-eval build/digits.pt --inception ~/weights/pt_inception-2015-12-05-6726825d.pth
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from ganserve.train import checkpoint
 from ganserve.train.data import DataError, load
 from ganserve.train.evaluation import evaluate_generator
 from ganserve.train.features import load_or_train
+from ganserve.train.inception import InceptionError, InceptionFeatures
 
 ORDER = [
     "conditional_accuracy",
     "worst_class_accuracy",
     "frechet_distance",
+    "inception_fid",
     "kid",
     "precision",
     "recall",
@@ -53,6 +58,13 @@ ORDER = [
     default=pathlib.Path.home() / ".cache" / "ganserve" / "eval",
 )
 @click.option(
+    "--inception",
+    "inception_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="A local Inception weight file: also report standard FID (2048 pool3 features).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=pathlib.Path),
@@ -64,6 +76,7 @@ def main(
     data: str,
     per_class: int,
     cache_dir: pathlib.Path,
+    inception_path: pathlib.Path | None,
     json_path: pathlib.Path | None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -71,7 +84,8 @@ def main(
         ckpt = checkpoint.load(checkpoint_path)
         generator = checkpoint.build_generator(ckpt)
         train, heldout = load(data, generator.config.image_size)
-    except (checkpoint.CheckpointError, DataError) as exc:
+        inception = InceptionFeatures(inception_path) if inception_path else None
+    except (checkpoint.CheckpointError, DataError, InceptionError) as exc:
         raise click.ClickException(str(exc)) from None
     trained_on = ckpt.get("dataset", {}).get("fingerprint")
     if trained_on and trained_on != train.fingerprint():
@@ -79,7 +93,20 @@ def main(
             f"warning: {checkpoint_path} was trained on other data than --data {data}", err=True
         )
     net, info = load_or_train(train, heldout, cache_dir)
-    result = evaluate_generator(generator, net, train, heldout, per_class=per_class)
+    if inception is not None:
+        info.update(inception.info())
+    try:
+        result = evaluate_generator(
+            generator,
+            net,
+            train,
+            heldout,
+            per_class=per_class,
+            inception=inception,
+            cache_dir=cache_dir,
+        )
+    except InceptionError as exc:
+        raise click.ClickException(str(exc)) from None
     gen, real = result["generated"], result["real_vs_real"]
     click.echo(f"{'metric':<24} {'generated':>10} {'real vs real':>13}")
     for key in ORDER:
