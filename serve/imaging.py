@@ -25,11 +25,19 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8, contiguous."""
     if images.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) images, got shape {images.shape}")
-    scaled = np.rint((images + 1.0) * 127.5)
-    # NaN becomes 0 here only so the cast is defined; the batcher refuses non-finite images.
-    np.nan_to_num(scaled, copy=False, nan=0.0)
-    np.clip(scaled, 0, 255, out=scaled)
-    return np.ascontiguousarray(scaled.astype(np.uint8).transpose(0, 2, 3, 1))
+    # In place, one temporary: 3x faster than rint/nan_to_num/clip at the digits model's
+    # batch sizes, where the numpy wrappers' Python cost is most of it (and holds the GIL).
+    scaled = images + np.float32(1.0)
+    scaled *= np.float32(127.5)
+    np.rint(scaled, out=scaled)
+    # fmax/fmin ignore NaN, so NaN becomes 0 here, only so the cast is defined: the batcher
+    # refuses non-finite images.
+    np.fmax(scaled, 0, out=scaled)
+    np.fmin(scaled, 255, out=scaled)
+    n, c, h, w = images.shape
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    np.copyto(out, scaled.transpose(0, 2, 3, 1), casting="unsafe")  # cast and NCHW -> NHWC
+    return out
 
 
 def encode(image: np.ndarray, encoding: Encoding) -> bytes:

@@ -20,6 +20,20 @@ def test_to_uint8_transposes_nchw_to_nhwc() -> None:
     assert out.shape == (2, 4, 5, 3) and out[1, 3, 4, 2] == 255
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_to_uint8_is_the_documented_formula_with_nan_as_0(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((7, 3, 5, 6)) * 0.8).astype(dtype)
+    x.flat[:3] = [np.nan, np.inf, -np.inf]
+    expected = np.clip(np.rint((x.astype(np.float64) + 1) * 127.5), 0, 255)
+    expected = np.nan_to_num(expected, nan=0.0).astype(np.uint8).transpose(0, 2, 3, 1)
+    out = to_uint8(x)
+    assert out.flags.c_contiguous and out[0, 0, :3, 0].tolist() == [0, 255, 0]
+    # float16 rounds (x + 1) * 127.5 in half precision: at most one level off.
+    tolerance = 1 if dtype is np.float16 else 0
+    assert np.abs(out.astype(int) - expected).max() <= tolerance
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("encoding", list(Encoding))
 def test_encode_decode_round_trip(channels: int, encoding: Encoding) -> None:
