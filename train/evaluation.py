@@ -2,11 +2,13 @@
 beside a real-vs-real baseline (the training split against the held-out split).
 
 * Fréchet distance (FD): between Gaussian fits of the features (FID's formula, our extractor).
-* KID: unbiased MMD² with the cubic polynomial kernel, averaged over subsets.
+* KID: unbiased MMD² with the cubic polynomial kernel, averaged over subsets, on features
+  scaled to unit RMS (the kernel expects features of order 1, as Inception's are).
 * Precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al. 2020),
   k = 5 nearest neighbours.
 * Conditional accuracy: the classifier's accuracy on G(z, c) against c, overall and per class.
 * Class coverage and KL(predicted-label histogram || training-label histogram).
+* With a local Inception weight file, standard FID (train/inception.py).
 * Memorisation ratio: median distance from each sample to its nearest training image,
   divided by the same for held-out images. Well below 1 means samples sit on training images.
 """
