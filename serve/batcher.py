@@ -7,6 +7,11 @@ batch is collected while the current ones run. The engine call (latents, inferen
 post-processing, encoding) runs in a worker thread. Every request carries its own future, and
 the batcher completes or fails every future it takes.
 
+A call with many images (GenerateBatch, Interpolate) queues them as groups of at most
+``max_batch_size``, one future per group, and a batch packs whole groups: the per-image
+asyncio work (futures, callbacks, a gather) would otherwise cost more of the event loop than
+the engine saves. Queue sizes and batch sizes count images.
+
 An engine call still running after ``engine_timeout_s`` fails its batch with DEADLINE_EXCEEDED.
 The instance stays out of the pool until its call returns (then it is closed) and, when the
 batcher can spawn engines, a fresh instance takes its place at once: a hung engine costs one
@@ -57,10 +62,14 @@ class Work:
 
 @dataclasses.dataclass(slots=True)
 class _Request:
-    work: Work
-    future: asyncio.Future[bytes]
+    """Images that queue and complete together: one Generate call, or a group of a
+    multi-image call. ``single``: the future gets the one image's bytes, not a list."""
+
+    works: Sequence[Work]
+    future: asyncio.Future[bytes] | asyncio.Future[list[bytes]]
     enqueued: float  # time.monotonic()
     deadline: float | None  # time.monotonic(), from the client's deadline
+    single: bool = False
 
 
 class Batcher:
@@ -85,6 +94,7 @@ class Batcher:
         self._delay = config.max_queue_delay_us / 1e6
         self._preferred = sorted(set(config.preferred_batch_sizes))
         self._queue: collections.deque[_Request] = collections.deque()
+        self._queued = 0  # images in the queue
         self._arrived = asyncio.Event()  # set when the queue grows
         self._instances = asyncio.Semaphore(len(engines))
         # A thread to spare per instance: a hung call keeps its thread while its replacement
@@ -113,37 +123,49 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Images waiting."""
+        return self._queued
 
     def submit(self, work: Work, deadline: float | None = None) -> asyncio.Future[bytes]:
         """Queue one request; the future resolves to the encoded image bytes.
 
         Raises QueueFullError at once when the queue is full, ShuttingDownError when draining.
         """
-        return self.submit_many((work,), deadline)[0]
+        self._admit(1)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Request((work,), future, time.monotonic(), deadline, single=True))
+        return future
 
     def submit_many(
         self, works: Sequence[Work], deadline: float | None = None
-    ) -> list[asyncio.Future[bytes]]:
-        """Queue several requests, all or none: refused together if they do not all fit."""
+    ) -> list[asyncio.Future[list[bytes]]]:
+        """Queue several images, all or none: refused together if they do not all fit. They
+        queue in groups of at most max_batch_size; each future resolves to its group's images,
+        in order (the groups' futures together give ``works``' images in order)."""
+        self._admit(len(works))
+        loop = asyncio.get_running_loop()
+        now, size = time.monotonic(), self._config.max_batch_size
+        futures: list[asyncio.Future[list[bytes]]] = []
+        for start in range(0, len(works), size):
+            futures.append(loop.create_future())
+            self._enqueue(_Request(works[start : start + size], futures[-1], now, deadline))
+        return futures
+
+    def _admit(self, count: int) -> None:
         if not self._accepting:
             raise ShuttingDownError("server is draining; retry on another replica")
         limit = self._config.max_queue_size
-        if len(self._queue) + len(works) > limit:
+        if self._queued + count > limit:
             raise QueueFullError(
-                f"model {self.model!r} queue is full ({len(self._queue)} of {limit} requests "
-                f"waiting, {len(works)} more asked); retry with backoff"
+                f"model {self.model!r} queue is full ({self._queued} of {limit} requests "
+                f"waiting, {count} more asked); retry with backoff"
             )
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        futures = []
-        for work in works:
-            future = loop.create_future()
-            self._queue.append(_Request(work, future, now, deadline))
-            futures.append(future)
-        self._m_depth.set(len(self._queue))
+
+    def _enqueue(self, request: _Request) -> None:
+        self._queue.append(request)
+        self._queued += len(request.works)
+        self._m_depth.set(self._queued)
         self._arrived.set()
-        return futures
 
     async def _loop(self) -> None:
         while True:
@@ -169,7 +191,7 @@ class Batcher:
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
         close_at = self._queue[0].enqueued + self._delay
-        while len(self._queue) < max_size:
+        while self._queued < max_size:
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
@@ -181,29 +203,33 @@ class Batcher:
         return self._take(max_size)
 
     def _take(self, max_size: int) -> list[_Request]:
-        """Pop up to max_size live requests; drop cancelled and expired ones on the way."""
+        """Pop live requests up to max_size images, in order; drop cancelled and expired ones
+        on the way. A group is never split, and none is larger than max_size."""
         batch: list[_Request] = []
-        now = time.monotonic()
-        while self._queue and len(batch) < max_size:
+        images, now = 0, time.monotonic()
+        while self._queue and images + len(self._queue[0].works) <= max_size:
             request = self._queue.popleft()
+            count = len(request.works)
+            self._queued -= count
             expired = request.deadline is not None and request.deadline <= now
             if request.future.done():  # the handler is gone: gRPC cancels it at the deadline
-                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc()
+                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(count)
             elif expired:
-                self._m_dropped_deadline.inc()
+                self._m_dropped_deadline.inc(count)
                 request.future.set_exception(
                     DeadlineExceededError("deadline passed while the request was queued")
                 )
             else:
                 batch.append(request)
-        self._m_depth.set(len(self._queue))
+                images += count
+        self._m_depth.set(self._queued)
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         for request in batch:
             self._m_queue_time.observe(started - request.enqueued)
-        self._m_batch.observe(len(batch))
+        self._m_batch.observe(sum(len(request.works) for request in batch))
         engine = self._free.pop()
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self._compute, engine, batch)
@@ -223,13 +249,17 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(error)
         else:
-            for request, result in zip(batch, results, strict=True):
+            start = 0
+            for request in batch:
+                mine = results[start : start + len(request.works)]
+                start += len(request.works)
                 if request.future.done():
                     continue
-                if isinstance(result, Exception):
-                    request.future.set_exception(result)
+                failed = next((r for r in mine if isinstance(r, Exception)), None)
+                if failed is not None:  # one bad image fails its whole call
+                    request.future.set_exception(failed)
                 else:
-                    request.future.set_result(result)
+                    request.future.set_result(mine[0] if request.single else mine)
         finally:
             if not hung:  # a hung instance comes back (or is replaced) via _on_hang
                 self._free.append(engine)
@@ -301,14 +331,14 @@ class Batcher:
         """Worker thread: seeds -> model inputs -> engine -> uint8 -> encoded bytes."""
         started = time.monotonic()
         m = self._metadata
-        n, d = len(batch), m.latent_dim
+        works = [work for request in batch for work in request.works]
+        n, d = len(works), m.latent_dim
         draws = np.empty((n, d + m.noise_dim), dtype=np.float32)  # (N, latent_dim + noise_dim)
         psi = np.empty(n, dtype=np.float32)
-        mixing = m.style_layers and any(r.work.mix_seed is not None for r in batch)
+        mixing = m.style_layers and any(w.mix_seed is not None for w in works)
         mix = np.empty((n, d), dtype=np.float32) if mixing else None
         mix_layer = np.full(n, m.style_layers, dtype=np.int64) if mixing else None
-        for i, request in enumerate(batch):
-            work = request.work
+        for i, work in enumerate(works):
             if work.latent is None:
                 draws[i] = model_inputs.seed_vector(m, work.seed)
             else:
@@ -324,7 +354,7 @@ class Batcher:
                     mix_layer[i] = work.mix_layer
         labels = None
         if m.conditional:
-            labels = np.fromiter((r.work.label for r in batch), dtype=np.int64, count=n)
+            labels = np.fromiter((w.label for w in works), dtype=np.int64, count=n)
         feeds = model_inputs.assemble(
             m, draws, labels=labels, truncation=psi, mix=mix, mix_layer=mix_layer
         )
@@ -334,15 +364,15 @@ class Batcher:
         encoding_started = time.monotonic()
         self._m_infer_time.observe(encoding_started - started)
         results: list[bytes | Exception] = []
-        for i, request in enumerate(batch):
+        for i, work in enumerate(works):
             if finite[i]:
-                results.append(imaging.encode(pixels[i], request.work.encoding))
+                results.append(imaging.encode(pixels[i], work.encoding))
             else:
                 LOGGER.error(
                     "model %s v%s produced non-finite pixels for seed %d",
                     self.model,
                     self.version,
-                    request.work.seed,
+                    work.seed,
                 )
                 results.append(EngineError(f"model {self.model!r} produced an invalid image"))
         self._m_encode_time.observe(time.monotonic() - encoding_started)
@@ -375,7 +405,7 @@ class Batcher:
         if self._queue:
             LOGGER.warning(
                 "drain grace ran out: failing %d queued requests of model %s v%s",
-                len(self._queue),
+                self._queued,
                 self.model,
                 self.version,
             )
@@ -383,6 +413,7 @@ class Batcher:
                 request = self._queue.popleft()
                 if not request.future.done():
                     request.future.set_exception(ShuttingDownError("server shut down"))
+            self._queued = 0
             self._m_depth.set(0)
         if self._loop_task is not None:
             self._loop_task.cancel()

@@ -280,13 +280,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         if len(todo) == 1:  # the common unary case: no gather
             out[todo[0]] = await served.batcher.submit(works[todo[0]], call.deadline)
         elif todo:
-            futures = served.batcher.submit_many([works[i] for i in todo], call.deadline)
+            groups = served.batcher.submit_many([works[i] for i in todo], call.deadline)
             try:
-                results = await asyncio.gather(*futures)
+                results = await asyncio.gather(*groups)
             finally:
-                for future in futures:  # a failed or cancelled call frees its other slots
-                    future.cancel()
-            for i, image in zip(todo, results, strict=True):
+                for group in groups:  # a failed or cancelled call frees its other slots
+                    group.cancel()
+            images = (image for group in results for image in group)
+            for i, image in zip(todo, images, strict=True):
                 out[i] = image
         if cache is not None:
             for i in todo:
@@ -389,25 +390,28 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 t,
             )  # (T, D)
             works = [Work(request.seed_start, label, encoding, psi, path[i]) for i in range(frames)]
-            futures = served.batcher.submit_many(works, call.deadline)
+            groups = served.batcher.submit_many(works, call.deadline)
+            images = self._series(call.method, *served.key).images
+            i = 0
             try:
-                for i, future in enumerate(futures):
-                    image = await future
-                    self._series(call.method, *served.key).images.inc()
-                    yield pb.InterpolateFrame(
-                        index=i,
-                        t=float(t[i]),
-                        image=image,
-                        encoding=encoding.value,
-                        height=m.height,
-                        width=m.width,
-                        channels=m.channels,
-                        model=m.name,
-                        model_version=m.version,
-                    )
+                for group in groups:  # a group's frames finish together: stream them as they do
+                    for image in await group:
+                        images.inc()
+                        yield pb.InterpolateFrame(
+                            index=i,
+                            t=float(t[i]),
+                            image=image,
+                            encoding=encoding.value,
+                            height=m.height,
+                            width=m.width,
+                            channels=m.channels,
+                            model=m.name,
+                            model_version=m.version,
+                        )
+                        i += 1
             finally:
-                for future in futures:
-                    future.cancel()
+                for group in groups:
+                    group.cancel()
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

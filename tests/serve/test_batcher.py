@@ -224,7 +224,7 @@ def test_preferred_sizes_pad_and_split_without_changing_images(real_engine: Onnx
         batcher = make_batcher(engine, max_batch_size=64, max_queue_delay_us=1_000_000, **batching)
         batcher.start()
         works = [Work(s, s % 10, Encoding.RAW_UINT8) for s in range(11)]
-        out = await asyncio.gather(*batcher.submit_many(works))
+        (out,) = await asyncio.gather(*batcher.submit_many(works))
         await batcher.close(1)
         return out
 
@@ -269,7 +269,7 @@ def test_truncation_scales_the_latent(real_engine: OnnxEngine) -> None:
             Work(1, 3, Encoding.RAW_UINT8),
             Work(99, 3, Encoding.RAW_UINT8, 1.0, latent.seed_to_latent(1, 64)),
         ]
-        out = await asyncio.gather(*batcher.submit_many(works))
+        (out,) = await asyncio.gather(*batcher.submit_many(works))
         await batcher.close(1)
         return out
 
@@ -296,3 +296,41 @@ def test_submit_many_is_all_or_nothing(real_engine: OnnxEngine) -> None:
         await batcher.close(1)
 
     run(scenario())
+
+
+def test_a_many_image_call_queues_in_whole_groups_packed_with_other_calls(
+    real_engine: OnnxEngine,
+) -> None:
+    engine = RecordingEngine(real_engine)
+    engine.gate.clear()
+
+    async def scenario() -> tuple[list[list[bytes]], bytes, bytes]:
+        batcher = make_batcher(engine, max_batch_size=4, max_queue_delay_us=1_000_000)
+        batcher.start()
+        blocker = batcher.submit(Work(100, 0, Encoding.RAW_UINT8))
+        await asyncio.to_thread(engine.started.wait, 10)
+        first = batcher.submit(Work(101, 1, Encoding.RAW_UINT8))
+        groups = batcher.submit_many([Work(s, s % 10, Encoding.RAW_UINT8) for s in range(6)])
+        last = batcher.submit(Work(102, 2, Encoding.RAW_UINT8))
+        assert len(groups) == 2 and batcher.queue_depth == 8  # images, not requests
+        engine.gate.set()
+        await blocker
+        out = await asyncio.gather(*groups)
+        one, two = await first, await last
+        await batcher.close(1)
+        return out, one, two
+
+    out, one, two = run(scenario())
+    # [blocker], then [first] + the first group of 4 would be 5 > 4: groups are never split.
+    assert engine.batches == [1, 1, 4, 3]  # blocker | first | group of 4 | group of 2 + last
+    alone = run(images_alone(real_engine, [Work(s, s % 10, Encoding.RAW_UINT8) for s in range(6)]))
+    assert [image for group in out for image in group] == alone  # in order, batch-invariant
+    assert isinstance(one, bytes) and isinstance(two, bytes)
+
+
+async def images_alone(engine: OnnxEngine, works: list[Work]) -> list[bytes]:
+    batcher = make_batcher(RecordingEngine(engine), max_batch_size=64)
+    batcher.start()
+    out = [await batcher.submit(work) for work in works]
+    await batcher.close(1)
+    return out
