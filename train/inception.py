@@ -14,7 +14,6 @@ as the server's PNGs are, and grey images repeat to three channels.
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import zipfile
 from collections.abc import Callable
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ganserve.train.checkpoint import file_sha256
 
 FEATURES = 2048
 INPUT_SIZE = 299
@@ -220,15 +221,13 @@ class FIDInception(nn.Module):
         self.fc = nn.Linear(FEATURES, 1008)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _chain(
-            x, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3
-        )  # (N, 64, 147, 147)
+        # (N, 3, 299, 299) -> (N, 64, 147, 147)
+        x = _chain(x, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3)
         x = F.max_pool2d(x, 3, stride=2)  # (N, 64, 73, 73)
         x = _chain(x, self.Conv2d_3b_1x1, self.Conv2d_4a_3x3)  # (N, 192, 71, 71)
         x = F.max_pool2d(x, 3, stride=2)  # (N, 192, 35, 35)
-        x = _chain(
-            x, self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a
-        )  # (N, 768, 17, 17)
+        # (N, 192, 35, 35) -> (N, 768, 17, 17)
+        x = _chain(x, self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a)
         x = _chain(x, self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a)
         x = _chain(x, self.Mixed_7b, self.Mixed_7c)  # (N, 2048, 8, 8)
         return x.mean((2, 3))
@@ -242,14 +241,6 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     return u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
 
 
-def sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class InceptionFeatures:
     """``features(images)``: (N, C, H, W) in [-1, 1] -> (N, 2048) float64 pool3 features."""
 
@@ -258,7 +249,7 @@ class InceptionFeatures:
             raise InceptionError(f"{path}: no such file (--inception takes {_known()})")
         self.path, self.batch_size = path, batch_size
         self.kind = "torchscript" if _is_torchscript(path) else "state-dict"
-        self.sha256 = sha256(path)
+        self.sha256 = file_sha256(path)
         self._call = _load_torchscript(path) if self.kind == "torchscript" else _load_state(path)
 
     def info(self) -> dict[str, str]:
