@@ -1,6 +1,14 @@
-"""Models the benchmark needs besides the bundled one: a DCGAN at 64x64 RGB (the DCGAN paper's
-architecture: latent 100, feature width 64). Its weights are the DCGAN initialisation,
-untrained: speed does not depend on weight values, and the export is verified all the same."""
+"""Models the benchmark needs besides the bundled one, exported untrained (speed does not
+depend on weight values, and the export is verified all the same):
+
+* ``dcgan64``: a DCGAN at 64x64 RGB, the DCGAN paper's architecture (latent 100, feature
+  width 64).
+* ``tiny``: the bundled model's contract (conditional, 10 classes, 32x32 grey, so the same
+  request and a 1024-byte raw reply) from a fully-connected generator with one hidden layer of
+  8 units. Its engine time is a few microseconds, so the server's figures with it are the
+  serving path's own ceiling: gRPC, batching and the per-request Python, with the model
+  taken out.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,35 @@ import dataclasses
 import pathlib
 
 DCGAN64 = "dcgan64"
+TINY = "tiny"
 
 
-def ensure_dcgan64(repo: pathlib.Path) -> pathlib.Path:
-    """Export the speed-only DCGAN-64 RGB model into ``repo`` unless it is there; return repo."""
-    if (repo / DCGAN64 / "1" / "model.onnx").is_file():
+def _configs():
+    from ganserve.train.networks import GeneratorConfig
+
+    return {
+        DCGAN64: GeneratorConfig(latent_dim=100, num_classes=0, image_size=64, channels=3, width=64),
+        TINY: GeneratorConfig(
+            architecture="gan", latent_dim=64, num_classes=10, width=8, embed_dim=4, fc_layers=1
+        ),
+    }
+
+
+def ensure_model(repo: pathlib.Path, name: str) -> pathlib.Path:
+    """Export the speed-only model ``name`` (DCGAN64 or TINY) into ``repo`` as version 1
+    unless it is there; return repo."""
+    if (repo / name / "1" / "model.onnx").is_file():
         return repo
     import torch
 
     from ganserve.export.pipeline import ExportConfig, TensorRTMode, export_checkpoint
     from ganserve.train import checkpoint
-    from ganserve.train.networks import Generator, GeneratorConfig
+    from ganserve.train.networks import create_generator
 
+    config = _configs()[name]
     torch.manual_seed(0)
-    config = GeneratorConfig(latent_dim=100, num_classes=0, image_size=64, channels=3, width=64)
-    generator = Generator(config).eval()
-    ckpt = repo.parent / f"{DCGAN64}.pt"
+    generator = create_generator(config).eval()
+    ckpt = repo.parent / f"{name}.pt"
     checkpoint.save(
         {
             "generator_config": dataclasses.asdict(config),
@@ -38,7 +59,7 @@ def ensure_dcgan64(repo: pathlib.Path) -> pathlib.Path:
         ckpt,
         ExportConfig(
             repository=repo,
-            name=DCGAN64,
+            name=name,
             version=1,
             force=True,
             tensorrt=TensorRTMode.OFF,
@@ -46,3 +67,8 @@ def ensure_dcgan64(repo: pathlib.Path) -> pathlib.Path:
         ),
     )
     return repo
+
+
+def ensure_dcgan64(repo: pathlib.Path) -> pathlib.Path:
+    """`ensure_model` for the 64x64 RGB DCGAN."""
+    return ensure_model(repo, DCGAN64)

@@ -3,9 +3,12 @@
 A batch closes when it holds ``max_batch_size`` requests or when its oldest request has waited
 ``max_queue_delay_us``, whichever comes first. A batch is formed only when an engine instance
 is free, so requests arriving while every instance is busy are batched together, and the next
-batch is collected while the current ones run. The engine call (latents, inference,
-post-processing, encoding) runs in a worker thread. Every request carries its own future, and
-the batcher completes or fails every future it takes.
+batch is collected while the current ones run. With several instances, a free one starts a
+batch while another batch runs only once the waiting images are worth ``parallel_batch_us``
+of engine time (or half a max batch waits): otherwise the waiting requests join the batch that
+starts when the running one ends. The engine call (latents, inference, post-processing,
+encoding) runs in a worker thread. Every request carries its own future, and the batcher
+completes or fails every future it takes.
 
 A call with many images (GenerateBatch, Interpolate) queues them as groups of at most
 ``max_batch_size``, one future per group, and a batch packs whole groups: the per-image
@@ -25,6 +28,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -72,6 +76,17 @@ class _Request:
     single: bool = False
 
 
+def parallel_threshold(config: BatchingConfig, image_s: float | None) -> int:
+    """Images that must wait before a batch starts beside a running one: as many as
+    ``parallel_batch_us`` of engine time at ``image_s`` seconds each (rounded down, so an image
+    slower than that is never held back), at most half a max batch; 1 (any) when the time per
+    image is unknown or the setting is 0."""
+    if not image_s or image_s <= 0 or not config.parallel_batch_us:
+        return 1
+    wanted = math.floor(config.parallel_batch_us / 1e6 / image_s)
+    return max(1, min(wanted, config.max_batch_size // 2))
+
+
 class Batcher:
     """Queues requests for one model version and runs them in batches on its engines."""
 
@@ -81,8 +96,11 @@ class Batcher:
         config: BatchingConfig,
         metrics: ServerMetrics,
         spawn: Callable[[], Engine] | None = None,
+        image_s: float | None = None,
     ) -> None:
-        """``spawn`` builds (and warms) one more engine instance, to replace a hung one."""
+        """``spawn`` builds (and warms) one more engine instance, to replace a hung one.
+        ``image_s``: the engine's seconds per image at the max batch (`backends.image_seconds`);
+        None starts batches whenever an instance is free."""
         if not engines:
             raise ValueError("a batcher needs at least one engine")
         self._free = list(engines)
@@ -97,6 +115,8 @@ class Batcher:
         self._queued = 0  # images in the queue
         self._arrived = asyncio.Event()  # set when the queue grows
         self._instances = asyncio.Semaphore(len(engines))
+        self._busy = 0  # batches in the engines
+        self.parallel_min = parallel_threshold(config, image_s)
         # A thread to spare per instance: a hung call keeps its thread while its replacement
         # runs. Beyond that many hung calls, instances come back only when their calls return.
         self._spare_threads = len(engines)
@@ -178,15 +198,17 @@ class Batcher:
             if not batch:
                 self._instances.release()
                 continue
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Request]:
-        """Wait for work, then close a batch at max size or the oldest request's delay."""
-        while not self._queue:
+        """Wait for work (enough of it while another batch runs), then close a batch at max
+        size or the oldest request's delay."""
+        while not self._queue or (self._busy and self._queued < self.parallel_min):
             self._arrived.clear()
-            await self._arrived.wait()
+            await self._arrived.wait()  # set by arrivals and by batches ending
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
@@ -264,6 +286,8 @@ class Batcher:
             if not hung:  # a hung instance comes back (or is replaced) via _on_hang
                 self._free.append(engine)
                 self._instances.release()
+            self._busy -= 1
+            self._arrived.set()  # requests held back for this batch to end may go now
 
     def _on_hang(
         self, engine: Engine, batch: list[_Request], call: asyncio.Future[list[bytes | Exception]]

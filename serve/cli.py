@@ -125,6 +125,14 @@ def _option(*decls: str, env: str, **kwargs: Any):
     help="Longest a request waits for its batch to fill (microseconds).",
 )
 @_option(
+    "--parallel-batch-us",
+    env="PARALLEL_BATCH_US",
+    default=B.parallel_batch_us,
+    type=click.IntRange(0, 10_000_000),
+    help="With several instances: while a batch runs, start another only once the waiting "
+    "images are worth this much engine time (microseconds; 0 = whenever an instance is free).",
+)
+@_option(
     "--max-queue-size",
     env="MAX_QUEUE_SIZE",
     default=B.max_queue_size,

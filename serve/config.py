@@ -47,6 +47,14 @@ class BatchingConfig:
         engine_timeout_s: A batch still in the engine after this many seconds fails with
             DEADLINE_EXCEEDED, and its engine instance is replaced by a fresh one, so a hung
             engine costs one batch, not the model.
+        parallel_batch_us: With several instances: while a batch runs, a free instance starts
+            another only once the waiting images are worth this much engine time
+            (microseconds, from the max batch's time per image, measured at load; rounded down
+            to whole images), or half a max batch waits. Every batch costs the event loop a
+            fixed ~0.2 ms, so on a CPU many tiny concurrent batches of a light model cost more
+            than the second instance gains, while a heavy model's single image is worth a
+            batch of its own. 0: start a batch whenever an instance is free (Triton's dynamic
+            batcher).
     """
 
     max_batch_size: int = 64
@@ -55,12 +63,14 @@ class BatchingConfig:
     instances: int = 1
     preferred_batch_sizes: tuple[int, ...] = ()
     engine_timeout_s: float = 30.0
+    parallel_batch_us: int = 2000
 
     def __post_init__(self) -> None:
         _check_range("max_batch_size", self.max_batch_size, 1, 4096)
         _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
         _check_range("max_queue_size", self.max_queue_size, 1, 10_000_000)
         _check_range("instances", self.instances, 1, 64)
+        _check_range("parallel_batch_us", self.parallel_batch_us, 0, 10_000_000)
         if not 0.01 <= self.engine_timeout_s <= 3600:
             raise ValueError(
                 f"engine_timeout_s must be in 0.01..3600 seconds, got {self.engine_timeout_s}"

@@ -181,17 +181,28 @@ class ModelManager:
             for engine in engines:
                 engine.close()
             raise
+        image_s = None
+        if sizes and batching.instances > 1 and batching.parallel_batch_us:
+            try:
+                image_s = backends.image_seconds(engines[0], max(sizes))  # warmed sizes only
+            except BaseException:
+                for engine in engines:
+                    engine.close()
+                raise
+        batcher = Batcher(engines, batching, self._metrics, spawn, image_s=image_s)
         seconds = time.monotonic() - started
         self._metrics.model_load_duration.labels(name, version).set(seconds)
         LOGGER.info(
-            "loaded model %s version %s on %s in %.2fs", name, version, backend.value, seconds
+            "loaded model %s version %s on %s in %.2fs%s",
+            name,
+            version,
+            backend.value,
+            seconds,
+            f"; a second batch starts beside a running one from {batcher.parallel_min} images"
+            if image_s
+            else "",
         )
-        return ServedVersion(
-            opened.metadata,
-            backend,
-            Batcher(engines, batching, self._metrics, spawn),
-            _fingerprint(opened.path),
-        )
+        return ServedVersion(opened.metadata, backend, batcher, _fingerprint(opened.path))
 
     def _warmup_sizes(self, backend: Backend) -> list[int]:
         batching = self._config.batching

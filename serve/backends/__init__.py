@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import pathlib
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -84,6 +86,18 @@ def warmup(engine: Engine, batch_sizes: Iterable[int]) -> None:
                 f"model {m.name!r} v{m.version}: warm-up at batch {size} returned shape "
                 f"{out.shape}, expected {(size, m.channels, m.height, m.width)}"
             )
+
+
+def image_seconds(engine: Engine, batch_size: int, runs: int = 2) -> float:
+    """Seconds per image of a warm engine at ``batch_size``: the fastest of ``runs`` calls.
+    The batcher uses it to judge whether waiting images are worth a batch of their own."""
+    feeds = inputs.zero_feeds(engine.metadata, batch_size)
+    best = math.inf
+    for _ in range(runs):
+        started = time.perf_counter()
+        engine.run(feeds)
+        best = min(best, time.perf_counter() - started)
+    return best / batch_size
 
 
 def _gpu_unavailable(backend: Backend, version_dir: pathlib.Path) -> str | None:

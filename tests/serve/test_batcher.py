@@ -18,7 +18,7 @@ from conftest import BUNDLED_REPOSITORY
 from ganserve.serve import latent, repository
 from ganserve.serve.backends import EngineOptions
 from ganserve.serve.backends.cpu import OnnxCpuEngine as OnnxEngine
-from ganserve.serve.batcher import Batcher, Work
+from ganserve.serve.batcher import Batcher, Work, parallel_threshold
 from ganserve.serve.config import BatchingConfig
 from ganserve.serve.errors import (
     DeadlineExceededError,
@@ -65,9 +65,12 @@ class RecordingEngine:
         return out
 
 
-def make_batcher(*engines: RecordingEngine, **batching: object) -> Batcher:
+def make_batcher(
+    *engines: RecordingEngine, image_s: float | None = None, **batching: object
+) -> Batcher:
     config = BatchingConfig(**batching)
-    return Batcher(list(engines), config, ServerMetrics(max_batch_size=config.max_batch_size))
+    metrics = ServerMetrics(max_batch_size=config.max_batch_size)
+    return Batcher(list(engines), config, metrics, image_s=image_s)
 
 
 def run(coro):
@@ -254,6 +257,93 @@ def test_instances_run_batches_concurrently(real_engine: OnnxEngine) -> None:
 
     run(scenario())
     assert sorted(first.batches + second.batches) == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("image_s", "parallel_batch_us", "expected"),
+    [
+        (1e-4, 2000, 20),  # a light model: 20 images make 2 ms of engine time
+        (1e-6, 2000, 32),  # never more than half a max batch
+        (1.5e-3, 2000, 1),  # an image slower than the budget is never held back
+        (1e-4, 0, 1),  # 0: whenever an instance is free
+        (None, 2000, 1),  # not timed (no warm-up): whenever an instance is free
+    ],
+)
+def test_parallel_threshold_counts_images_worth_the_budget(
+    image_s: float | None, parallel_batch_us: int, expected: int
+) -> None:
+    config = BatchingConfig(max_batch_size=64, instances=2, parallel_batch_us=parallel_batch_us)
+    assert parallel_threshold(config, image_s) == expected
+
+
+async def until(predicate, what: str) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize(("waiting", "expected"), [(3, [1, 3]), (4, [1, 4])])
+def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
+    real_engine: OnnxEngine, waiting: int, expected: list[int]
+) -> None:
+    """Threshold 4 (2 ms at 0.5 ms an image): 3 waiting images stay queued while the first
+    batch runs, then go together when it ends, with no further arrival; 4 start at once."""
+    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    engines = (first, second)
+    for engine in engines:
+        engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(*engines, max_batch_size=64, instances=2, image_s=5e-4)
+        assert batcher.parallel_min == 4
+        batcher.start()
+        lone = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
+        await until(lambda: any(e.started.is_set() for e in engines), "the first batch")
+        running = next(e for e in engines if e.started.is_set())
+        idle = second if running is first else first
+        rest = [batcher.submit(Work(s, s % 10, Encoding.RAW_UINT8)) for s in range(1, waiting + 1)]
+        if waiting < batcher.parallel_min:
+            for _ in range(20):  # the loop gets every chance to start the idle instance
+                await asyncio.sleep(0)
+            assert not idle.started.is_set() and batcher.queue_depth == waiting
+        else:
+            await until(idle.started.is_set, "a batch on the idle instance")
+            idle.gate.set()
+            await asyncio.gather(*rest)
+        running.gate.set()
+        idle.gate.set()
+        await asyncio.gather(lone, *rest)
+        await batcher.close(1)
+
+    run(scenario())
+    assert first.batches + second.batches == expected or second.batches + first.batches == expected
+
+
+def test_with_parallel_batches_off_a_free_instance_takes_any_request(
+    real_engine: OnnxEngine,
+) -> None:
+    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    for engine in (first, second):
+        engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(
+            first, second, max_batch_size=64, instances=2, parallel_batch_us=0, image_s=5e-4
+        )
+        batcher.start()
+        futures = [batcher.submit(Work(0, 0, Encoding.RAW_UINT8))]
+        await until(lambda: first.started.is_set() or second.started.is_set(), "a batch")
+        futures.append(batcher.submit(Work(1, 1, Encoding.RAW_UINT8)))
+        await until(lambda: first.started.is_set() and second.started.is_set(), "both instances")
+        first.gate.set()
+        second.gate.set()
+        await asyncio.gather(*futures)
+        await batcher.close(1)
+
+    run(scenario())
+    assert sorted(first.batches + second.batches) == [1, 1]
 
 
 def test_truncation_scales_the_latent(real_engine: OnnxEngine) -> None:

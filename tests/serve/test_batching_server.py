@@ -115,3 +115,20 @@ def test_several_instances_serve_one_version(start_server, instances: int) -> No
         codes = list(pool.map(lambda s: call(server, s), range(32)))
     assert set(codes) == {grpc.StatusCode.OK}
     assert len(server.server.models.resolve("digits").batcher._free) == instances
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_several_instances_are_timed_at_load_to_judge_parallel_batches(
+    start_server, warmup: bool
+) -> None:
+    """The bundled model takes ~0.1 ms an image at batch 64 on a CPU: a batch beside a running
+    one waits for more than one image. Without a warm-up it is not timed, and any will do."""
+    server = start_server(instances=2, max_batch_size=64, warmup=warmup)
+    served = server.server.models.resolve("", "")
+    if warmup:
+        assert 1 < served.batcher.parallel_min <= 32
+    else:
+        assert served.batcher.parallel_min == 1
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda s: call(server, s), range(48)))
+    assert set(codes) == {grpc.StatusCode.OK}

@@ -135,6 +135,7 @@ def test_models_must_be_tables(tmp_path: pathlib.Path) -> None:
         ({"max_queue_size": 0}, r"max_queue_size must be in"),
         ({"instances": 65}, r"instances must be in 1\.\.64"),
         ({"max_queue_delay_us": -1}, r"max_queue_delay_us must be in"),
+        ({"parallel_batch_us": -1}, r"parallel_batch_us must be in 0\.\.10000000"),
         (
             {"preferred_batch_sizes": [128]},
             r"preferred_batch_sizes holds 128; each must be in 1\.\.max_batch_size \(64\)",
@@ -290,6 +291,7 @@ def test_dry_run_prints_the_defaults_as_json() -> None:
         "instances": 1,
         "preferred_batch_sizes": [],
         "engine_timeout_s": 30.0,
+        "parallel_batch_us": 2000,
     }
     assert out["models"] == {} and out["tls"] is None and out["auth_token"] is None
     assert out["admin"] is False  # ModelAdmin (reload) is off unless asked for
