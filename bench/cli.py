@@ -370,10 +370,10 @@ def overload(model: str, queue_size: int, factor: float, calls: int, out: pathli
     """Offered load beyond a small queue: shed fast, queue bounded, goodput against capacity
     (exit 1 on an undocumented status or a queue past its size)."""
     from ganserve.bench.compare import REPO_ROOT
-    from ganserve.bench.models import ensure_dcgan64
+    from ganserve.bench.models import DCGAN64, ensure_model
     from ganserve.bench.reliability import overload as run_overload
 
-    repo = ensure_dcgan64(out / "models") if model == "dcgan64" else REPO_ROOT / "models"
+    repo = ensure_model(out / "models", DCGAN64) if model == DCGAN64 else REPO_ROOT / "models"
     _reliability_run(
         out,
         "overload",

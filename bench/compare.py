@@ -4,6 +4,10 @@
 2. ganserve with batching on (max batch 64) and off (max batch 1), Generate and GenerateBatch.
 3. Triton (PyTriton's bundled tritonserver, dynamic batcher) serving the same ONNX model.
 4. A DCGAN at 64x64 RGB, RAW encoding, against its engine alone.
+5. The serving path's own ceilings: a bare gRPC round trip (the health service) under the same
+   load, and ganserve serving a model with almost no compute (``tiny``: the bundled model's
+   request and reply, a few microseconds of engine time), so the figures say how much of a
+   gap is the model and how much is gRPC, batching and Python.
 
 Servers run one at a time, so they never compete for the CPU; the same asyncio client drives
 all of them. Results: a table, the targets with their ratios, JSON, CSV and a plot.
@@ -30,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ganserve.bench import targets
 from ganserve.bench.engine import engine_throughput, parallel_engine_throughput
 from ganserve.bench.load import Point, Windows, measure
-from ganserve.bench.models import DCGAN64, ensure_dcgan64
+from ganserve.bench.models import DCGAN64, TINY, ensure_model
 from ganserve.kserve.v2 import predict_pb2, predict_pb2_grpc
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -239,7 +243,8 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     server_log = out / "servers.log"
     repo = REPO_ROOT / "models"
-    bench_repo = ensure_dcgan64(out / "models")
+    bench_repo = ensure_model(out / "models", DCGAN64)
+    tiny_repo = ensure_model(out / "tiny-models", TINY)
     results = Results()
     results.engine["digits"] = engine_throughput(repo, "digits", [1, 2, 4, 8, 16, 32, 64])
     results.engine[DCGAN64] = engine_throughput(bench_repo, DCGAN64, [1, 8, 64], seconds=2.0)
@@ -254,7 +259,7 @@ def run_compare(
                 server,
                 "grpc round trip (health)",
                 targets.health_check,
-                [1],
+                [1, 64],
                 windows,
                 log=log,
             )
@@ -288,6 +293,10 @@ def run_compare(
         rate = 0.5 * busy.requests_per_s if busy else 500.0
         asyncio.run(
             _sweep(results, server, "ganserve Generate raw", raw, [], windows, log=log, rate=rate)
+        )
+    with ganserve(tiny_repo, server_log, "--max-batch-size", "64", *each) as server:
+        asyncio.run(
+            _sweep(results, server, "ganserve tiny-model Generate raw", raw, [64], windows, log=log)
         )
     with ganserve(repo, server_log, "--max-batch-size", "1", *each) as server:
         asyncio.run(
@@ -374,4 +383,13 @@ def targets_met(results: Results) -> list[Target]:
     if g64 and off64:
         r = g64.images_per_s / off64.images_per_s
         out.append(Target("batching on vs off, c=64 img/s", r, "report (CPU)", None))
+    # How far the serving path alone could go: with no model to speak of, and with no work.
+    for label, name in (
+        ("ganserve tiny-model Generate raw c=64", "tiny model (no compute) c=64 req/s vs Triton"),
+        ("grpc round trip (health) c=64", "bare gRPC (health) c=64 req/s vs Triton"),
+    ):
+        point = results.get(label)
+        if point and t64:
+            r = point.requests_per_s / t64.requests_per_s
+            out.append(Target(name, r, "context", None))
     return out

@@ -23,7 +23,9 @@ def _configs():
     from ganserve.train.networks import GeneratorConfig
 
     return {
-        DCGAN64: GeneratorConfig(latent_dim=100, num_classes=0, image_size=64, channels=3, width=64),
+        DCGAN64: GeneratorConfig(
+            latent_dim=100, num_classes=0, image_size=64, channels=3, width=64
+        ),
         TINY: GeneratorConfig(
             architecture="gan", latent_dim=64, num_classes=10, width=8, embed_dim=4, fc_layers=1
         ),
@@ -67,8 +69,3 @@ def ensure_model(repo: pathlib.Path, name: str) -> pathlib.Path:
         ),
     )
     return repo
-
-
-def ensure_dcgan64(repo: pathlib.Path) -> pathlib.Path:
-    """`ensure_model` for the 64x64 RGB DCGAN."""
-    return ensure_model(repo, DCGAN64)
