@@ -70,8 +70,9 @@ def write_csv(points: Sequence[Point], path: pathlib.Path) -> None:
 
 
 def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
-    """p50 and p99 latency against images/s, one line per series (points of one label
-    prefix before ' c=' / ' @')."""
+    """p50 and p99 latency against images/s: one line per concurrency sweep (points of one
+    label prefix before ' c='), one marker per fixed-rate point. Calls that return no images
+    (the bare gRPC round trip) have no place on this axis and are left to the table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,13 +80,13 @@ def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
 
     series: dict[str, list[Point]] = {}
     for point in points:
-        name = point.label.split(" c=")[0].split(" @")[0]
-        series.setdefault(name, []).append(point)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        if point.mode == "concurrency" and point.images_per_s > 0:
+            series.setdefault(point.label.split(" c=")[0], []).append(point)
+    fig, ax = plt.subplots(figsize=(8, 6.5), dpi=110)
     for name, pts in series.items():
         if len(pts) < 2:
             continue
-        pts = sorted(pts, key=lambda p: p.images_per_s)
+        pts = sorted(pts, key=lambda p: p.load)
         xs = [p.images_per_s for p in pts]
         (line,) = ax.plot(xs, [p.latency_ms["p99"] for p in pts], marker="o", label=f"{name} p99")
         ax.plot(
@@ -98,18 +99,27 @@ def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
         )
         for p in pts:
             ax.annotate(
-                f"{p.load:g}",
+                f"c={p.load:g}",
                 (p.images_per_s, p.latency_ms["p99"]),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
+            )
+    for p in points:
+        if p.mode == "rate" and p.images_per_s > 0:
+            ax.plot(
+                [p.images_per_s, p.images_per_s],
+                [p.latency_ms["p50"], p.latency_ms["p99"]],
+                marker="x",
+                linestyle=":",
+                label=f"{p.label} (p50, p99)",
             )
     ax.set_xlabel("throughput (images/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
