@@ -6,9 +6,10 @@ is free, so requests arriving while every instance is busy are batched together,
 batch is collected while the current ones run. With several instances, a free one starts a
 batch while another batch runs only once the waiting images are worth ``parallel_batch_us``
 of engine time (or half a max batch waits): otherwise the waiting requests join the batch that
-starts when the running one ends. The engine call (latents, inference, post-processing,
-encoding) runs in a worker thread. Every request carries its own future, and the batcher
-completes or fails every future it takes.
+starts when the running one ends, and a stuck batch holds them back for a few max batches'
+engine time at most. The engine call (latents, inference, post-processing, encoding) runs in a
+worker thread. Every request carries its own future, and the batcher completes or fails every
+future it takes.
 
 A call with many images (GenerateBatch, Interpolate) queues them as groups of at most
 ``max_batch_size``, one future per group, and a batch packs whole groups: the per-image
@@ -76,6 +77,12 @@ class _Request:
     single: bool = False
 
 
+# A request held back for a running batch to end waits at most this many max batches' engine
+# time (as timed at load): under contention a batch takes 2-3x its time alone, so any running
+# batch has ended by then unless its engine is stuck.
+HOLD_MAX_BATCHES = 4
+
+
 def parallel_threshold(config: BatchingConfig, image_s: float | None) -> int:
     """Images that must wait before a batch starts beside a running one: as many as
     ``parallel_batch_us`` of engine time at ``image_s`` seconds each (rounded down, so an image
@@ -117,6 +124,7 @@ class Batcher:
         self._instances = asyncio.Semaphore(len(engines))
         self._busy = 0  # batches in the engines
         self.parallel_min = parallel_threshold(config, image_s)
+        self._hold_s = HOLD_MAX_BATCHES * config.max_batch_size * (image_s or 0.0)
         # A thread to spare per instance: a hung call keeps its thread while its replacement
         # runs. Beyond that many hung calls, instances come back only when their calls return.
         self._spare_threads = len(engines)
@@ -204,11 +212,11 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Request]:
-        """Wait for work (enough of it while another batch runs), then close a batch at max
-        size or the oldest request's delay."""
-        while not self._queue or (self._busy and self._queued < self.parallel_min):
+        """Wait for work, then close a batch at max size or the oldest request's delay."""
+        while not self._queue:
             self._arrived.clear()
-            await self._arrived.wait()  # set by arrivals and by batches ending
+            await self._arrived.wait()
+        await self._hold_back()
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
@@ -223,6 +231,21 @@ class Batcher:
             except TimeoutError:
                 break
         return self._take(max_size)
+
+    async def _hold_back(self) -> None:
+        """While another batch runs and fewer than ``parallel_min`` images wait, wait for that
+        batch to end or for more images, but no longer than ``HOLD_MAX_BATCHES`` max batches
+        take in the engine: a slow or hung batch on one instance must not stall the free one."""
+        hold_until = self._queue[0].enqueued + self._hold_s
+        while self._busy and self._queued < self.parallel_min:
+            remaining = hold_until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()  # set by arrivals and by batches ending
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _take(self, max_size: int) -> list[_Request]:
         """Pop live requests up to max_size images, in order; drop cancelled and expired ones

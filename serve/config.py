@@ -50,11 +50,11 @@ class BatchingConfig:
         parallel_batch_us: With several instances: while a batch runs, a free instance starts
             another only once the waiting images are worth this much engine time
             (microseconds, from the max batch's time per image, measured at load; rounded down
-            to whole images), or half a max batch waits. Every batch costs the event loop a
-            fixed ~0.2 ms, so on a CPU many tiny concurrent batches of a light model cost more
-            than the second instance gains, while a heavy model's single image is worth a
-            batch of its own. 0: start a batch whenever an instance is free (Triton's dynamic
-            batcher).
+            to whole images), or half a max batch waits; a request is held back at most 4 max
+            batches' engine time. Every batch costs the event loop a fixed ~0.2 ms, so on a CPU
+            many tiny concurrent batches of a light model cost more than the second instance
+            gains, while a heavy model's single image is worth a batch of its own. 0: start a
+            batch whenever an instance is free (Triton's dynamic batcher).
     """
 
     max_batch_size: int = 64

@@ -288,7 +288,7 @@ async def until(predicate, what: str) -> None:
 def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
     real_engine: OnnxEngine, waiting: int, expected: list[int]
 ) -> None:
-    """Threshold 4 (2 ms at 0.5 ms an image): 3 waiting images stay queued while the first
+    """Threshold 4 (1 s at 0.25 s an image): 3 waiting images stay queued while the first
     batch runs, then go together when it ends, with no further arrival; 4 start at once."""
     first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
     engines = (first, second)
@@ -296,7 +296,9 @@ def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
         engine.gate.clear()
 
     async def scenario() -> None:
-        batcher = make_batcher(*engines, max_batch_size=64, instances=2, image_s=5e-4)
+        batcher = make_batcher(
+            *engines, max_batch_size=64, instances=2, parallel_batch_us=1_000_000, image_s=0.25
+        )
         assert batcher.parallel_min == 4
         batcher.start()
         lone = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
@@ -319,6 +321,36 @@ def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
 
     run(scenario())
     assert first.batches + second.batches == expected or second.batches + first.batches == expected
+
+
+def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
+    real_engine: OnnxEngine,
+) -> None:
+    """One instance holds a batch that does not end; a lone request behind it still runs on
+    the free instance once it has waited 4 max batches' engine time (4 x 8 x 10 ms here)."""
+    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    for engine in (first, second):
+        engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(
+            first, second, max_batch_size=8, instances=2, parallel_batch_us=30_000, image_s=0.01
+        )
+        assert batcher.parallel_min == 3
+        batcher.start()
+        stuck = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
+        await until(lambda: first.started.is_set() or second.started.is_set(), "a batch")
+        running = first if first.started.is_set() else second
+        idle = second if running is first else first
+        idle.gate.set()
+        await asyncio.wait_for(batcher.submit(Work(1, 1, Encoding.RAW_UINT8)), 10)
+        assert not running.gate.is_set()  # the first batch is still in its engine
+        running.gate.set()
+        await stuck
+        await batcher.close(1)
+
+    run(scenario())
+    assert sorted(first.batches + second.batches) == [1, 1]
 
 
 def test_with_parallel_batches_off_a_free_instance_takes_any_request(
