@@ -25,6 +25,9 @@ import click
 
 from ganserve.bench import report, targets
 from ganserve.bench.load import Point, Windows, measure
+from ganserve.serve.backends import Backend
+
+BENCH_BACKENDS = [b for b in Backend if b is not Backend.AUTO]
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -257,7 +260,14 @@ async def _run(
     "--instances",
     type=click.IntRange(1, 64),
     default=None,
-    help="Engine instances for both servers [default: one per core].",
+    help="Engine instances for both servers [default: one per core; 1 on a GPU].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice([b.value for b in BENCH_BACKENDS]),
+    default="onnxruntime-cpu",
+    help="A GPU backend runs the GPU protocol instead: the 64x64 RGB DCGAN, engine alone and "
+    "through ganserve on that backend, batching on and off, and the GPU targets.",
 )
 @_with_windows
 def compare(
@@ -265,25 +275,47 @@ def compare(
     triton_python: pathlib.Path,
     concurrency: list[int],
     instances: int | None,
+    backend: str,
     warmup: float,
     window: float,
     max_windows: int,
 ) -> None:
     """Engine alone, ganserve (batching on/off), Triton and a 64x64 RGB DCGAN, in one run."""
-    from ganserve.bench.compare import run_compare, targets_met
+    from ganserve.bench.compare import (
+        accelerator_targets,
+        accelerator_unavailable,
+        run_accelerator,
+        run_compare,
+        targets_met,
+    )
 
     windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
     python = triton_python if triton_python.is_file() else None
-    instances = instances or len(os.sched_getaffinity(0))
-    results = run_compare(
-        out,
-        triton_python=python,
-        windows=windows,
-        concurrency=concurrency,
-        instances=instances,
-        log=_echo_point,
-    )
-    met = targets_met(results)
+    engine_backend = Backend(backend)
+    if engine_backend is Backend.ONNXRUNTIME_CPU:
+        instances = instances or len(os.sched_getaffinity(0))
+        results = run_compare(
+            out,
+            triton_python=python,
+            windows=windows,
+            concurrency=concurrency,
+            instances=instances,
+            log=_echo_point,
+        )
+        met = targets_met(results)
+    else:
+        reason = accelerator_unavailable(engine_backend)
+        if reason:
+            raise click.ClickException(f"--backend {backend} cannot run here: {reason}")
+        results = run_accelerator(
+            out,
+            backend=engine_backend,
+            windows=windows,
+            concurrency=concurrency,
+            instances=instances or 1,
+            log=_echo_point,
+        )
+        met = accelerator_targets(results)
     summary = _summary(results, met)
     click.echo(summary)
     (out / "summary.md").write_text(summary + "\n")
@@ -415,7 +447,7 @@ def _machine() -> dict[str, str]:
 
 def _summary(results, met) -> str:
     lines = [
-        "## Engine alone (in process, ONNX Runtime CPU)",
+        f"## Engine alone (in process, {results.backend})",
         "",
         "| model | batch | images/s | ms per call |",
         "| --- | --- | --- | --- |",

@@ -36,6 +36,8 @@ from ganserve.bench.engine import engine_throughput, parallel_engine_throughput
 from ganserve.bench.load import Point, Windows, measure
 from ganserve.bench.models import DCGAN64, TINY, ensure_model
 from ganserve.kserve.v2 import predict_pb2, predict_pb2_grpc
+from ganserve.serve import repository
+from ganserve.serve.backends import Backend
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -195,6 +197,7 @@ async def _probe(target: str, model: str) -> None:
 
 @dataclasses.dataclass
 class Results:
+    backend: str = Backend.ONNXRUNTIME_CPU.value
     points: list[Point] = dataclasses.field(default_factory=list)
     engine: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)
     parallel: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -326,6 +329,84 @@ def run_compare(
             )
         )
     return results
+
+
+def accelerator_unavailable(backend: Backend) -> str | None:
+    """None if `run_accelerator` can run ``backend`` here, else why not."""
+    if backend is Backend.TENSORRT:  # the model.plan is built first, by export-gan's code
+        from ganserve.export import tensorrt_build
+
+        return tensorrt_build.unavailable()
+    from ganserve.serve.backends import cuda
+
+    return cuda.unavailable(backend)
+
+
+def run_accelerator(
+    out: pathlib.Path,
+    *,
+    backend: Backend,
+    windows: Windows,
+    concurrency: list[int],
+    instances: int,
+    log: callable,  # type: ignore[valid-type]
+    model: str = DCGAN64,
+    engine_seconds: float = 2.0,
+) -> Results:
+    """The GPU protocol (docs/benchmarks.md, "GPU") on ``model`` (the 64x64 RGB DCGAN): the
+    engine alone on ``backend`` at batch 1 to 64, then ganserve on that backend with batching on
+    (Generate at each concurrency, GenerateBatch(64) at 1, 2 and 4 calls) and off (max batch 1,
+    Generate at 1 and 64). No Triton: the PyTriton peer runs ONNX Runtime on the CPU."""
+    out.mkdir(parents=True, exist_ok=True)
+    server_log = out / "servers.log"
+    tensorrt = backend is Backend.TENSORRT
+    repo = ensure_model(out / f"models-{backend.value}", model, tensorrt=tensorrt)
+    results = Results(backend=backend.value)
+    results.engine[model] = engine_throughput(
+        repo, model, [1, 8, 16, 32, 64], seconds=engine_seconds, backend=backend
+    )
+    results.parallel[model] = parallel_engine_throughput(
+        repo, model, 64, instances, seconds=engine_seconds, backend=backend
+    )
+    args = ("--backend", backend.value, "--instances", str(instances))
+    name = f"ganserve {model} {backend.value}"
+    classes = repository.latest(repo, model).metadata.num_classes  # 0: unconditional
+    raw = lambda ch: targets.ganserve_generate(ch, encoding="raw", num_classes=classes)  # noqa: E731
+    batch = lambda ch: targets.ganserve_batch(  # noqa: E731
+        ch, encoding="raw", num_classes=classes, items=64
+    )
+    with ganserve(repo, server_log, "--max-batch-size", "64", *args) as server:
+        sweeps = [
+            ("grpc round trip (health)", targets.health_check, [1]),
+            (f"{name} Generate raw", raw, concurrency),
+            (f"{name} GenerateBatch(64) raw", batch, [1, 2, 4]),
+        ]
+        for label, call, loads in sweeps:
+            asyncio.run(_sweep(results, server, label, call, loads, windows, log=log))
+    with ganserve(repo, server_log, "--max-batch-size", "1", *args) as server:
+        asyncio.run(_sweep(results, server, f"{name} batching off", raw, [1, 64], windows, log=log))
+    return results
+
+
+def accelerator_targets(results: Results, model: str = DCGAN64) -> list[Target]:
+    """The issue's GPU targets from a `run_accelerator` run."""
+    name = f"ganserve {model} {results.backend}"
+    out: list[Target] = []
+    batch = [p for p in results.points if p.label.startswith(f"{name} GenerateBatch(64)")]
+    if batch:
+        r = max(p.images_per_s for p in batch) / ceiling(results, model)
+        out.append(Target("GenerateBatch(64) img/s vs engine best", r, ">= 0.70", r >= 0.70))
+    on64, off64 = results.get(f"{name} Generate raw c=64"), results.get(f"{name} batching off c=64")
+    if on64:
+        p99 = on64.latency_ms["p99"]
+        out.append(Target("Generate c=64 p99, ms", p99, "< 10", p99 < 10))
+    if on64 and off64:
+        r = on64.images_per_s / off64.images_per_s
+        out.append(Target("batching on vs off, c=64 img/s", r, "report (large)", None))
+    low = results.get(f"{name} Generate raw c=1")
+    if low:
+        out.append(Target("Generate c=1 p50, ms", low.latency_ms["p50"], "report", None))
+    return out
 
 
 def ceiling(results: Results, model: str) -> float:

@@ -9,8 +9,7 @@ import time
 import numpy as np
 
 from ganserve.serve import inputs, repository
-from ganserve.serve.backends import EngineOptions
-from ganserve.serve.backends.cpu import OnnxCpuEngine
+from ganserve.serve.backends import Backend, EngineOptions, create_engine
 from ganserve.serve.metadata import ModelMetadata
 
 
@@ -26,16 +25,20 @@ def engine_throughput(
     batch_sizes: list[int],
     *,
     seconds: float = 1.0,
+    backend: Backend = Backend.ONNXRUNTIME_CPU,
 ) -> dict[int, dict[str, float]]:
     """images/s and median call time of ``engine.run`` at each batch size, with whichever of
-    1 thread or all cores is faster there: the best this engine does alone."""
+    1 thread or all cores is faster there (ONNX Runtime CPU): the best this engine does alone.
+    A GPU ``backend``'s call includes its host-device copies, as in the server."""
     version = repository.latest(repo, name)
     m = version.metadata
     cores = len(os.sched_getaffinity(0))
     rng = np.random.default_rng(0)
     out: dict[int, dict[str, float]] = {}
-    for threads in sorted({1, cores}):
-        engine = OnnxCpuEngine(version.path, m, EngineOptions(intra_op_threads=threads))
+    cpu = backend is Backend.ONNXRUNTIME_CPU
+    for threads in sorted({1, cores}) if cpu else [0]:
+        options = EngineOptions(intra_op_threads=threads, max_batch_size=max(batch_sizes))
+        engine = create_engine(version.path, m, backend, options)
         for batch in batch_sizes:
             feeds = _feeds(m, batch, seed=int(rng.integers(1 << 32)))
             for _ in range(3):
@@ -58,17 +61,22 @@ def engine_throughput(
 
 
 def parallel_engine_throughput(
-    repo: pathlib.Path, name: str, batch: int, instances: int, *, seconds: float = 2.0
+    repo: pathlib.Path,
+    name: str,
+    batch: int,
+    instances: int,
+    *,
+    seconds: float = 2.0,
+    backend: Backend = Backend.ONNXRUNTIME_CPU,
 ) -> dict[str, float]:
-    """images/s of ``instances`` single-thread engines running ``batch`` side by side, as a
-    server with that many instances would: the ceiling for a multi-instance server."""
+    """images/s of ``instances`` engines (single-thread on the CPU) running ``batch`` side by
+    side, as a server with that many instances would: the ceiling for a multi-instance server."""
     import threading
 
     version = repository.latest(repo, name)
     m = version.metadata
-    engines = [
-        OnnxCpuEngine(version.path, m, EngineOptions(intra_op_threads=1)) for _ in range(instances)
-    ]
+    options = EngineOptions(intra_op_threads=1, max_batch_size=batch)
+    engines = [create_engine(version.path, m, backend, options) for _ in range(instances)]
     feeds = _feeds(m, batch, seed=0)
     counts = [0] * instances
     start = threading.Barrier(instances + 1)

@@ -32,10 +32,12 @@ def _configs():
     }
 
 
-def ensure_model(repo: pathlib.Path, name: str) -> pathlib.Path:
+def ensure_model(repo: pathlib.Path, name: str, *, tensorrt: bool = False) -> pathlib.Path:
     """Export the speed-only model ``name`` (DCGAN64 or TINY) into ``repo`` as version 1
-    unless it is there; return repo."""
-    if (repo / name / "1" / "model.onnx").is_file():
+    unless it is there, with a TensorRT engine if ``tensorrt`` (which needs a GPU); return
+    repo."""
+    wanted = "model.plan" if tensorrt else "model.onnx"
+    if (repo / name / "1" / wanted).is_file():
         return repo
     import torch
 
@@ -64,7 +66,7 @@ def ensure_model(repo: pathlib.Path, name: str) -> pathlib.Path:
             name=name,
             version=1,
             force=True,
-            tensorrt=TensorRTMode.OFF,
+            tensorrt=TensorRTMode.ON if tensorrt else TensorRTMode.OFF,
             max_batch=64,
         ),
     )

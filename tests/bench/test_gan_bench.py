@@ -129,3 +129,57 @@ def test_failed_calls_are_counted_by_status_not_raised() -> None:
     )
     assert point.errors["RESOURCE_EXHAUSTED"] > 0 and point.requests_per_s > 0
     assert "half refused" in report.table([point])
+
+
+def test_the_gpu_protocol_runs_end_to_end_with_the_cpu_standing_in(tmp_path: pathlib.Path) -> None:
+    """`gan-bench compare --backend <gpu>` is `run_accelerator`. No GPU here, so the protocol
+    runs on ONNX Runtime CPU with the tiny model: every series and target must come out."""
+    from ganserve.bench.compare import accelerator_targets, run_accelerator
+    from ganserve.bench.models import TINY
+    from ganserve.serve.backends import Backend
+
+    results = run_accelerator(
+        tmp_path,
+        backend=Backend.ONNXRUNTIME_CPU,
+        windows=Windows(warmup_s=0.1, window_s=0.2, max_windows=3),
+        concurrency=[1, 64],
+        instances=1,
+        log=lambda point: None,
+        model=TINY,
+        engine_seconds=0.05,
+    )
+    assert sorted(results.engine[TINY]) == [1, 8, 16, 32, 64]
+    assert results.parallel[TINY]["images_per_s"] > 0
+    name = f"ganserve {TINY} onnxruntime-cpu"
+    labels = {point.label for point in results.points}
+    assert labels == {
+        "grpc round trip (health) c=1",
+        f"{name} Generate raw c=1",
+        f"{name} Generate raw c=64",
+        *(f"{name} GenerateBatch(64) raw c={n}" for n in (1, 2, 4)),
+        f"{name} batching off c=1",
+        f"{name} batching off c=64",
+    }
+    for point in results.points:
+        if "health" not in point.label:
+            sane(point.row())
+    targets = {t.name: t for t in accelerator_targets(results, TINY)}
+    assert sorted(targets) == [
+        "Generate c=1 p50, ms",
+        "Generate c=64 p99, ms",
+        "GenerateBatch(64) img/s vs engine best",
+        "batching on vs off, c=64 img/s",
+    ]
+    assert all(math.isfinite(t.value) and t.value > 0 for t in targets.values())
+
+
+def test_a_gpu_backend_that_cannot_run_here_is_one_line() -> None:
+    from ganserve.bench.compare import accelerator_unavailable
+    from ganserve.serve.backends import Backend
+
+    if accelerator_unavailable(Backend.ONNXRUNTIME_CUDA) is None:
+        pytest.skip("this machine has ONNX Runtime CUDA")
+    result = CliRunner().invoke(main, ["compare", "--backend", "onnxruntime-cuda"])
+    assert result.exit_code != 0
+    assert "--backend onnxruntime-cuda cannot run here" in result.output
+    assert "Traceback" not in result.output
