@@ -216,7 +216,8 @@ class Batcher:
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
-        await self._hold_back()
+        if self._busy and self._queued < self.parallel_min:
+            await self._hold_back()
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
