@@ -173,22 +173,16 @@ class ModelManager:
                 raise
             return engine
 
-        engines = []
+        engines, image_s = [], None
         try:
             for _ in range(batching.instances):
                 engines.append(spawn())
+            if sizes and batching.instances > 1 and batching.parallel_batch_us:
+                image_s = backends.image_seconds(engines[0], max(sizes))  # warmed sizes only
         except BaseException:
             for engine in engines:
                 engine.close()
             raise
-        image_s = None
-        if sizes and batching.instances > 1 and batching.parallel_batch_us:
-            try:
-                image_s = backends.image_seconds(engines[0], max(sizes))  # warmed sizes only
-            except BaseException:
-                for engine in engines:
-                    engine.close()
-                raise
         batcher = Batcher(engines, batching, self._metrics, spawn, image_s=image_s)
         seconds = time.monotonic() - started
         self._metrics.model_load_duration.labels(name, version).set(seconds)

@@ -239,9 +239,7 @@ def test_preferred_sizes_pad_and_split_without_changing_images(real_engine: Onnx
 
 
 def test_instances_run_batches_concurrently(real_engine: OnnxEngine) -> None:
-    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
-    for engine in (first, second):
-        engine.gate.clear()
+    first, second = gated_pair(real_engine)
 
     async def scenario() -> None:
         batcher = make_batcher(first, second, max_batch_size=2)
@@ -276,6 +274,14 @@ def test_parallel_threshold_counts_images_worth_the_budget(
     assert parallel_threshold(config, image_s) == expected
 
 
+def gated_pair(real_engine: OnnxEngine) -> tuple[RecordingEngine, RecordingEngine]:
+    """Two instances whose batches wait for their gate."""
+    pair = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    for engine in pair:
+        engine.gate.clear()
+    return pair
+
+
 async def until(predicate, what: str) -> None:
     for _ in range(1000):
         if predicate():
@@ -290,10 +296,7 @@ def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
 ) -> None:
     """Threshold 4 (1 s at 0.25 s an image): 3 waiting images stay queued while the first
     batch runs, then go together when it ends, with no further arrival; 4 start at once."""
-    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
-    engines = (first, second)
-    for engine in engines:
-        engine.gate.clear()
+    first, second = engines = gated_pair(real_engine)
 
     async def scenario() -> None:
         batcher = make_batcher(
@@ -328,9 +331,7 @@ def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
 ) -> None:
     """One instance holds a batch that does not end; a lone request behind it still runs on
     the free instance once it has waited 4 max batches' engine time (4 x 8 x 10 ms here)."""
-    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
-    for engine in (first, second):
-        engine.gate.clear()
+    first, second = gated_pair(real_engine)
 
     async def scenario() -> None:
         batcher = make_batcher(
@@ -356,9 +357,7 @@ def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
 def test_with_parallel_batches_off_a_free_instance_takes_any_request(
     real_engine: OnnxEngine,
 ) -> None:
-    first, second = RecordingEngine(real_engine), RecordingEngine(real_engine)
-    for engine in (first, second):
-        engine.gate.clear()
+    first, second = gated_pair(real_engine)
 
     async def scenario() -> None:
         batcher = make_batcher(
