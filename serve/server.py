@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import prometheus_client as prom
@@ -40,6 +41,20 @@ REFUSE_AT_LEAST_S = 0.5  # of the drain, answering UNAVAILABLE before the port c
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _metrics_server(config: ServerConfig, registry: prom.CollectorRegistry) -> WSGIServer:
+    address = f"{config.metrics_host}:{config.metrics_port}"
+    try:
+        http, _ = prom.start_http_server(
+            config.metrics_port, addr=config.metrics_host, registry=registry
+        )
+    except OSError as exc:
+        raise OSError(
+            f"cannot listen on metrics address {address}: {exc.strerror or exc}; choose another "
+            "--metrics-port or --metrics-host (or --metrics-port -1 for no metrics endpoint)"
+        ) from None
+    return http
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -74,7 +89,7 @@ class GanServer:
             access_log=config.access_log,
         )
         self._server: grpc.aio.Server | None = None
-        self._metrics_http = None
+        self._metrics_http: WSGIServer | None = None
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
@@ -113,21 +128,25 @@ class GanServer:
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), registrar)
         address = f"{config.host}:{config.port}"
         credentials = _credentials(config)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC address {address}")
+            raise OSError(
+                f"cannot listen on gRPC address {address}: the port is in use or the host is "
+                "not an address of this machine; choose another --port or --host"
+            )
         await self._set_health(NOT_SERVING)
         await server.start()
         self._server = server
-        if config.metrics_port >= 0:
-            self._metrics_http, _ = prom.start_http_server(
-                config.metrics_port, addr=config.metrics_host, registry=self.metrics.registry
-            )
-            self.metrics_port = self._metrics_http.server_port
         try:
+            if config.metrics_port >= 0:
+                self._metrics_http = _metrics_server(config, self.metrics.registry)
+                self.metrics_port = self._metrics_http.server_port
             await self.models.start()
         except BaseException:
             await self._shutdown_transport(0)

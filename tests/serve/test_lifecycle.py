@@ -7,6 +7,9 @@ import concurrent.futures
 import json
 import pathlib
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -215,3 +218,51 @@ def test_a_failed_version_deleted_from_the_repository_is_forgotten(
         assert [(m.version, m.state) for m in client.list_models()] == [
             ("1", admin_pb2.MODEL_STATE_READY)
         ]
+
+
+# --- a port that is taken ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "other_port", "named"),
+    [
+        ("--port", "--metrics-port", "cannot listen on gRPC address 127.0.0.1:{port}"),
+        ("--metrics-port", "--port", "cannot listen on metrics address 127.0.0.1:{port}"),
+    ],
+)
+def test_a_taken_port_is_one_line_naming_it_and_what_to_change(
+    flag: str, other_port: str, named: str
+) -> None:
+    """Another process (or a second ganserve) holds the port: exit 1 with one line and no
+    traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ganserve.serve.cli",
+                "serve",
+                "--model-repository",
+                str(BUNDLED_REPOSITORY),
+                "--host",
+                "127.0.0.1",
+                "--metrics-host",
+                "127.0.0.1",
+                flag,
+                str(port),
+                other_port,
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, done.stderr
+    assert named.format(port=port) in errors[0], errors[0]
+    assert flag in errors[0], errors[0]
