@@ -2,6 +2,7 @@
 
 Examples:
 
+\b
     gan-bench run --target localhost:50051 --concurrency 1,8,64,256
     gan-bench run --target localhost:50051 --rpc batch --items 64 --encoding raw
     gan-bench run --target localhost:50051 --rate 500 --poisson --metrics-url \\

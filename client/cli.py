@@ -2,8 +2,9 @@
 
 Examples:
 
+\b
     gan-client generate --seed 42 --class 7 -o seven.png
-    gan-client generate --seed 42 --class 7 --truncation 0.7 --target host:50051 -o seven.png
+    gan-client --target host:50051 generate --seed 42 --class 7 --truncation 0.7 -o seven.png
     gan-client batch --seeds 0-9 --class 3 -o threes.png          # a grid in one round trip
     gan-client interpolate --from 1 --to 2 --class 5 --frames 16 -o walk.gif
     gan-client info
@@ -75,7 +76,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"show_default": True})
+@click.group(help=__doc__, context_settings={"show_default": True})
 @click.option(
     "--target",
     default="localhost:50051",

@@ -6,6 +6,7 @@ where tensorrt and a GPU are present). Nothing is written unless every artifact 
 
 Examples:
 
+\b
     export-gan checkpoints/digits.pt
     export-gan checkpoints/digits.pt --repository models --name digits --version 2
     export-gan checkpoints/digits.pt --version 1 --force

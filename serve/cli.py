@@ -2,6 +2,7 @@
 
 Examples:
 
+\b
     ganserve serve --model-repository models
     ganserve serve --config ganserve.toml --port 6000
     GANSERVE_MAX_BATCH_SIZE=32 ganserve serve --model-repository /models

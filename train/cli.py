@@ -8,6 +8,7 @@ checkpoints (see `--run-dir`).
 
 Examples:
 
+\b
     gan-train --out checkpoints/digits.pt
     gan-train --out /tmp/tiny.pt --steps 20 --width 8 --eval-per-class 0
     gan-train --out ckpt/digits-hinge.pt --loss hinge --diffaugment translation,cutout
@@ -15,7 +16,7 @@ Examples:
     gan-train --out ckpt/faces.pt --data ~/faces --image-size 64 --width 64 --latent-dim 100
     gan-train --out checkpoints/digits.pt --steps 6000 --resume checkpoints/digits.pt
     gan-train --out ckpt/digits-gan.pt --arch gan --width 128 --steps 5000
-    gan-train --out ckpt/digits-style.pt --arch stylegan --width 16 --lr-g 0.002 \
+    gan-train --out ckpt/digits-style.pt --arch stylegan --width 16 --lr-g 0.002 \\
         --style-mixing 0.9 --diffaugment translation,cutout
     torchrun --standalone --nproc-per-node 2 -m ganserve.train.cli --out ckpt/ddp.pt
 """

@@ -7,9 +7,10 @@ pt_inception-2015-12-05-6726825d.pth or NVIDIA's inception-2015-12-05.pt.
 
 Examples:
 
+\b
     gan-eval models/digits/1/checkpoint.pt
     gan-eval build/digits.pt --per-class 200 --json build/digits-eval.json
-    gan-eval ckpt/faces.pt --data ~/faces --image-size 64
+    gan-eval ckpt/faces.pt --data ~/faces          # the image size comes from the checkpoint
     gan-eval build/digits.pt --inception ~/weights/pt_inception-2015-12-05-6726825d.pth
 """
 
