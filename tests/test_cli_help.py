@@ -1,8 +1,10 @@
 """Every console script's --help: the examples print one per line, as written, and name only
-options that exist (in the right place: a group's options before its command)."""
+options that exist (in the right place: a group's options before its command); so do the
+commands shown in the README and docs/."""
 
 from __future__ import annotations
 
+import pathlib
 import shlex
 
 import click
@@ -15,6 +17,8 @@ from ganserve.export.cli import main as export_gan
 from ganserve.serve.cli import main as ganserve
 from ganserve.train.cli import main as gan_train
 from ganserve.train.eval_cli import main as gan_eval
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPTS: dict[str, click.Command] = {
     "ganserve": ganserve,
@@ -90,11 +94,48 @@ def test_examples_name_only_options_that_exist(argv: list[str], command: click.C
             words.pop(0)
         if words[0] != argv[0]:
             continue  # another program (torchrun) running this one
-        where = SCRIPTS[argv[0]]
-        for word in words[1:]:
-            if isinstance(where, click.Group) and word in where.commands:
-                where = where.commands[word]
-            elif word.startswith("-"):
-                assert word in options(where), (
-                    f"example {' '.join(words)!r}: {word} is not an option of {where.name}"
-                )
+        assert_options_exist(words)
+
+
+def assert_options_exist(words: list[str]) -> None:
+    """``words`` (a script and its arguments) name only options of the command they reach."""
+    where = SCRIPTS[words[0]]
+    for word in words[1:]:
+        if isinstance(where, click.Group) and word in where.commands:
+            where = where.commands[word]
+        elif word.startswith("-"):
+            assert word in options(where), (
+                f"{' '.join(words)!r}: {word} is not an option of {where.name}"
+            )
+
+
+def doc_commands() -> list[tuple[str, list[str]]]:
+    """(where, words) for each line of a fenced block in the README and docs/ that runs one of
+    the scripts, as a shell would split it."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        fenced = path.read_text().split("```")[1::2]
+        for block in fenced:
+            for line in block.replace("\\\n", " ").splitlines():
+                try:
+                    words = shlex.split(line.removeprefix("$ "), comments=True)
+                except ValueError:
+                    continue  # not shell
+                while words and "=" in words[0] and not words[0].startswith("-"):
+                    words.pop(0)
+                if words and words[0].removeprefix(".venv/bin/") in SCRIPTS:
+                    words[0] = words[0].removeprefix(".venv/bin/")
+                    found.append((f"{path.name}: {line.strip()[:60]}", words))
+    return found
+
+
+DOC_COMMANDS = doc_commands()
+
+
+def test_the_docs_show_each_script() -> None:
+    assert {words[0] for _, words in DOC_COMMANDS} == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("words", [w for _, w in DOC_COMMANDS], ids=[i for i, _ in DOC_COMMANDS])
+def test_doc_commands_name_only_options_that_exist(words: list[str]) -> None:
+    assert_options_exist(words)
