@@ -93,7 +93,7 @@ def _option(*decls: str, env: str, **kwargs: Any):
     type=click.Choice([b.value for b in Backend]),
     help="Execution backend.",
 )
-@_option("--host", env="HOST", default=S.host, help="gRPC bind address.")
+@_option("--host", env="HOST", default=S.host, help="gRPC bind address (IPv6: :: or [::]).")
 @_option(
     "--port",
     env="PORT",
@@ -102,7 +102,10 @@ def _option(*decls: str, env: str, **kwargs: Any):
     help="gRPC port (0 = any free port).",
 )
 @_option(
-    "--metrics-host", env="METRICS_HOST", default=S.metrics_host, help="Bind address of /metrics."
+    "--metrics-host",
+    env="METRICS_HOST",
+    default=S.metrics_host,
+    help="Bind address of /metrics (IPv6: :: or [::]).",
 )
 @_option(
     "--metrics-port",

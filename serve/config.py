@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import pathlib
+import ssl
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -125,6 +127,23 @@ class TlsConfig:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"tls {name} {path} does not exist")
+        # gRPC only says it cannot listen; read the files here to say what is wrong with them.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file, password=b"")
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"tls_cert {self.cert_file} and tls_key {self.key_file} are not a PEM "
+                f"certificate and its unencrypted private key ({exc.reason or exc})"
+            ) from None
+        if self.client_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca_file)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"tls_client_ca {self.client_ca_file} holds no PEM CA certificate "
+                    f"({exc.reason or exc})"
+                ) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,12 +213,24 @@ class ServerConfig:
             raise ValueError(f"shutdown_delay_s must be >= 0, got {self.shutdown_delay_s}")
         if self.drain_grace_s < 0:
             raise ValueError(f"drain_grace_s must be >= 0, got {self.drain_grace_s}")
-        if self.auth_token is not None and len(self.auth_token) < 16:
-            raise ValueError("auth_token must be at least 16 characters")
+        if self.auth_token is not None:
+            if len(self.auth_token) < 16:
+                raise ValueError("auth_token must be at least 16 characters")
+            if not all(" " <= c <= "~" for c in self.auth_token):
+                raise ValueError(
+                    "auth_token must be printable ASCII: gRPC metadata cannot carry other "
+                    "characters, so no client could send it"
+                )
+        for name in ("host", "metrics_host"):
+            if not getattr(self, name).strip("[]"):
+                raise ValueError(f"{name} must be an address or host name, got an empty one")
 
     def model(self, name: str) -> ModelConfig:
         """The settings of model ``name``, falling back to the server-wide backend."""
         return self.models.get(name) or ModelConfig(backend=self.backend)
+
+
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -251,6 +282,8 @@ def _typed(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
         value = float(value)
+        if not math.isfinite(value):
+            raise wrong("a finite number")
     elif base == "tuple[int, ...]":
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
@@ -300,7 +333,7 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
                 f"models.{name}.backend {table['backend']!r} is not one of {choices}"
             ) from None
         versions = table.get("versions", [])
-        if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+        if not isinstance(versions, list) or not all(type(v) is int for v in versions):
             raise ValueError(f"models.{name}.versions must be a list of integers")
         try:
             out[name] = ModelConfig(
@@ -309,6 +342,21 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
         except ValueError as exc:
             raise ValueError(f"models.{name}: {exc}") from None
     return out
+
+
+def _read_token(path: pathlib.Path) -> str:
+    """The token in ``path``, stripped; ValueError names the file and what is wrong."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"auth_token_file {path}: {exc.strerror}") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise ValueError(f"auth_token_file {path} is over {MAX_TOKEN_FILE_BYTES} bytes")
+    try:
+        return data.decode().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"auth_token_file {path} is not UTF-8 text") from None
 
 
 def build_config(settings: Mapping[str, Any]) -> ServerConfig:
@@ -321,10 +369,7 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
     if token_file and settings.get("auth_token"):
         raise ValueError("set auth_token or auth_token_file, not both")
     if token_file:
-        try:
-            settings["auth_token"] = pathlib.Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"auth_token_file {token_file}: {exc.strerror}") from None
+        settings["auth_token"] = _read_token(pathlib.Path(token_file))
     tls_values = {TLS_KEYS[k]: settings.pop(k) for k in list(TLS_KEYS) if k in settings}
     tls_values = {k: pathlib.Path(v) for k, v in tls_values.items() if v}
     tls = None

@@ -36,6 +36,19 @@ def input_names(m: ModelMetadata) -> list[str]:
     return names
 
 
+def input_specs(m: ModelMetadata) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each input's dtype and shape after the batch dimension, in `input_names` order."""
+    specs = {
+        "z": (np.float32, (m.latent_dim,)),
+        "label": (np.int64, ()),
+        "truncation": (np.float32, ()),
+        "noise": (np.float32, (m.noise_dim,)),
+        "z_mix": (np.float32, (m.latent_dim,)),
+        "mix_layer": (np.int64, ()),
+    }
+    return {name: (np.dtype(specs[name][0]), specs[name][1]) for name in input_names(m)}
+
+
 def seed_vector(m: ModelMetadata, seed: int) -> np.ndarray:
     """The (latent_dim + noise_dim,) float32 draw of ``seed``: z, then the noise."""
     return latent.seed_to_latent(seed, m.latent_dim + m.noise_dim)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from typing import Any
 
 from ganserve.serve.errors import ModelLoadError
+from ganserve.serve.latent import LATENT_SCHEME
 
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
@@ -17,6 +19,51 @@ FORMAT_VERSION = 1
 
 
 TRUNCATION_MODES = ("z-scale", "w")
+# Far above any generator served in one piece; bounds what warm-up and checks allocate.
+MAX_DIM = 1 << 20
+
+
+_JSON_TYPES = {
+    bool: "a boolean",
+    type(None): "null",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field whose JSON type is wrong."""
+
+    def wrong(name: str, expected: str) -> ValueError:
+        value = data[name]
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return ValueError(
+            f"field {name} must be {expected}, got {_JSON_TYPES[type(value)]} {shown}"
+        )
+
+    for name, kind in _FIELD_TYPES.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if kind is int and (type(value) is not int or not 0 <= value <= MAX_DIM):
+            raise wrong(name, f"an integer in 0..{MAX_DIM}")
+        if kind is str and not isinstance(value, str):
+            raise wrong(name, "a string")
+        if kind is dict and not isinstance(value, dict):
+            raise wrong(name, "a JSON object")
+    names = data.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise wrong("class_names", "a list of strings")
+    bounds = data.get("value_range", [-1.0, 1.0])
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(type(b) in (int, float) and math.isfinite(b) for b in bounds)
+    ):
+        raise wrong("value_range", "a list of two finite numbers")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,6 +117,13 @@ class ModelMetadata:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.latent_scheme != LATENT_SCHEME:
+            raise ValueError(
+                f"latent_scheme {self.latent_scheme!r} is not supported: this server maps seeds "
+                f"with {LATENT_SCHEME!r}, and serving another scheme would change every image"
+            )
+        if not self.version.isascii() or not self.version.isdigit():
+            raise ValueError(f"version must be the version folder's number, got {self.version!r}")
         for field in ("latent_dim", "height", "width"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
@@ -122,9 +176,10 @@ class ModelMetadata:
         if missing:
             raise ModelLoadError(f"{source}: missing required field(s) {', '.join(missing)}")
         kwargs = {k: v for k, v in data.items() if k in fields}
-        kwargs["class_names"] = tuple(kwargs.get("class_names", ()))
-        kwargs["value_range"] = tuple(kwargs.get("value_range", (-1.0, 1.0)))
         try:
+            _check_types(kwargs)
+            kwargs["class_names"] = tuple(kwargs.get("class_names", ()))
+            kwargs["value_range"] = tuple(kwargs.get("value_range", (-1.0, 1.0)))
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{source}: {exc}") from exc
@@ -141,3 +196,11 @@ class ModelMetadata:
 
     def write(self, path: pathlib.Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+# The JSON type of each scalar or object field (class_names and value_range are checked apart).
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"int": int, "str": str}.get(str(f.type), dict)
+    for f in dataclasses.fields(ModelMetadata)
+    if str(f.type) in ("int", "str") or str(f.type).startswith("dict")
+}

@@ -218,6 +218,12 @@ class ModelManager:
                     "<name>/<version>/ folders"
                 )
             names = sorted({name for name, _ in wanted})
+            configured = sorted(set(self._config.models) - set(names))
+            if configured:
+                raise ModelLoadError(
+                    f"the config has settings for model(s) {', '.join(configured)} that "
+                    f"{self._config.model_repository} does not hold (found: {', '.join(names)})"
+                )
             if self._default is None:
                 if len(names) > 1:
                     raise ModelLoadError(

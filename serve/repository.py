@@ -29,19 +29,44 @@ class ModelVersionPath:
         return self.path / MODEL_FILE
 
 
+def version_number(folder: str) -> int | None:
+    """The version a folder name stands for: 1, 2, ... written plainly; None for anything
+    else ("0", "01", "v2", non-ASCII digits), which is not a version folder."""
+    if folder.isascii() and folder.isdigit() and folder[0] != "0":
+        return int(folder)
+    return None
+
+
 def versions(root: pathlib.Path, name: str) -> list[int]:
-    """The integer version folders of model ``name``, ascending."""
+    """The version folders of model ``name``, ascending; other folders are logged and left
+    alone (a ".tmp" or "backup" folder beside the versions is not an error)."""
     model_dir = root / name
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    found = []
+    for p in model_dir.iterdir():
+        if not p.is_dir():
+            continue
+        number = version_number(p.name)
+        if number is None:
+            if p.name.isdigit():  # looks like a version but is not one
+                LOGGER.warning(
+                    "%s: not a version folder (versions are named 1, 2, 3, ...); ignored", p
+                )
+            continue
+        found.append(number)
+    return sorted(found)
 
 
 def model_names(root: pathlib.Path) -> list[str]:
     """Names of the models under ``root`` that have at least one version folder."""
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} does not exist or is not a directory")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and versions(root, p.name))
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and any(c.is_dir() and version_number(c.name) for c in p.iterdir())
+    )
 
 
 def open_version(root: pathlib.Path, name: str, version: int) -> ModelVersionPath:

@@ -43,11 +43,19 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def grpc_address(host: str, port: int) -> str:
+    """host:port as gRPC wants it: IPv6 literals in brackets, whichever way they were given."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 def _metrics_server(config: ServerConfig, registry: prom.CollectorRegistry) -> WSGIServer:
-    address = f"{config.metrics_host}:{config.metrics_port}"
+    address = grpc_address(config.metrics_host, config.metrics_port)
     try:
+        # The HTTP server wants IPv6 literals bare: ::1, not [::1].
         http, _ = prom.start_http_server(
-            config.metrics_port, addr=config.metrics_host, registry=registry
+            config.metrics_port, addr=config.metrics_host.strip("[]"), registry=registry
         )
     except OSError as exc:
         raise OSError(
@@ -126,7 +134,7 @@ class GanServer:
                 LOGGER.warning("ModelAdmin is on without --auth-token-file: anyone can reload")
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), registrar)
-        address = f"{config.host}:{config.port}"
+        address = grpc_address(config.host, config.port)
         credentials = _credentials(config)
         try:
             if credentials is None:

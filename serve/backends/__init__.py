@@ -75,12 +75,21 @@ class Engine(Protocol):
         ...
 
 
+def run_checked(engine: Engine, feeds: dict[str, np.ndarray], doing: str) -> np.ndarray:
+    """``engine.run`` at load time, where any failure of the model is a ModelLoadError."""
+    m = engine.metadata
+    try:
+        return engine.run(feeds)
+    except Exception as exc:  # ORT and TensorRT raise many unrelated types
+        raise ModelLoadError(f"model {m.name!r} v{m.version}: {doing} failed ({exc})") from exc
+
+
 def warmup(engine: Engine, batch_sizes: Iterable[int]) -> None:
     """Run every batch size once so first requests do not pay for kernel selection or
     allocation (cuDNN algorithm search, TensorRT engine build, CPU arena growth)."""
     m = engine.metadata
     for size in sorted(set(batch_sizes)):
-        out = engine.run(inputs.zero_feeds(m, size))
+        out = run_checked(engine, inputs.zero_feeds(m, size), f"warm-up at batch {size}")
         if out.shape != (size, m.channels, m.height, m.width):
             raise ModelLoadError(
                 f"model {m.name!r} v{m.version}: warm-up at batch {size} returned shape "

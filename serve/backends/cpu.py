@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ganserve.serve import inputs as model_inputs
+from ganserve.serve.backends import Backend, run_checked
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metadata import ModelMetadata
 
@@ -23,11 +24,17 @@ def check_signature(session: ort.InferenceSession, metadata: ModelMetadata, sour
         raise ModelLoadError(
             f"{source}: inputs are {sorted(inputs)}, metadata implies {sorted(expected)}"
         )
-    z_shape = inputs["z"].shape
-    if len(z_shape) != 2 or z_shape[1] != metadata.latent_dim:
-        raise ModelLoadError(
-            f"{source}: input z has shape {z_shape}, metadata says latent_dim {metadata.latent_dim}"
-        )
+    for name, (dtype, shape) in model_inputs.input_specs(metadata).items():
+        found = inputs[name]
+        if len(found.shape) != 1 + len(shape) or list(found.shape[1:]) != list(shape):
+            raise ModelLoadError(
+                f"{source}: input {name} has shape {found.shape}, metadata implies "
+                f"(N{''.join(f', {d}' for d in shape)})"
+            )
+        if found.type != _ort_type(dtype):
+            raise ModelLoadError(
+                f"{source}: input {name} is {found.type}, expected {_ort_type(dtype)}"
+            )
     outputs = session.get_outputs()
     if len(outputs) != 1:
         raise ModelLoadError(f"{source}: expected one output, found {len(outputs)}")
@@ -37,7 +44,14 @@ def check_signature(session: ort.InferenceSession, metadata: ModelMetadata, sour
             f"{source}: output shape {outputs[0].shape} does not match metadata "
             f"(N, {m.channels}, {m.height}, {m.width})"
         )
+    if outputs[0].type != "tensor(float)":
+        raise ModelLoadError(f"{source}: output is {outputs[0].type}, expected tensor(float)")
     return outputs[0].name
+
+
+def _ort_type(dtype: np.dtype) -> str:
+    """ONNX Runtime's name for a tensor of ``dtype``: tensor(float), tensor(int64)."""
+    return f"tensor({'float' if dtype == np.float32 else dtype.name})"
 
 
 def open_session(
@@ -56,8 +70,6 @@ class OnnxCpuEngine:
     """An ONNX Runtime CPU session for one model version."""
 
     def __init__(self, version_dir: pathlib.Path, metadata: ModelMetadata, options) -> None:
-        from ganserve.serve.backends import Backend
-
         self.metadata = metadata
         self.backend = Backend.ONNXRUNTIME_CPU
         session_options = ort.SessionOptions()
@@ -96,19 +108,19 @@ def tune_threads(
     if len(candidates) == 1:
         return candidates[0]
     m = metadata
-    feeds = model_inputs.zero_feeds(m, options.max_batch_size)
     timings = {}
     for threads in candidates:
+        # The engine checks the model's signature before any feeds are built for it.
         engine = OnnxCpuEngine(
             version_dir, m, dataclasses.replace(options, intra_op_threads=threads)
         )
-        engine.run(feeds)  # first call: allocations
+        feeds = model_inputs.zero_feeds(m, options.max_batch_size)
         runs = []
-        for _ in range(3):
+        for _ in range(4):  # the first call allocates and is not counted
             started = time.perf_counter()
-            engine.run(feeds)
+            run_checked(engine, feeds, f"timing batch {options.max_batch_size}")
             runs.append(time.perf_counter() - started)
-        timings[threads] = sorted(runs)[1]
+        timings[threads] = sorted(runs[1:])[1]
         engine.close()
     best = min(timings, key=timings.get)
     LOGGER.info(

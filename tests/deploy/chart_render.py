@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
-import pathlib
 from typing import Any
 
 import helm_python as helm
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import ROOT
 from ganserve.serve.config import ServerConfig
@@ -73,42 +67,3 @@ def container(objects: Manifests) -> dict[str, Any]:
 def config_file(objects: Manifests) -> str:
     """The server's TOML config file from the ConfigMap."""
     return objects["ConfigMap"]["data"]["ganserve.toml"]
-
-
-def write_certificates(folder: pathlib.Path, name: str = "ganserve.serving.svc") -> None:
-    """A CA (ca.crt) and a certificate for ``name`` signed by it (tls.crt, tls.key) that is good
-    for both server and client auth, like a cert-manager Secret."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
-            ).add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("test CA", ca_key, "test CA", ca_key, ca=True)
-    cert = certificate(name, key, "test CA", ca_key, ca=False)
-    pem = serialization.Encoding.PEM
-    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
-    (folder / "tls.crt").write_bytes(cert.public_bytes(pem))
-    (folder / "tls.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )

@@ -33,11 +33,10 @@ from chart_render import (
     config_file,
     container,
     render,
-    write_certificates,
 )
 from click.testing import CliRunner
 
-from conftest import ROOT
+from conftest import ROOT, write_certificates
 from ganserve.serve import cli
 from ganserve.serve.backends import Backend
 from ganserve.serve.config import FILE_KEYS

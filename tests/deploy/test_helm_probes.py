@@ -26,10 +26,9 @@ from chart_render import (
     Manifests,
     container,
     render,
-    write_certificates,
 )
 
-from conftest import ROOT, ServerThread
+from conftest import ROOT, ServerThread, write_certificates
 from ganserve.serve.config import TlsConfig
 
 

@@ -5,6 +5,7 @@ defaults < config file < GANSERVE_* environment variables < flags, seen through
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import write_certificates
 from ganserve.serve.backends import Backend
 from ganserve.serve.cli import main
 from ganserve.serve.config import (
@@ -112,6 +114,7 @@ def test_unknown_model_backend_lists_the_valid_backends(tmp_path: pathlib.Path) 
         ("versions = [-3, 1]", r"models\.x: versions must be positive integers"),
         ('versions = ["1"]', r"models\.x\.versions must be a list of integers"),
         ("versions = 1", r"models\.x\.versions must be a list of integers"),
+        ("versions = [true]", r"models\.x\.versions must be a list of integers"),
         ("max_batch_size = 8", r"models\.x: unknown key\(s\) max_batch_size"),
     ],
 )
@@ -166,6 +169,21 @@ def test_invalid_settings_are_refused_naming_the_setting(
         build_config({"model_repository": "models", **settings})
 
 
+@pytest.mark.parametrize("key", ["shutdown_delay_s", "drain_grace_s", "engine_timeout_s"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, -math.inf])
+def test_durations_must_be_finite(key: str, value: float) -> None:
+    """An infinite shutdown delay would make SIGTERM wait forever; NaN compares false with
+    every bound and would pass them all."""
+    with pytest.raises(ValueError, match=f"{key} must be a finite number"):
+        build_config({"model_repository": "m", key: value})
+
+
+@pytest.mark.parametrize("key", ["host", "metrics_host"])
+def test_an_empty_host_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match=f"{key} must be an address or host name"):
+        build_config({"model_repository": "m", key: ""})
+
+
 def test_both_ports_zero_is_allowed() -> None:
     """Port 0 means "any free port" for both, so the two cannot collide."""
     config = build_config({"model_repository": "models", "port": 0, "metrics_port": 0})
@@ -182,10 +200,12 @@ def test_tls_files_must_exist(tmp_path: pathlib.Path) -> None:
 
 
 def test_tls_settings_become_a_tls_config(tmp_path: pathlib.Path) -> None:
-    paths = {}
-    for key in ("tls_cert", "tls_key", "tls_client_ca"):
-        paths[key] = tmp_path / f"{key}.pem"
-        paths[key].write_text("-")
+    write_certificates(tmp_path)
+    paths = {
+        "tls_cert": tmp_path / "tls.crt",
+        "tls_key": tmp_path / "tls.key",
+        "tls_client_ca": tmp_path / "ca.crt",
+    }
     config = build_config({"model_repository": "m", **{k: str(v) for k, v in paths.items()}})
     assert config.tls is not None
     assert (config.tls.cert_file, config.tls.key_file, config.tls.client_ca_file) == (
@@ -193,6 +213,44 @@ def test_tls_settings_become_a_tls_config(tmp_path: pathlib.Path) -> None:
         paths["tls_key"],
         paths["tls_client_ca"],
     )
+
+
+def test_tls_files_that_are_not_a_certificate_and_its_key_are_named(
+    tmp_path: pathlib.Path,
+) -> None:
+    """gRPC alone would only say it cannot listen on the port."""
+    write_certificates(tmp_path / "a")
+    write_certificates(tmp_path / "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a pem\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    cases = [
+        ((junk, junk, None), "tls_cert .*junk.pem and tls_key .*junk.pem are not a PEM"),
+        ((a / "tls.crt", b / "tls.key", None), "tls_cert .*a/tls.crt and tls_key .*b/tls.key"),
+        ((a / "tls.crt", a / "tls.key", junk), "tls_client_ca .*junk.pem holds no PEM CA"),
+    ]
+    for (cert, key, ca), match in cases:
+        settings = {"model_repository": "m", "tls_cert": cert, "tls_key": key, "tls_client_ca": ca}
+        with pytest.raises(ValueError, match=match):
+            build_config(settings)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"\xff\xfe\x00abc", "is not UTF-8 text"),
+        ("t\u00f6ken".encode() * 5, "auth_token must be printable ASCII"),
+        (b"abcdefgh\nijklmnopq", "auth_token must be printable ASCII"),
+        (b"x" * 5000, "is over 4096 bytes"),
+    ],
+)
+def test_a_token_no_client_could_send_is_refused(
+    tmp_path: pathlib.Path, content: bytes, match: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        build_config({"model_repository": "m", "auth_token_file": str(token)})
 
 
 def test_auth_token_file_is_read_and_stripped(tmp_path: pathlib.Path) -> None:

@@ -28,6 +28,7 @@ from conftest import (
 from ganserve.client import GeneratorClient, RetryPolicy
 from ganserve.serve.config import ModelConfig
 from ganserve.serve.models import ModelManager
+from ganserve.serve.server import grpc_address
 from ganserve.v1 import admin_pb2
 from ganserve.v1 import generator_pb2 as pb
 
@@ -266,3 +267,19 @@ def test_a_taken_port_is_one_line_naming_it_and_what_to_change(
     assert len(errors) == 1, done.stderr
     assert named.format(port=port) in errors[0], errors[0]
     assert flag in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.0.0.1", "127.0.0.1:5"),
+        ("localhost", "localhost:5"),
+        ("::1", "[::1]:5"),
+        ("[::1]", "[::1]:5"),
+        ("::", "[::]:5"),
+    ],
+)
+def test_ipv6_hosts_work_with_or_without_brackets(host: str, address: str) -> None:
+    """gRPC needs [::1]:port and the metrics server a bare ::1; either spelling works for both
+    --host and --metrics-host."""
+    assert grpc_address(host, 5) == address

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import BUNDLED_REPOSITORY, make_config
 from ganserve.serve import repository
+from ganserve.serve.config import ModelConfig
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager
@@ -40,14 +41,94 @@ def load(repo: pathlib.Path, **overrides: object) -> dict[str, str]:
     return asyncio.run(start())
 
 
+def edit_metadata(repo: pathlib.Path, folder: str = "1", /, **fields: object) -> None:
+    path = repo / "digits" / folder / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
 def test_latest_version_is_served(repo: pathlib.Path) -> None:
     shutil.copytree(repo / "digits" / "1", repo / "digits" / "3")
-    meta = json.loads((repo / "digits" / "3" / "metadata.json").read_text())
-    meta["version"] = "3"
-    (repo / "digits" / "3" / "metadata.json").write_text(json.dumps(meta))
+    edit_metadata(repo, "3", version="3")
     (repo / "digits" / "notaversion").mkdir()
     assert repository.versions(repo, "digits") == [1, 3]
     assert load(repo)["digits"] == "3"
+
+
+@pytest.mark.parametrize("folder", ["0", "01", "007", "\u00b2", "\u0661", "\uff13"])
+def test_folders_that_only_look_like_versions_are_ignored_with_a_warning(
+    repo: pathlib.Path, folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """int() reads "01", "١" (Arabic one) or "３" as numbers whose folder is another one, and
+    "²" not at all; none of them is a version folder, and "0" is not a positive version."""
+    shutil.copytree(repo / "digits" / "1", repo / "digits" / folder)
+    assert repository.versions(repo, "digits") == [1]
+    assert load(repo)["digits"] == "1"
+    if folder.isdigit():
+        assert f"{folder}: not a version folder" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"class_names": None}, "field class_names must be a list of strings, got null"),
+        ({"class_names": [1, 2]}, "field class_names must be a list of strings"),
+        ({"value_range": 5}, "field value_range must be a list of two finite numbers"),
+        ({"value_range": [0, "1"]}, "field value_range must be a list of two finite numbers"),
+        ({"latent_dim": 64.5}, "field latent_dim must be an integer in 0..1048576, got a number"),
+        ({"latent_dim": "64"}, "field latent_dim must be an integer .*, got a string '64'"),
+        ({"latent_dim": 10**10}, "field latent_dim must be an integer in 0..1048576"),
+        ({"noise_dim": 10**11}, "field noise_dim must be an integer in 0..1048576"),
+        ({"height": None}, "field height must be an integer .*, got null"),
+        ({"height": 32.0}, "field height must be an integer"),
+        ({"num_classes": 10.5}, "field num_classes must be an integer"),
+        ({"channels": True}, "field channels must be an integer .*, got a boolean"),
+        ({"channels": "1"}, "field channels must be an integer"),
+        ({"architecture": 5}, "field architecture must be a string, got an integer 5"),
+        ({"version": 1}, "field version must be a string, got an integer 1"),
+        ({"training_metrics": []}, "field training_metrics must be a JSON object, got a list"),
+        ({"latent_scheme": "pcg64-v9"}, "latent_scheme 'pcg64-v9' is not supported"),
+    ],
+)
+def test_metadata_of_the_wrong_type_names_the_field(
+    repo: pathlib.Path, fields: dict[str, object], message: str
+) -> None:
+    edit_metadata(repo, **fields)
+    with pytest.raises(ModelLoadError, match=f"metadata.json: {message}"):
+        load(repo)
+
+
+def test_an_input_of_the_wrong_dtype_is_refused_at_load(repo: pathlib.Path) -> None:
+    """A model whose label input is float loads in ONNX Runtime but fails every run: refused
+    with the input named, also when warm-up is off."""
+    import onnx
+
+    path = repo / "digits" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    (label,) = [i for i in model.graph.input if i.name == "label"]
+    label.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    cast = onnx.helper.make_node("Cast", ["label"], ["label_int"], to=onnx.TensorProto.INT64)
+    for node in model.graph.node:
+        node.input[:] = ["label_int" if i == "label" else i for i in node.input]
+    model.graph.node.insert(0, cast)
+    onnx.save(model, str(path))
+    for warmup in (True, False):
+        with pytest.raises(
+            ModelLoadError, match=r"input label is tensor\(float\), expected tensor\(int64\)"
+        ):
+            load(repo, warmup=warmup)
+
+
+def test_an_engine_that_fails_at_warm_up_is_a_load_error(
+    repo: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ganserve.serve.backends import cpu
+
+    def fail(self: object, feeds: object) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : planted")
+
+    monkeypatch.setattr(cpu.OnnxCpuEngine, "run", fail)
+    with pytest.raises(ModelLoadError, match=r"v1: (warm-up|timing) .* failed \(.*planted\)"):
+        load(repo)
 
 
 def test_missing_metadata_is_named(repo: pathlib.Path) -> None:
@@ -83,7 +164,7 @@ def test_metadata_not_matching_the_onnx_is_refused(repo: pathlib.Path) -> None:
     meta = json.loads(path.read_text())
     meta["latent_dim"] = 100
     path.write_text(json.dumps(meta))
-    with pytest.raises(ModelLoadError, match="metadata says latent_dim 100"):
+    with pytest.raises(ModelLoadError, match=r"input z has shape .*, metadata implies \(N, 100\)"):
         load(repo)
 
 
@@ -118,3 +199,11 @@ def test_several_models_need_a_default(repo: pathlib.Path) -> None:
     assert set(load(repo, default_model="zeta")) == {"digits", "zeta"}
     with pytest.raises(ModelLoadError, match="--default-model 'nope' is not in"):
         load(repo, default_model="nope")
+
+
+def test_settings_for_a_model_the_repository_does_not_hold_are_refused(
+    repo: pathlib.Path,
+) -> None:
+    """A typo in a [models.<name>] table would otherwise be ignored in silence."""
+    with pytest.raises(ModelLoadError, match=r"settings for model\(s\) digts .*found: digits"):
+        load(repo, models={"digts": ModelConfig(versions=(7,))})
