@@ -260,7 +260,7 @@ class ModelManager:
             changes: list[Status] = []
             try:
                 wanted, errors = self._wanted()
-            except ModelLoadError as exc:
+            except (ModelLoadError, OSError) as exc:  # the folder vanished or is unreadable
                 self._metrics.reloads.labels("failed").inc()
                 LOGGER.error("reload failed: %s", exc)
                 return [Status("", "", State.FAILED, str(exc))]
