@@ -207,3 +207,26 @@ def test_settings_for_a_model_the_repository_does_not_hold_are_refused(
     """A typo in a [models.<name>] table would otherwise be ignored in silence."""
     with pytest.raises(ModelLoadError, match=r"settings for model\(s\) digts .*found: digits"):
         load(repo, models={"digts": ModelConfig(versions=(7,))})
+
+
+def test_a_scan_that_fails_is_a_failed_reload_and_the_model_keeps_serving(
+    repo: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root cannot make a folder unreadable, so the scan's OSError is planted."""
+
+    async def run() -> tuple[list, str]:
+        manager = ModelManager(make_config(repo), ServerMetrics(max_batch_size=64))
+        await manager.start()
+        try:
+
+            def unreadable(root: pathlib.Path) -> list[str]:
+                raise PermissionError(13, "Permission denied", str(root))
+
+            monkeypatch.setattr(repository, "model_names", unreadable)
+            return await manager.reload(), manager.resolve("digits").metadata.version
+        finally:
+            await manager.close(0)
+
+    (status,), served = asyncio.run(run())
+    assert status.state.name == "FAILED" and "Permission denied" in status.message
+    assert served == "1"
