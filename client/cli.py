@@ -17,8 +17,11 @@ Connection options go before the command: gan-client --target host:50051 --token
 from __future__ import annotations
 
 import functools
+import math
 import os
 import pathlib
+import re
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -40,28 +43,106 @@ MAX_SEED = 2**64 - 1
 INT32 = click.IntRange(-(2**31), 2**31 - 1)
 
 
+# The most items one GenerateBatch call can carry (the server's --max-items-per-call cap).
+MAX_SEEDS = 65536
+# Formats that write both grayscale and RGB pictures (Pillow reads many more than it writes).
+MAX_TOKEN_BYTES = 4096
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def _seeds(value: str) -> list[int]:
-    """'0-9' or '1,5,9' or '0-3,10'; ValueError when malformed or outside 0..2**64-1."""
-    out = []
+    """'0-9' or '1,5,9' or '0-3,10'; ValueError saying what is wrong with ``value``."""
+    ranges = []
     for part in value.split(","):
-        low, _, high = part.strip().partition("-")
-        out += range(int(low), int(high) + 1) if high else [int(low)]
-    if not out or min(out) < 0 or max(out) > MAX_SEED:
-        raise ValueError(value)
-    return out
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"{part.strip()!r} is not a seed or a range like 0-9")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"range {part.strip()} runs backwards; write {last}-{first}")
+        if last > MAX_SEED:
+            raise ValueError(f"seed {last} is over the largest seed, 2**64-1")
+        ranges.append((first, last))
+    count = sum(last - first + 1 for first, last in ranges)  # len(range) stops at 2**63
+    if count > MAX_SEEDS:
+        raise ValueError(f"that is {count} seeds; one call carries at most {MAX_SEEDS}")
+    return [seed for first, last in ranges for seed in range(first, last + 1)]
 
 
 def _image_path(ctx: click.Context, param: click.Parameter, value: pathlib.Path) -> pathlib.Path:
-    """Refuse a file suffix Pillow cannot write, before any RPC runs."""
-    if value.suffix.lower() not in Image.registered_extensions():
+    """Refuse a file the images could not be saved to, before any RPC runs."""
+    if value.suffix.lower() not in IMAGE_SUFFIXES:
         raise click.BadParameter(
-            f"cannot write images with suffix {value.suffix!r}; use .png, .jpg, .gif, ..."
+            f"cannot write images with suffix {value.suffix!r}; use {', '.join(IMAGE_SUFFIXES)}"
         )
+    folder = value.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"folder {folder} is not writable")
     return value
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds")
+    return value
+
+
+def _check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """host:port with a port gRPC can dial (it would wrap 99999 around to another port)."""
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", value)
+    if match and not 1 <= int(match[2]) <= 65535:
+        raise click.BadParameter(f"port {match[2]} is not in 1..65535")
+    return value
+
+
+def _read_token(token_file: pathlib.Path | None) -> str | None:
+    """The bearer token from --token-file or GANSERVE_TOKEN, checked so gRPC can send it."""
+    if token_file is None:
+        token, source = os.environ.get("GANSERVE_TOKEN"), "GANSERVE_TOKEN"
+        if token is None:
+            return None
+    else:
+        source = f"--token-file {token_file}"
+        with token_file.open("rb") as f:
+            data = f.read(MAX_TOKEN_BYTES + 1)
+        if len(data) > MAX_TOKEN_BYTES:
+            raise click.BadParameter(f"{source} is over {MAX_TOKEN_BYTES} bytes")
+        try:
+            token = data.decode()
+        except UnicodeDecodeError:
+            raise click.BadParameter(f"{source} is not UTF-8 text") from None
+    token = token.strip()
+    if not token:
+        raise click.BadParameter(f"{source} is empty")
+    if not all(" " <= c <= "~" for c in token):
+        raise click.BadParameter(
+            f"the token in {source} holds characters gRPC metadata cannot carry "
+            "(printable ASCII only)"
+        )
+    return token
+
+
+def _pem(path: pathlib.Path | None, key: pathlib.Path | None = None) -> bytes | None:
+    """Read a PEM file gRPC will use, checking it first: gRPC's own error is only UNAVAILABLE
+    'failed to create security handshaker'."""
+    if path is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if key is None:
+            context.load_verify_locations(cafile=path)
+        else:
+            context.load_cert_chain(path, key, password=b"")
+    except ssl.SSLError as exc:
+        what = "a PEM CA certificate" if key is None else f"a PEM certificate for key {key}"
+        raise click.BadParameter(f"{path} is not {what} ({exc.reason or exc})") from None
+    return path.read_bytes()
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a failed RPC into one line naming the status, not a traceback."""
+    """Turn a failed RPC, or a failed write of its images, into one line, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,7 +152,11 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             hint = ""
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # only ModelAdmin can be off
                 hint = " (the server does not serve it: ModelAdmin needs `ganserve serve --admin`)"
+            elif exc.code() is grpc.StatusCode.UNAVAILABLE and "Socket closed" in exc.details():
+                hint = " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
             raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
+        except OSError as exc:  # checked before the call, but a disk can still fill up
+            raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
 
     return wrapper
 
@@ -82,12 +167,14 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     default="localhost:50051",
     envvar="GANSERVE_TARGET",
     show_envvar=True,
+    callback=_check_target,
     help="host:port of the server.",
 )
 @click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
     default=30.0,
+    callback=_finite,
     help="Deadline of each call in seconds.",
 )
 @click.option(
@@ -114,14 +201,13 @@ def main(
     """Call a ganserve server."""
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    token = token_file.read_text().strip() if token_file else os.environ.get("GANSERVE_TOKEN")
     ctx.obj = ctx.with_resource(
         GeneratorClient(
             target,
             timeout=timeout,
-            token=token,
-            root_certificates=tls_ca.read_bytes() if tls_ca else None,
-            client_certificate=tls_cert.read_bytes() if tls_cert else None,
+            token=_read_token(token_file),
+            root_certificates=_pem(tls_ca),
+            client_certificate=_pem(tls_cert, tls_key),
             client_key=tls_key.read_bytes() if tls_key else None,
         )
     )
@@ -240,15 +326,15 @@ def batch(
     """Many seeds in one GenerateBatch call, saved as a grid."""
     try:
         seed_list = _seeds(seeds)
-    except ValueError:
-        raise click.BadParameter(f"{seeds!r} is not a seed list like '0-9' or '1,5,9'") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{seeds!r}: {exc}", param_hint="'--seeds'") from None
     images = client.generate_batch(
         [(s, class_label) for s in seed_list],
         model=model,
         model_version=model_version,
         truncation=truncation,
     )
-    _grid(images, columns).save(output)
+    _grid(images, min(columns, len(images))).save(output)
     click.echo(
         f"{output}: {len(images)} images from {images[0].response.model} "
         f"v{images[0].response.model_version}"

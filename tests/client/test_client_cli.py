@@ -17,9 +17,10 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerThread
+from conftest import ServerThread, write_certificates
 from ganserve.client.cli import main
 from ganserve.client.client import GeneratorClient, RetryPolicy
+from ganserve.serve.config import TlsConfig
 
 TOKEN = "s3cret-token-0123456789"
 SIZE = 32  # the bundled model's images are 32x32, one channel
@@ -126,6 +127,7 @@ def test_generate_with_truncation_zero_is_the_same_for_every_seed(
         ("0-9", "10", 10, (10 * SIZE, SIZE)),
         ("1,5,9", "2", 3, (2 * SIZE, 2 * SIZE)),  # the last row is padded
         ("0-3,10", "5", 5, (5 * SIZE, SIZE)),
+        ("0-2", "1000000000", 3, (3 * SIZE, SIZE)),  # no wider than the images
     ],
 )
 def test_batch_writes_a_grid(
@@ -238,13 +240,26 @@ def test_server_errors_are_one_line_with_the_status(
     assert message in failed_cleanly(result, 1)
 
 
-@pytest.mark.parametrize("seeds", ["x-y", "1,,2", "-3", "1-2-3", ""])
-def test_bad_seed_list_is_a_usage_error(
-    server: ServerThread, tmp_path: pathlib.Path, seeds: str
-) -> None:
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ("x-y", "'x-y' is not a seed or a range like 0-9"),
+        ("1,,2", "'' is not a seed or a range like 0-9"),
+        ("-3", "'-3' is not a seed or a range like 0-9"),
+        ("1-2-3", "'1-2-3' is not a seed or a range like 0-9"),
+        ("", "'' is not a seed or a range like 0-9"),
+        ("9-0", "range 9-0 runs backwards; write 0-9"),
+        ("9-0,5", "range 9-0 runs backwards"),  # not dropped in silence beside a good part
+        (str(2**64), f"seed {2**64} is over the largest seed"),
+        ("0-18446744073709551615", "that is 18446744073709551616 seeds; one call carries at"),
+        ("0-9999999999", "that is 10000000000 seeds; one call carries at most 65536"),
+    ],
+)
+def test_bad_seed_list_is_a_usage_error(server: ServerThread, seeds: str, message: str) -> None:
+    """Counted before any list is built: a huge range is refused at once, not out of memory."""
     result = gan_client(server.target, "batch", "--seeds", seeds, "--class", "1", "-o", "g.png")
     error = failed_cleanly(result, 2)
-    assert f"{seeds!r} is not a seed list like '0-9' or '1,5,9'" in error
+    assert "'--seeds'" in error and message in error
 
 
 @pytest.mark.parametrize(
@@ -295,6 +310,114 @@ def test_bad_local_input_fails_without_a_traceback(
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code in (1, 2)
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "missing/dir/seven.png"], "folder missing/dir does not exist"),
+        (["-o", "seven.psd"], "cannot write images with suffix '.psd'; use .png, .jpg"),
+        (["-o", "seven.xbm"], "cannot write images with suffix '.xbm'"),
+    ],
+)
+def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
+    server: ServerThread, args: list[str], message: str
+) -> None:
+    before = requests_total(server, "OK")
+    error = failed_cleanly(
+        gan_client(server.target, "generate", "--seed", "1", "--class", "1", *args), 2
+    )
+    assert "'-o' / '--output'" in error and message in error
+    assert requests_total(server, "OK") == before  # no image was made only to be lost
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "inf"], "inf is not a finite number of seconds"),
+        (["--timeout", "nan"], "nan is not a finite number of seconds"),
+        (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
+        (["--target", "[::1]:70000"], "port 70000 is not in 1..65535"),
+    ],
+)
+def test_connection_options_gRPC_would_misread_are_refused(args: list[str], message: str) -> None:
+    """gRPC wraps port 99999 around to another port and fails an infinite deadline at once."""
+    result = CliRunner().invoke(main, [*args, "info"])
+    error = failed_cleanly(result, 2)
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe\x00abc", "is not UTF-8 text"),
+        (b"  \n", "is empty"),
+        ("t\u00f6ken-0123456789".encode(), "holds characters gRPC metadata cannot carry"),
+        (b"abc\ndef-0123456789", "holds characters gRPC metadata cannot carry"),
+        (b"x" * 5000, "is over 4096 bytes"),
+    ],
+)
+def test_a_token_file_gRPC_could_not_send_is_refused(
+    tmp_path: pathlib.Path, content: bytes, message: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    result = CliRunner().invoke(main, ["--token-file", str(token), "info"])
+    assert message in failed_cleanly(result, 2)
+
+
+def test_a_token_variable_gRPC_could_not_send_is_refused() -> None:
+    result = CliRunner().invoke(main, ["info"], env={"GANSERVE_TOKEN": "abc\x01def-0123456789"})
+    assert "the token in GANSERVE_TOKEN holds characters" in failed_cleanly(result, 2)
+
+
+def test_tls_files_that_are_not_pem_are_named(tmp_path: pathlib.Path) -> None:
+    write_certificates(tmp_path / "a")
+    write_certificates(tmp_path / "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a pem\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    cases = [
+        (["--tls-ca", str(junk)], "junk.pem is not a PEM CA certificate"),
+        (
+            [
+                "--tls-ca",
+                str(a / "ca.crt"),
+                "--tls-cert",
+                str(a / "tls.crt"),
+                "--tls-key",
+                str(b / "tls.key"),
+            ],
+            f"{a / 'tls.crt'} is not a PEM certificate for key {b / 'tls.key'}",
+        ),
+    ]
+    for args, message in cases:
+        assert message in failed_cleanly(CliRunner().invoke(main, [*args, "info"]), 2)
+
+
+def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
+    start_server_module: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    write_certificates(tmp_path, name="localhost")
+    tls = TlsConfig(cert_file=tmp_path / "tls.crt", key_file=tmp_path / "tls.key")
+    server = start_server_module(tls=tls)
+    target = f"localhost:{server.server.port}"
+    error = failed_cleanly(gan_client(target, "info"), 1)
+    assert error.startswith("Error: UNAVAILABLE: ") and "is --tls-ca needed?" in error
+    assert "seven" in succeeded(
+        gan_client(
+            target,
+            "--tls-ca",
+            str(tmp_path / "ca.crt"),
+            "generate",
+            "--seed",
+            "1",
+            "--class",
+            "7",
+            "-o",
+            "seven.png",
+        )
+    )
 
 
 def test_tls_cert_without_tls_key_is_a_usage_error(
