@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import zipfile
 from typing import Any
 
 import torch
@@ -38,6 +39,10 @@ def load(path: pathlib.Path) -> dict[str, Any]:
     """Read and check a checkpoint; CheckpointError names what is missing or wrong."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a checkpoint (torch.save writes a zip archive; this file is not one)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -55,7 +60,55 @@ def load(path: pathlib.Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
+    try:
+        _check_contents(ckpt)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: checkpoint {exc}") from None
     return ckpt
+
+
+# Keys that, when present, hold a table (a state dict, a config, the dataset's description).
+TABLES = (
+    "generator_config",
+    "discriminator_config",
+    "training_config",
+    "dataset",
+    "metrics",
+    "rng",
+    "generator",
+    "generator_ema",
+    "discriminator",
+    "optimizer_g",
+    "optimizer_d",
+)
+STATE_DICTS = ("generator", "generator_ema", "discriminator")
+
+
+def _check_contents(ckpt: dict[str, Any]) -> None:
+    """ValueError naming the first key whose value is not what gan-train writes there."""
+    for key in TABLES:
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise ValueError(f"{key} must be a table, got {type(ckpt[key]).__name__}")
+    if not isinstance(ckpt.get("history", []), list):
+        raise ValueError(f"history must be a list, got {type(ckpt['history']).__name__}")
+    if type(ckpt["step"]) is not int or ckpt["step"] < 0:
+        raise ValueError(f"step must be a non-negative integer, got {ckpt['step']!r}")
+    for key in STATE_DICTS:
+        if key in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt[key].values()):
+            raise ValueError(f"{key} must map parameter names to tensors")
+    config = GeneratorConfig.from_dict(ckpt["generator_config"])
+    dataset = ckpt.get("dataset", {})
+    names = dataset.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("dataset.class_names must be a list of strings")
+    if names and config.num_classes and len(names) != config.num_classes:
+        raise ValueError(
+            f"dataset.class_names has {len(names)} names for the generator's "
+            f"{config.num_classes} classes"
+        )
+    for key in ("name", "fingerprint"):
+        if not isinstance(dataset.get(key, ""), str):
+            raise ValueError(f"dataset.{key} must be a string")
 
 
 def _reason(exc: Exception) -> str:

@@ -24,21 +24,36 @@ Examples:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
+from typing import Any
 
 import click
 import torch
 
 from ganserve.train.checkpoint import CheckpointError
 from ganserve.train.data import DataError, load
-from ganserve.train.loop import Distributed, TrainConfig, train
+from ganserve.train.loop import Distributed, TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
 
-_positive = click.FloatRange(0, min_open=True)
+
+class _Finite(click.FloatRange):
+    """A FloatRange that also refuses inf and nan (which compare false with every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+_positive = _Finite(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -70,20 +85,20 @@ _positive = click.FloatRange(0, min_open=True)
     default=1,
     help="Discriminator steps per generator step.",
 )
-@click.option("--gp-weight", type=click.FloatRange(0), default=10.0, help="WGAN-GP penalty.")
-@click.option("--r1-gamma", type=click.FloatRange(0), default=0.0, help="R1 penalty (0 = off).")
+@click.option("--gp-weight", type=_Finite(0), default=10.0, help="WGAN-GP penalty.")
+@click.option("--r1-gamma", type=_Finite(0), default=0.0, help="R1 penalty (0 = off).")
 @click.option(
     "--label-smoothing",
-    type=click.FloatRange(0, 0.5, max_open=True),
+    type=_Finite(0, 0.5, max_open=True),
     default=0.0,
     help="One-sided label smoothing of real targets.",
 )
 @click.option("--diffaugment", default="", help="DiffAugment policy, e.g. translation,cutout.")
 @click.option("--lr-g", type=_positive, default=2e-4)
 @click.option("--lr-d", type=_positive, default=2e-4)
-@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.5)
-@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999)
-@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999)
+@click.option("--beta1", type=_Finite(0, 1, max_open=True), default=0.5)
+@click.option("--beta2", type=_Finite(0, 1, max_open=True), default=0.999)
+@click.option("--ema-decay", type=_Finite(0, 1, max_open=True), default=0.999)
 @click.option(
     "--arch",
     type=click.Choice(ARCHITECTURES),
@@ -116,7 +131,7 @@ _positive = click.FloatRange(0, min_open=True)
 )
 @click.option(
     "--style-mixing",
-    type=click.FloatRange(0, 1),
+    type=_Finite(0, 1),
     default=0.0,
     help="stylegan: share of samples trained with mixed styles (0 = off).",
 )
@@ -133,9 +148,12 @@ _positive = click.FloatRange(0, min_open=True)
 )
 @click.option("--image-size", type=click.Choice(["8", "16", "32", "64", "128"]), default="32")
 @click.option("--unconditional", is_flag=True, help="Ignore class labels.")
-@click.option("--seed", type=click.IntRange(0), default=0)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0)
 @click.option(
-    "--threads", type=click.IntRange(0), default=0, help="torch CPU threads (0 = torch's default)."
+    "--threads",
+    type=click.IntRange(0, 1024),
+    default=0,
+    help="torch CPU threads (0 = torch's default).",
 )
 @click.option("--log-every", type=click.IntRange(1), default=100)
 @click.option("--sample-every", type=click.IntRange(1), default=500)
@@ -165,6 +183,10 @@ def main(
     **options: object,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not out.name:
+        raise click.BadParameter("give a checkpoint file name", param_hint="'--out'")
+    if not data:
+        raise click.BadParameter("give 'digits', an image folder or a .npz", param_hint="'--data'")
     if threads:
         torch.set_num_threads(threads)
     distributed = _join_torchrun()
@@ -187,19 +209,27 @@ def main(
         run_dir = run_dir or out.with_name(out.stem + "-run")
         lead = not (distributed and distributed.rank)
         bar = ProgressBar() if lead and sys.stderr.isatty() else None
-        ckpt = train(
-            gen_config,
-            train_config,
-            train_set,
-            heldout,
-            out,
-            run_dir=run_dir,
-            resume=resume,
-            distributed=distributed,
-            progress=bar,
-        )
+        with _StopAtStepEnd(enabled=distributed is None) as stop:
+            ckpt = train(
+                gen_config,
+                train_config,
+                train_set,
+                heldout,
+                out,
+                run_dir=run_dir,
+                resume=resume,
+                distributed=distributed,
+                progress=bar,
+                stop_requested=stop.requested,
+            )
         if bar:
             bar.close()
+    except TrainingStopped as exc:
+        if bar:
+            bar.close()
+        error = click.ClickException(str(exc))
+        error.exit_code = 130 if stop.requested() else 1  # 130: ended by SIGINT, as shells say
+        raise error from None
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -257,9 +287,42 @@ class ProgressBar:
             handler.removeFilter(self._filter)
 
 
+class _StopAtStepEnd:
+    """The first Ctrl-C lets the running step finish, so the loop can save a consistent
+    checkpoint and say how to resume; a second one stops at once. Off under torchrun, whose
+    ranks would stop at different steps."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._requested = False
+        self._previous: Any = None
+
+    def requested(self) -> bool:
+        return self._requested
+
+    def __enter__(self) -> _StopAtStepEnd:
+        if self._enabled:
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        logging.getLogger(__name__).warning(
+            "interrupted: finishing this step to save a checkpoint (Ctrl-C again to stop now)"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _join_torchrun() -> Distributed | None:
     """Under torchrun (WORLD_SIZE > 1), join the job: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    raw = os.environ.get("WORLD_SIZE", "1")
+    if not raw.isdigit():
+        raise click.ClickException(f"WORLD_SIZE={raw!r} is not a process count (torchrun sets it)")
+    world = int(raw)
     if world <= 1:
         return None
     backend = "nccl" if torch.cuda.is_available() else "gloo"

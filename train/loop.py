@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch
 from ganserve.train import checkpoint
 from ganserve.train.augment import diff_augment, parse_policy
 from ganserve.train.config import TrainConfig, resolve_device
-from ganserve.train.data import ImageDataset
+from ganserve.train.data import ImageDataset, load_digits_split
 from ganserve.train.losses import (
     Loss,
     discriminator_loss,
@@ -91,6 +92,7 @@ RESUME_KEYS = (
     "optimizer_d",
     "rng",
     "history",
+    "metrics",
     "training_config",
 )
 
@@ -102,11 +104,23 @@ def _check_resume(ckpt: dict[str, Any], gen_config: GeneratorConfig, cfg: TrainC
             f"--resume: the checkpoint lacks {', '.join(missing)} (written by an "
             "older gan-train, or stripped); it can be exported, not resumed"
         )
+    rng = ckpt["rng"]
+    if not isinstance(rng, dict) or not all(
+        isinstance(rng.get(k), torch.Tensor) for k in ("torch", "batch")
+    ):
+        raise ValueError("--resume: the checkpoint's rng is not the random states gan-train saves")
+    if not isinstance(ckpt["training_config"], dict):
+        raise ValueError("--resume: the checkpoint's training_config is not a table of settings")
     # Through from_dict: fields added since the checkpoint was written take their defaults.
-    if GeneratorConfig.from_dict(ckpt["generator_config"]) != gen_config:
+    saved_gen = GeneratorConfig.from_dict(ckpt["generator_config"]).to_dict()
+    differ = [
+        f"{k} {saved_gen[k]!r} (now {v!r})"
+        for k, v in gen_config.to_dict().items()
+        if saved_gen[k] != v
+    ]
+    if differ:
         raise ValueError(
-            "--resume: the checkpoint's generator config differs from this run's "
-            f"({ckpt['generator_config']} vs {gen_config.to_dict()})"
+            f"--resume: the checkpoint's generator differs from this run's: {', '.join(differ)}"
         )
     saved, now, defaults = ckpt["training_config"], cfg.to_dict(), TrainConfig().to_dict()
     changed = sorted(
@@ -124,6 +138,82 @@ def _check_resume(ckpt: dict[str, Any], gen_config: GeneratorConfig, cfg: TrainC
         )
 
 
+class TrainingStopped(ValueError):
+    """Training ended early: it diverged or was interrupted; the message says what was kept
+    and how to go on."""
+
+
+# Parameters of G and D together beyond which training is refused (~64 GB with Adam's states).
+MAX_PARAMETERS = 4_000_000_000
+
+
+def check_outputs(
+    out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
+) -> None:
+    """Refuse, before any training, outputs that could not be written, and a run folder that
+    holds another run (whose checkpoints the rotation would mix with this one's)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_suffix(out.suffix + ".tmp")
+        probe.touch()
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write --out {out}: {out.parent} is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot write --out {out}: {exc.strerror}") from None
+    if run_dir is None:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot create the run folder {run_dir}: a file is in the way") from None
+    except OSError as exc:
+        raise ValueError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    previous = sorted(run_dir.glob("ckpt_*.pt"))
+    if resume is None and (previous or (run_dir / "log.jsonl").exists()):
+        go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
+        raise ValueError(
+            f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
+            "(or delete the folder)"
+        )
+
+
+def check_size(gen_config: GeneratorConfig) -> None:
+    """Refuse networks too large to train here before allocating them (on the meta device)."""
+    with torch.device("meta"):
+        nets = (
+            create_generator(gen_config),
+            create_discriminator(discriminator_config_for(gen_config)),
+        )
+    count = sum(p.numel() for net in nets for p in net.parameters())
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"G and D would have {count:,} parameters (about {count * 16 / 1e9:,.0f} GB to "
+            "train with Adam); lower --width or --fc-layers"
+        )
+
+
+def _finite_losses(step: int, d_loss: torch.Tensor, g_loss: torch.Tensor, last: str) -> None:
+    """Stop a run whose losses are no longer numbers: every later step and checkpoint would be
+    NaN too, and a NaN generator is useless to export or evaluate."""
+    values = {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+    bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        kept = f"the last checkpoint is {last}" if last else "no checkpoint was written"
+        raise TrainingStopped(
+            f"training diverged at step {step} ({', '.join(bad)}): {kept}; lower --lr-g and "
+            "--lr-d, or check the data"
+        )
+
+
+def _is_builtin_digits(data: ImageDataset) -> bool:
+    """The built-in digits (whose classifier judges samples), not a file that shares the
+    name."""
+    if data.name != "digits-train":
+        return False
+    return data.fingerprint() == load_digits_split(data.images.shape[-1])[0].fingerprint()
+
+
 def train(
     gen_config: GeneratorConfig,
     train_config: TrainConfig,
@@ -135,12 +225,15 @@ def train(
     resume: pathlib.Path | None = None,
     distributed: Distributed | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, write the checkpoint to ``out``; return the checkpoint dict.
 
     With ``distributed`` (torchrun), every process trains on its own batches and DDP averages
     the gradients; only rank 0 writes logs, samples and checkpoints. ``progress(step, steps,
-    last_record)`` is called after every step on rank 0 (a terminal progress bar).
+    last_record)`` is called after every step on rank 0 (a terminal progress bar). When
+    ``stop_requested()`` turns true (Ctrl-C), the step ends, a checkpoint is saved and
+    TrainingStopped says how to resume; a run whose losses stop being finite raises it too.
     """
     rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     lead = rank == 0
@@ -160,6 +253,9 @@ def train(
             f"--style-mixing is for --arch stylegan, not {gen_config.architecture}; leave it at 0"
         )
     policy = parse_policy(cfg.diffaugment, gen_config.channels)
+    if lead:
+        check_outputs(out, run_dir, resume)
+    check_size(gen_config)
     device = resolve_device(cfg.device, rank)
     amp = cfg.precision == "bf16"
     if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -197,7 +293,7 @@ def train(
     conditional = gen_config.num_classes > 0
     classifier = (
         DigitClassifier(data)
-        if lead and conditional and cfg.eval_per_class and data.name.startswith("digits")
+        if lead and conditional and cfg.eval_per_class and _is_builtin_digits(data)
         else None
     )
     monitor = (
@@ -262,6 +358,7 @@ def train(
         return net(z, y, z_mix=on_device(z_mix), mix_layer=on_device(mix_layer))
 
     started, window_started, window_images = time.monotonic(), time.monotonic(), 0
+    last_saved = str(resume or "")
     for step in range(start + 1, cfg.steps + 1):
         for _ in range(cfg.n_critic):
             idx = torch.randint(len(data), (cfg.batch_size,), generator=batch_gen)
@@ -318,6 +415,9 @@ def train(
         opt_g.step()
         update_ema(G_ema, G, cfg.ema_decay)
 
+        saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if step % cfg.log_every == 0 or saving:
+            _finite_losses(step, d_loss, g_loss, last_saved)
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.monotonic()
             record = {
@@ -349,8 +449,18 @@ def train(
         if classifier and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             metrics.update(evaluate(G_ema, classifier, heldout, per_class=cfg.eval_per_class))
             LOGGER.info("step %d evaluation: %s", step, metrics)
-        if monitor and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            monitor.save(payload(step), step)
+        if monitor and saving:
+            last_saved = str(monitor.save(payload(step), step))
+        if stop_requested and step < cfg.steps and stop_requested():
+            saved: pathlib.Path | str = ""
+            if lead:
+                saved = monitor.save(payload(step), step) if monitor else out
+                if not monitor:
+                    checkpoint.save(payload(step), out)
+            raise TrainingStopped(
+                f"interrupted after step {step} of {cfg.steps}: saved {saved}; continue with "
+                f"--resume {saved}"
+            )
 
     metrics["train_seconds"] = round(
         metrics.get("train_seconds", 0.0) + time.monotonic() - started, 2

@@ -49,10 +49,16 @@ def _check_common(image_size: int, channels: int, width: int, num_classes: int) 
 
 
 def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a table of fields, got {type(data).__name__}")
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(kinds))
     if unknown:
         raise ValueError(f"{what} has unknown field(s) {', '.join(unknown)}")
+    for name, value in data.items():
+        kind = {"int": int, "str": str, "float": float}.get(str(kinds[name]))
+        if kind is not None and not (type(value) is kind or (kind is float and type(value) is int)):
+            raise ValueError(f"{what} field {name} must be {kind.__name__}, got {value!r}")
     return cls(**data)
 
 

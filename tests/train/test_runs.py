@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ganserve.train import checkpoint
-from ganserve.train.data import load_digits_split
-from ganserve.train.loop import TrainConfig, train
+from ganserve.train import checkpoint, loop
+from ganserve.train.data import ImageDataset, load_digits_split
+from ganserve.train.loop import TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import GeneratorConfig
 
@@ -27,6 +29,7 @@ def run(
     *,
     resume: pathlib.Path | None = None,
     name: str = "run",
+    stop_requested: Callable[[], bool] | None = None,
     **options: object,
 ) -> dict:
     data, heldout = load_digits_split(32)
@@ -40,7 +43,16 @@ def run(
         eval_per_class=5,
         **options,
     )
-    return train(GEN, config, data, heldout, tmp / f"{name}.pt", run_dir=tmp / name, resume=resume)
+    return train(
+        GEN,
+        config,
+        data,
+        heldout,
+        tmp / f"{name}.pt",
+        run_dir=tmp / name,
+        resume=resume,
+        stop_requested=stop_requested,
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,6 +100,116 @@ def test_resume_refuses_changed_settings(tmp_path: pathlib.Path) -> None:
     checkpoint.save(stripped, tmp_path / "stripped.pt")
     with pytest.raises(ValueError, match="lacks optimizer_d, rng"):
         run(tmp_path, 10, name="a", resume=tmp_path / "stripped.pt")
+
+
+def test_a_stop_request_saves_a_checkpoint_that_resumes_exactly(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C's path: the step in progress ends, its checkpoint is saved, and resuming from it
+    gives the same weights as a run that never stopped."""
+    straight = run(tmp_path, 12, name="straight")
+    calls = iter(range(1000))
+    with pytest.raises(TrainingStopped, match=r"interrupted after step 7 of 12: saved .*"):
+        run(tmp_path, 12, name="stopped", stop_requested=lambda: next(calls) >= 6)
+    saved = tmp_path / "stopped" / "ckpt_000007.pt"
+    assert not (tmp_path / "stopped.pt").exists()
+    resumed = run(tmp_path, 12, name="stopped", resume=saved)
+    for key in ("generator", "generator_ema", "discriminator"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs"
+
+
+def test_losses_that_stop_being_finite_stop_the_run(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No NaN checkpoint is written and reported as a success."""
+    real = loop.generator_loss
+    monkeypatch.setattr(loop, "generator_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(
+        TrainingStopped,
+        match=r"training diverged at step 5 \(.*g_loss nan\): no checkpoint was written",
+    ):
+        run(tmp_path, 10)
+    assert not (tmp_path / "run.pt").exists()
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: pathlib.Path) -> None:
+    """The rotation sorts checkpoints by name: a new run's step-5 checkpoint would be deleted
+    for an old step-10 one."""
+    run(tmp_path, 10)
+    with pytest.raises(
+        ValueError, match=r"already holds a run; continue it with --resume .*ckpt_000010"
+    ):
+        run(tmp_path, 5)
+    run(tmp_path, 15, resume=tmp_path / "run" / "ckpt_000010.pt")  # continuing it is fine
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_training(
+    tmp_path: pathlib.Path,
+) -> None:
+    (tmp_path / "afile").touch()
+    data, heldout = load_digits_split(32)
+    config = TrainConfig(steps=5, batch_size=8, eval_per_class=0)
+    with pytest.raises(
+        ValueError, match=r"cannot write --out .*afile/x.pt: .*afile is not a folder"
+    ):
+        train(GEN, config, data, heldout, tmp_path / "afile" / "x.pt")
+    with pytest.raises(ValueError, match=r"cannot create the run folder .*afile: a file is in"):
+        train(GEN, config, data, heldout, tmp_path / "x.pt", run_dir=tmp_path / "afile")
+
+
+def test_only_the_built_in_digits_are_judged_by_the_digits_classifier() -> None:
+    data, _ = load_digits_split(8)
+    assert loop._is_builtin_digits(data)
+    other = ImageDataset("digits-train", data.images.flip(0), data.labels, data.class_names)
+    assert not loop._is_builtin_digits(other)  # a digits.npz of the user's own
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--lr-g", "inf"], {}, "Invalid value for '--lr-g': inf is not in the range 0<x<=10"),
+        (["--gp-weight", "nan"], {}, "Invalid value for '--gp-weight': nan is not a finite number"),
+        (["--seed", str(2**70)], {}, "Invalid value for '--seed'"),
+        (["--threads", str(10**11)], {}, "Invalid value for '--threads'"),
+        (["--data", ""], {}, "Invalid value for '--data'"),
+        ([], {"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
+        (["--arch", "gan", "--fc-layers", "16"], {}, "parameters (about"),
+    ],
+)
+def test_cli_refuses_options_it_could_not_train_with(
+    tmp_path: pathlib.Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from ganserve.train.cli import main
+
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "x.pt"), *args], env=env)
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "m.pt"
+    command = [
+        str(pathlib.Path(sys.executable).parent / "gan-train"),
+        *("--out", str(out), "--steps", "100000", "--width", "8", "--image-size", "8"),
+        *("--eval-per-class", "0", "--batch-size", "4", "--log-every", "10"),
+    ]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # wait until it is training
+            if "step 10/100000" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, rest
+    finally:
+        proc.kill()
+    (error,) = [line for line in rest.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in rest
+    saved = pathlib.Path(error.split("continue with --resume ")[1])
+    assert checkpoint.load(saved)["step"] >= 10
 
 
 @pytest.mark.slow
