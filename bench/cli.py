@@ -26,8 +26,10 @@ import click
 
 from ganserve.bench import report, targets
 from ganserve.bench.load import Point, Windows, measure
+from ganserve.client.cli import FiniteFloat, checked_target
 from ganserve.serve.backends import Backend
 
+MAX_CONCURRENCY = 65536
 BENCH_BACKENDS = [b for b in Backend if b is not Backend.AUTO]
 
 
@@ -38,15 +40,24 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
         out = [int(x) for x in value.split(",")]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
-    if min(out) < 1:
-        raise click.BadParameter("concurrency levels must be >= 1")
+    if min(out) < 1 or max(out) > MAX_CONCURRENCY:
+        raise click.BadParameter(f"concurrency levels must be in 1..{MAX_CONCURRENCY}")
     return out
 
 
+def _output_file(
+    ctx: click.Context, param: click.Parameter, value: pathlib.Path | None
+) -> pathlib.Path | None:
+    """An output whose folder exists: checked before minutes of measuring, not after."""
+    if value is not None and not value.parent.is_dir():
+        raise click.BadParameter(f"folder {value.parent} does not exist")
+    return value
+
+
 _windows = [
-    click.option("--warmup", type=click.FloatRange(0), default=1.0, help="Seconds of warm-up."),
+    click.option("--warmup", type=FiniteFloat(0, 3600), default=1.0, help="Seconds of warm-up."),
     click.option(
-        "--window", type=click.FloatRange(0.1), default=2.0, help="Seconds per measurement window."
+        "--window", type=FiniteFloat(0.1, 3600), default=2.0, help="Seconds per measurement window."
     ),
     click.option(
         "--max-windows",
@@ -89,7 +100,9 @@ def main() -> None:
 
 
 @main.command(help=__doc__)
-@click.option("--target", default="localhost:50051", help="host:port of the server.")
+@click.option(
+    "--target", default="localhost:50051", callback=checked_target, help="host:port of the server."
+)
 @click.option("--server", type=click.Choice(["ganserve", "triton"]), default="ganserve")
 @click.option(
     "--rpc",
@@ -114,7 +127,7 @@ def main() -> None:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, 1e6, min_open=True),
     default=None,
     help="Fixed request rate (requests/s) instead of concurrency.",
 )
@@ -125,12 +138,23 @@ def main() -> None:
     help="ganserve /metrics URL, for the server's batch size and queue time.",
 )
 @_with_windows
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    callback=_output_file,
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    callback=_output_file,
+)
 @click.option(
     "--plot",
     "plot_path",
     type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    callback=_output_file,
     help="Latency-vs-throughput PNG.",
 )
 def run(

@@ -20,7 +20,6 @@ import functools
 import math
 import os
 import pathlib
-import re
 import ssl
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding
+from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding, check_target
 from ganserve.v1 import admin_pb2
 
 _path = click.Path(dir_okay=False, path_type=pathlib.Path)
@@ -83,17 +82,23 @@ def _image_path(ctx: click.Context, param: click.Parameter, value: pathlib.Path)
     return value
 
 
-def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number of seconds")
-    return value
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses inf and nan (nan compares false with every bound, and
+    an infinite timeout or rate passes a lower one)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
 
 
-def _check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """host:port with a port gRPC can dial (it would wrap 99999 around to another port)."""
-    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", value)
-    if match and not 1 <= int(match[2]) <= 65535:
-        raise click.BadParameter(f"port {match[2]} is not in 1..65535")
+def checked_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: a --target whose port gRPC can dial."""
+    try:
+        check_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -167,14 +172,13 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     default="localhost:50051",
     envvar="GANSERVE_TARGET",
     show_envvar=True,
-    callback=_check_target,
+    callback=checked_target,
     help="host:port of the server.",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=30.0,
-    callback=_finite,
     help="Deadline of each call in seconds.",
 )
 @click.option(

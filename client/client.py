@@ -11,6 +11,7 @@ import enum
 import io
 import json
 import pathlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
@@ -18,6 +19,14 @@ import numpy as np
 from PIL import Image
 
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
+
+
+def check_target(target: str) -> None:
+    """Raise ValueError for a host:port whose port gRPC cannot dial: it would wrap 99999 around
+    to another port (99999 - 65536) instead of failing. Other target forms pass unchecked."""
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
+    if match and not 1 <= int(match[2]) <= 65535:
+        raise ValueError(f"port {match[2]} is not in 1..65535")
 
 
 class ImageEncoding(enum.IntEnum):
@@ -117,6 +126,7 @@ class GeneratorClient:
         client_key: bytes | None = None,
         request_id: str | None = None,
     ) -> None:
+        check_target(target)
         self.target = target
         self.timeout = timeout
         options = [

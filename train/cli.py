@@ -24,7 +24,6 @@ Examples:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pathlib
 import signal
@@ -36,24 +35,14 @@ from typing import Any
 import click
 import torch
 
+from ganserve.client.cli import FiniteFloat
 from ganserve.train.checkpoint import CheckpointError
 from ganserve.train.data import DataError, load
 from ganserve.train.loop import Distributed, TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
 
-
-class _Finite(click.FloatRange):
-    """A FloatRange that also refuses inf and nan (which compare false with every bound)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{number} is not a finite number", param, ctx)
-        return number
-
-
-_positive = _Finite(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
+_positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -85,20 +74,20 @@ _positive = _Finite(0, 10, min_open=True)  # learning rates: Adam's above 10 onl
     default=1,
     help="Discriminator steps per generator step.",
 )
-@click.option("--gp-weight", type=_Finite(0), default=10.0, help="WGAN-GP penalty.")
-@click.option("--r1-gamma", type=_Finite(0), default=0.0, help="R1 penalty (0 = off).")
+@click.option("--gp-weight", type=FiniteFloat(0), default=10.0, help="WGAN-GP penalty.")
+@click.option("--r1-gamma", type=FiniteFloat(0), default=0.0, help="R1 penalty (0 = off).")
 @click.option(
     "--label-smoothing",
-    type=_Finite(0, 0.5, max_open=True),
+    type=FiniteFloat(0, 0.5, max_open=True),
     default=0.0,
     help="One-sided label smoothing of real targets.",
 )
 @click.option("--diffaugment", default="", help="DiffAugment policy, e.g. translation,cutout.")
 @click.option("--lr-g", type=_positive, default=2e-4)
 @click.option("--lr-d", type=_positive, default=2e-4)
-@click.option("--beta1", type=_Finite(0, 1, max_open=True), default=0.5)
-@click.option("--beta2", type=_Finite(0, 1, max_open=True), default=0.999)
-@click.option("--ema-decay", type=_Finite(0, 1, max_open=True), default=0.999)
+@click.option("--beta1", type=FiniteFloat(0, 1, max_open=True), default=0.5)
+@click.option("--beta2", type=FiniteFloat(0, 1, max_open=True), default=0.999)
+@click.option("--ema-decay", type=FiniteFloat(0, 1, max_open=True), default=0.999)
 @click.option(
     "--arch",
     type=click.Choice(ARCHITECTURES),
@@ -131,7 +120,7 @@ _positive = _Finite(0, 10, min_open=True)  # learning rates: Adam's above 10 onl
 )
 @click.option(
     "--style-mixing",
-    type=_Finite(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.0,
     help="stylegan: share of samples trained with mixed styles (0 = off).",
 )

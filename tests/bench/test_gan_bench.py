@@ -108,6 +108,27 @@ def test_unreachable_server_is_one_line(tmp_path: pathlib.Path) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "inf"], "Invalid value for '--rate': inf is not in the range 0<x<=1000000"),
+        (["--rate", "nan"], "Invalid value for '--rate': nan is not a finite number"),
+        (["--window", "inf"], "Invalid value for '--window'"),
+        (["--concurrency", "1000000"], "concurrency levels must be in 1..65536"),
+        (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
+        (["--json", "/nonexistent/dir/out.json"], "folder /nonexistent/dir does not exist"),
+        (["--plot", "/nonexistent/dir/out.png"], "folder /nonexistent/dir does not exist"),
+    ],
+)
+def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
+    args: list[str], message: str
+) -> None:
+    """Checked before any load is sent: no server is running here."""
+    result = CliRunner().invoke(main, ["run", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output
+
+
 def test_failed_calls_are_counted_by_status_not_raised() -> None:
     class Refused(Exception):
         def code(self):
