@@ -6,8 +6,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -17,6 +20,8 @@ DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
 LOGGER = logging.getLogger(__name__)
 HELDOUT_FRACTION = 0.2
 SPLIT_SEED = 0
+NPZ_HINT = "save it with numpy.savez(file, images=..., labels=...)"
+IMAGES_DTYPES = "integers 0..255 (e.g. uint8) or floats 0..1"  # what .npz images may hold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +80,18 @@ class DataError(ValueError):
 
 
 def _finish(
-    name: str, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], size: int
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    size: int,
+    *,
+    source: pathlib.Path,
 ) -> tuple[ImageDataset, ImageDataset]:
     """(N, H, W, C) float in [0, 1] -> resized (train, held-out) datasets, 80/20 stratified."""
     from sklearn.model_selection import train_test_split
 
+    _check_split(source, labels, class_names)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(
@@ -87,11 +99,11 @@ def _finish(
         )
     x = (x.clamp(0, 1) * 2 - 1).contiguous()
     y = torch.from_numpy(labels.astype(np.int64))
-    if len(x) < 5:
-        raise DataError(f"{name}: {len(x)} images; at least 5 are needed for a held-out split")
-    stratify = labels if class_names and np.bincount(labels).min() >= 2 else None
     idx_train, idx_held = train_test_split(
-        np.arange(len(x)), test_size=HELDOUT_FRACTION, stratify=stratify, random_state=SPLIT_SEED
+        np.arange(len(x)),
+        test_size=HELDOUT_FRACTION,
+        stratify=labels if class_names else None,
+        random_state=SPLIT_SEED,
     )
     return (
         ImageDataset(f"{name}-train", x[idx_train], y[idx_train], class_names),
@@ -99,8 +111,37 @@ def _finish(
     )
 
 
+def _check_split(source: pathlib.Path, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """Enough images for the stratified split to put every class in both train and held-out."""
+    if len(labels) < 5:
+        raise DataError(
+            f"{source}: {len(labels)} images; at least 5 are needed for a held-out split"
+        )
+    if not class_names:
+        return
+    counts = np.bincount(labels, minlength=len(class_names))
+    k = int(counts.argmin())
+    if counts[k] < 2:
+        raise DataError(
+            f"{source}: need at least 2 images per class for the held-out split "
+            f"(class '{class_names[k]}' has {counts[k]})"
+        )
+    # scikit-learn holds out ceil(fraction * N) images and needs one of every class among them.
+    held = math.ceil(HELDOUT_FRACTION * len(labels))
+    if held < len(class_names):
+        needed = len(labels)
+        while math.ceil(HELDOUT_FRACTION * needed) < len(class_names):
+            needed += 1
+        raise DataError(
+            f"{source}: {len(labels)} images for {len(class_names)} classes leave {held} for the "
+            f"held-out split, which needs one image of every class: use at least {needed} images "
+            "(5 per class always suffice)"
+        )
+
+
 class _Decode(torch.utils.data.Dataset):
-    """(file, label) -> (file, label, mode, (H, W, C) float32 array in [0, 1] or the error)."""
+    """(file, label) -> (file, label, mode, (H, W, C) float32 array in [0, 1], or the reason to
+    skip the file, or the DataError that stops loading)."""
 
     def __init__(self, items: list[tuple[pathlib.Path, int]]) -> None:
         self.items = items
@@ -108,7 +149,7 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[pathlib.Path, int, str, np.ndarray | str]:
+    def __getitem__(self, i: int) -> tuple[pathlib.Path, int, str, np.ndarray | str | DataError]:
         from PIL import Image, UnidentifiedImageError
 
         file, label = self.items[i]
@@ -119,6 +160,8 @@ class _Decode(torch.utils.data.Dataset):
                 return file, label, im.mode, array if array.ndim == 3 else array[:, :, None]
         except (UnidentifiedImageError, OSError) as exc:
             return file, label, "", str(exc)
+        except Image.DecompressionBombError as exc:  # a real image, too large to decode safely
+            return file, label, "", DataError(f"{file}: too large to load ({exc}); shrink it")
 
 
 def _as_is(item: object) -> object:
@@ -136,7 +179,8 @@ def load_image_folder(
     """Images from a folder: one subfolder per class (conditional) or all in the folder
     (unconditional). Any format Pillow reads, decoded by ``workers`` DataLoader processes
     (default: 0 for small folders, else up to 4); unreadable files are skipped with a warning.
-    All images must share one mode (L or RGB): mixed modes are an error naming two files."""
+    All images must share one mode (L or RGB): mixed modes are an error naming two files. An
+    empty class folder, or an image beside the class folders, is an error naming it."""
     if not path.is_dir():
         raise DataError(f"{path}: not a folder of images")
     subfolders = sorted(p for p in path.iterdir() if p.is_dir())
@@ -145,6 +189,10 @@ def load_image_folder(
             (i, sorted(f for f in d.rglob("*") if f.is_file())) for i, d in enumerate(subfolders)
         ]
         class_names = tuple(d.name for d in subfolders)
+        for i, files in groups:
+            if not files:
+                raise DataError(f"{subfolders[i]}: empty class folder; add images or remove it")
+        _refuse_loose_images(path)
     else:
         groups = [(0, sorted(f for f in path.iterdir() if f.is_file()))]
         class_names = ()
@@ -157,6 +205,8 @@ def load_image_folder(
     )
     arrays, labels, skipped, modes = [], [], 0, {}
     for file, label, mode, array in loader:
+        if isinstance(array, DataError):
+            raise array
         if isinstance(array, str):
             LOGGER.warning("skipping %s: %s", file, array)
             skipped += 1
@@ -179,7 +229,21 @@ def load_image_folder(
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:  # resize each to the training size first, then stack
         arrays = [_resize(a, image_size) for a in arrays]
-    return _finish(path.name, np.stack(arrays), np.array(labels), class_names, image_size)
+    images = np.stack(arrays)
+    return _finish(path.name, images, np.array(labels), class_names, image_size, source=path)
+
+
+def _refuse_loose_images(path: pathlib.Path) -> None:
+    """Beside class subfolders, an image file would be silently left out of training."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    loose = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in extensions)
+    if loose:
+        raise DataError(
+            f"{loose[0]}: image outside the class folders of {path} ({len(loose)} such "
+            "image(s)); move it into a class folder or remove it"
+        )
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:
@@ -189,40 +253,110 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_npz(path: pathlib.Path, image_size: int) -> tuple[ImageDataset, ImageDataset]:
-    """``images`` (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 0..255 or float 0..1, and
-    optional integer ``labels`` (N,) for a conditional model."""
+    """``images`` (N, H, W), (N, H, W, C) or (N, C, H, W), integers 0..255 (e.g. uint8) or
+    finite floats 0..1, and optional integer ``labels`` (N,) 0..K-1, every class present, for a
+    conditional model."""
+    images, labels = _read_npz(path)
+    images = _check_images(path, images)  # (N, H, W, C) float32 in [0, 1]
+    if labels is None:
+        labels, class_names = np.zeros(len(images), dtype=np.int64), ()
+    else:
+        labels = _check_labels(path, labels, len(images))
+        class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
+    return _finish(path.stem, images, labels, class_names, image_size, source=path)
+
+
+def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``images`` and ``labels`` (or None) arrays, or a DataError saying why not."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc.strerror or exc})") from None
+    if not magic.startswith(b"PK"):  # np.load would read it as a .npy array or a pickle
+        kind = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+        raise DataError(
+            f"{path}: not a readable .npz file ({kind if magic else 'empty'}); {NPZ_HINT}"
+        )
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if "images" not in data:
-        raise DataError(f"{path}: no 'images' array (found: {', '.join(data.files) or 'none'})")
-    images = data["images"]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); {NPZ_HINT}") from None
+    with data:
+        if "images" not in data:
+            raise DataError(f"{path}: no 'images' array (found: {', '.join(data.files) or 'none'})")
+        images = _read_member(path, data, "images", IMAGES_DTYPES)
+        labels = _read_member(path, data, "labels", "integers 0..K-1") if "labels" in data else None
+    return images, labels
+
+
+def _read_member(
+    path: pathlib.Path, data: np.lib.npyio.NpzFile, key: str, dtype: str
+) -> np.ndarray:
+    try:
+        return data[key]
+    except ValueError as exc:  # an object (pickled) array, a broken .npy header
+        raise DataError(f"{path}: '{key}' cannot be read ({exc}); save it as {dtype}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # damaged bytes
+        raise DataError(f"{path}: not a readable .npz file ({exc}); {NPZ_HINT}") from None
+
+
+def _check_images(path: pathlib.Path, images: np.ndarray) -> np.ndarray:
+    """Any accepted layout and dtype -> (N, H, W, C) float32 in [0, 1]."""
+    shape, integer = images.shape, np.issubdtype(images.dtype, np.integer)
+    if not (integer or np.issubdtype(images.dtype, np.floating)):
+        raise DataError(f"{path}: images has dtype {images.dtype}; expected {IMAGES_DTYPES}")
+    if images.ndim not in (3, 4):
+        raise DataError(f"{path}: images has shape {shape}; expected (N, H, W[, C])")
+    if images.size == 0:
+        raise DataError(
+            f"{path}: images has shape {shape}, which is empty; expected (N, H, W[, C])"
+        )
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4:
-        raise DataError(f"{path}: images has shape {images.shape}; expected (N, H, W[, C])")
     if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     if images.shape[-1] not in (1, 3):
         raise DataError(f"{path}: images has {images.shape[-1]} channels; use 1 or 3")
-    images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    if "labels" in data:
-        labels = data["labels"]
-        if (
-            labels.shape != (len(images),)
-            or not np.issubdtype(labels.dtype, np.integer)
-            or labels.min() < 0
-        ):
-            raise DataError(f"{path}: labels must be {len(images)} non-negative integers")
-        class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
-    else:
-        labels, class_names = np.zeros(len(images), dtype=np.int64), ()
-    return _finish(path.stem, images, labels, class_names, image_size)
+    if not integer and not np.isfinite(images).all():
+        raise DataError(f"{path}: images hold NaN or infinite values")
+    low, high = images.min().item(), images.max().item()
+    top = 255 if integer else 1
+    if low < 0 or high > top:
+        raise DataError(
+            f"{path}: images ({images.dtype}) range {low:g}..{high:g}; expected {IMAGES_DTYPES}: "
+            "rescale them"
+        )
+    return images.astype(np.float32) / np.float32(top)
+
+
+def _check_labels(path: pathlib.Path, labels: np.ndarray, count: int) -> np.ndarray:
+    """``labels`` (N,) 0..K-1 with every class present (K class names come from them)."""
+    if labels.shape != (count,):
+        raise DataError(
+            f"{path}: labels must be {count} integers, one per image; found shape {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels has dtype {labels.dtype}; expected integers 0..K-1")
+    rule = "labels must be 0..K-1 with every class present"
+    low, high = labels.min().item(), labels.max().item()
+    if low < 0:
+        raise DataError(f"{path}: {rule}; found min {low}")
+    if high >= count:  # K classes need at least K images; also bounds the class list
+        raise DataError(f"{path}: {rule}; found max {high} with only {count} images")
+    labels = labels.astype(np.int64)
+    missing = np.flatnonzero(np.bincount(labels, minlength=high + 1) == 0)
+    if len(missing):
+        raise DataError(
+            f"{path}: {rule}; class {missing[0]} has no images ({len(missing)} of 0..{high} empty)"
+        )
+    return labels
 
 
 def load(spec: str, image_size: int) -> tuple[ImageDataset, ImageDataset]:
     """'digits' (built in), a folder of images, or a .npz file."""
+    if not spec.strip():
+        raise DataError("--data is empty: give 'digits', a folder of images, or a .npz file")
     if spec == "digits":
         return load_digits_split(image_size)
     path = pathlib.Path(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -108,3 +109,200 @@ def test_bad_npz_is_named(tmp_path: pathlib.Path, arrays: dict, match: str) -> N
     np.savez(path, **arrays)
     with pytest.raises(DataError, match=match):
         load(str(path), 8)
+
+
+def corrupt(data: bytes, start: int, count: int = 16) -> bytes:
+    """Flip every bit of ``count`` bytes from ``start``."""
+    flipped = bytes(b ^ 0xFF for b in data[start : start + count])
+    return data[:start] + flipped + data[start + count :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("npy", "a single .npy array"),
+        ("empty", "empty"),
+        ("text", "not a zip archive"),
+        ("truncated", "File is not a zip file"),
+        ("flipped", "Bad CRC-32"),
+        ("compressed", "Error -3 while decompressing"),
+    ],
+)
+def test_unreadable_npz_is_named(tmp_path: pathlib.Path, damage: str, reason: str) -> None:
+    images = np.arange(20 * 8 * 8, dtype=np.uint8).reshape(20, 8, 8)
+    good, path = tmp_path / "good.npz", tmp_path / "bad.npz"
+    (np.savez_compressed if damage == "compressed" else np.savez)(good, images=images)
+    data = good.read_bytes()
+    if damage == "npy":
+        np.save(tmp_path / "a.npy", images)
+        data = (tmp_path / "a.npy").read_bytes()
+    elif damage in ("empty", "text"):
+        data = b"" if damage == "empty" else b"images: 1 2 3\n"
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped":
+        data = corrupt(data, data.index(images.tobytes()))  # pixels, not the zip structure
+    else:
+        data = corrupt(data, 100)  # inside the deflate stream of images.npy
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=f"bad.npz: not a readable .npz file \\({reason}"):
+        load(str(path), 8)
+
+
+@pytest.mark.parametrize("shape", [(10, 0, 0), (0, 8, 8), (4, 8, 8, 0)])
+def test_npz_with_no_pixels_is_refused(tmp_path: pathlib.Path, shape: tuple[int, ...]) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros(shape, dtype=np.uint8), labels=np.zeros(shape[0], dtype=int))
+    with pytest.raises(DataError, match=re.escape(f"images has shape {shape}, which is empty")):
+        load(str(path), 8)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"images": np.full((10, 8, 8), "a")}, "images has dtype <U1; expected integers 0..255"),
+        ({"images": np.full((10, 8, 8), None)}, "'images' cannot be read \\(Object arrays"),
+        (
+            {"images": np.zeros((10, 8, 8), np.uint8), "labels": np.full(10, None)},
+            "'labels' cannot be read \\(Object arrays.*save it as integers 0..K-1",
+        ),
+        (
+            {"images": np.zeros((10, 8, 8), np.uint8), "labels": np.zeros(10)},
+            "labels has dtype float64; expected integers 0..K-1",
+        ),
+    ],
+)
+def test_npz_arrays_of_the_wrong_dtype_name_the_key(
+    tmp_path: pathlib.Path, arrays: dict, match: str
+) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=match):
+        load(str(path), 8)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        ([0] * 9 + [1], "need at least 2 images per class .*\\(class '1' has 1\\)"),
+        (
+            np.arange(10) % 5,
+            "10 images for 5 classes leave 2 for the held-out split.* at least 21 images",
+        ),
+    ],
+)
+def test_npz_with_too_few_images_per_class_is_refused(
+    tmp_path: pathlib.Path, labels: list[int], match: str
+) -> None:
+    path = tmp_path / "few.npz"
+    np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.array(labels))
+    with pytest.raises(DataError, match=match):
+        load(str(path), 8)
+
+
+def test_folder_with_too_few_images_per_class_is_refused(tmp_path: pathlib.Path) -> None:
+    for i in range(5):
+        write_images(tmp_path / "data" / f"c{i}", 2, size=8)
+    with pytest.raises(DataError, match="data: 10 images for 5 classes leave 2 for the held-out"):
+        load(str(tmp_path / "data"), 8)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("huge", "found max 1000000000 with only 20 images"),
+        ("negative", "found min -1"),
+        ("gap", "class 2 has no images"),
+    ],
+)
+def test_npz_labels_must_be_every_class_from_zero(
+    tmp_path: pathlib.Path, case: str, match: str
+) -> None:
+    labels = np.arange(20) % 3
+    if case == "gap":
+        labels[labels == 2] = 3  # classes 0, 1, 3
+    else:
+        labels[0] = 10**9 if case == "huge" else -1
+    path = tmp_path / "labels.npz"
+    np.savez(path, images=np.zeros((20, 8, 8), np.uint8), labels=labels)
+    with pytest.raises(DataError, match=f"labels must be 0..K-1 with every class present; {match}"):
+        load(str(path), 8)
+
+
+@pytest.mark.parametrize(
+    ("images", "found"),
+    [
+        (np.arange(20 * 64, dtype=np.uint16).reshape(20, 8, 8) * 50, "\\(uint16\\) range 0..63950"),
+        (
+            np.linspace(0, 255, 20 * 64, dtype=np.float32).reshape(20, 8, 8),
+            "\\(float32\\) range 0..255",
+        ),
+        (np.linspace(-1, 1, 20 * 64).reshape(20, 8, 8), "\\(float64\\) range -1..1"),
+    ],
+)
+def test_npz_pixels_outside_the_range_are_refused(
+    tmp_path: pathlib.Path, images: np.ndarray, found: str
+) -> None:
+    path = tmp_path / "range.npz"
+    np.savez(path, images=images)
+    with pytest.raises(DataError, match=f"images {found}; expected integers 0..255"):
+        load(str(path), 8)
+
+
+def test_npz_integer_images_of_any_type_are_8_bit(tmp_path: pathlib.Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", images=images)
+    np.savez(tmp_path / "i64.npz", images=images.astype(np.int64))
+    u8, i64 = load(str(tmp_path / "u8.npz"), 8), load(str(tmp_path / "i64.npz"), 8)
+    for one, other in zip(u8, i64, strict=True):
+        assert np.array_equal(one.images.numpy(), other.images.numpy())
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_npz_non_finite_pixels_are_refused(tmp_path: pathlib.Path, value: float) -> None:
+    images = np.full((20, 8, 8), 0.5, dtype=np.float32)
+    images[3, 4, 5] = value
+    path = tmp_path / "nan.npz"
+    np.savez(path, images=images)
+    with pytest.raises(DataError, match=r"nan\.npz: images hold NaN or infinite values"):
+        load(str(path), 8)
+
+
+def test_image_too_large_to_decode_is_named(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's decompression-bomb limit, lowered so that a 20x20 image stands for a huge one."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    write_images(tmp_path / "data" / "a", 5, size=8)
+    write_images(tmp_path / "data" / "b", 5, size=8)
+    Image.new("L", (20, 20)).save(tmp_path / "data" / "b" / "huge.png")
+    with pytest.raises(DataError, match=r"huge\.png: too large to load .*; shrink it"):
+        load(str(tmp_path / "data"), 8)
+
+
+def test_empty_class_folder_is_named(tmp_path: pathlib.Path) -> None:
+    write_images(tmp_path / "data" / "a", 5, size=8)
+    (tmp_path / "data" / "b").mkdir()
+    with pytest.raises(DataError, match="data/b: empty class folder"):
+        load(str(tmp_path / "data"), 8)
+
+
+def test_images_beside_class_folders_are_named(tmp_path: pathlib.Path) -> None:
+    for name in ("a", "b"):
+        write_images(tmp_path / "data" / name, 5, size=8)
+    (tmp_path / "data" / "README.txt").write_text("not an image: ignored")
+    train, _ = load(str(tmp_path / "data"), 8)
+    assert train.class_names == ("a", "b")
+    Image.new("L", (8, 8)).save(tmp_path / "data" / "stray.PNG")
+    with pytest.raises(DataError, match=r"stray\.PNG: image outside the class folders"):
+        load(str(tmp_path / "data"), 8)
+
+
+@pytest.mark.parametrize("spec", ["", "  "])
+def test_empty_data_spec_is_refused(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty path would otherwise mean this folder
+    write_images(tmp_path, 10, size=8)
+    with pytest.raises(DataError, match="--data is empty"):
+        load(spec, 8)
