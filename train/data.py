@@ -183,10 +183,12 @@ def load_image_folder(
     empty class folder, or an image beside the class folders, is an error naming it."""
     if not path.is_dir():
         raise DataError(f"{path}: not a folder of images")
-    subfolders = sorted(p for p in path.iterdir() if p.is_dir())
+    # Hidden entries (.ipynb_checkpoints, .DS_Store, .git) are tools' files, not data.
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subfolders:
         groups = [
-            (i, sorted(f for f in d.rglob("*") if f.is_file())) for i, d in enumerate(subfolders)
+            (i, sorted(f for f in d.rglob("*") if f.is_file() and not _hidden(f, d)))
+            for i, d in enumerate(subfolders)
         ]
         class_names = tuple(d.name for d in subfolders)
         for i, files in groups:
@@ -194,7 +196,7 @@ def load_image_folder(
                 raise DataError(f"{subfolders[i]}: empty class folder; add images or remove it")
         _refuse_loose_images(path)
     else:
-        groups = [(0, sorted(f for f in path.iterdir() if f.is_file()))]
+        groups = [(0, sorted(f for f in path.iterdir() if f.is_file() and not _hidden(f, path)))]
         class_names = ()
     items = [(file, label) for label, files in groups for file in files]
     loader = torch.utils.data.DataLoader(
@@ -231,6 +233,10 @@ def load_image_folder(
         arrays = [_resize(a, image_size) for a in arrays]
     images = np.stack(arrays)
     return _finish(path.name, images, np.array(labels), class_names, image_size, source=path)
+
+
+def _hidden(file: pathlib.Path, root: pathlib.Path) -> bool:
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
 def _refuse_loose_images(path: pathlib.Path) -> None:

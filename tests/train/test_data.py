@@ -306,3 +306,14 @@ def test_empty_data_spec_is_refused(
     write_images(tmp_path, 10, size=8)
     with pytest.raises(DataError, match="--data is empty"):
         load(spec, 8)
+
+
+def test_hidden_folders_and_files_are_not_data(tmp_path: pathlib.Path) -> None:
+    """Jupyter's .ipynb_checkpoints is not a class, nor a .cache folder inside a class."""
+    for name in ("a", "b"):
+        write_images(tmp_path / "data" / name, 5, size=8)
+    write_images(tmp_path / "data" / ".ipynb_checkpoints", 5, size=8)
+    write_images(tmp_path / "data" / "a" / ".cache", 3, size=8)
+    train, heldout = load(str(tmp_path / "data"), 8)
+    assert train.class_names == ("a", "b")
+    assert len(train) + len(heldout) == 10
