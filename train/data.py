@@ -158,8 +158,8 @@ class _Decode(torch.utils.data.Dataset):
                 im.load()
                 array = np.asarray(im, dtype=np.float32) / 255.0
                 return file, label, im.mode, array if array.ndim == 3 else array[:, :, None]
-        except (UnidentifiedImageError, OSError) as exc:
-            return file, label, "", str(exc)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            return file, label, "", str(exc)  # Pillow's plugins raise all of these for bad bytes
         except Image.DecompressionBombError as exc:  # a real image, too large to decode safely
             return file, label, "", DataError(f"{file}: too large to load ({exc}); shrink it")
 

@@ -55,10 +55,11 @@ def test_unreadable_files_are_skipped_with_a_count(
     write_images(tmp_path, 10)
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / "odd.ppm").write_bytes(b"P6\n2 2\n70000\nxxxx")  # Pillow raises ValueError
     with caplog.at_level(logging.WARNING):
         train, held = load(str(tmp_path), 8)
     assert len(train) + len(held) == 10
-    assert "skipped 2 unreadable file(s)" in caplog.text
+    assert "skipped 3 unreadable file(s)" in caplog.text
 
 
 @pytest.mark.parametrize(
