@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
-from ganserve.export.pipeline import (
-    ExportConfig,
-    ExportError,
-    Precision,
-    TensorRTMode,
-    export_checkpoint,
-)
+# Light imports only: the pipeline (torch, onnx) loads inside main, after the interrupt
+# handler is in place, so a Ctrl-C during start-up is one line too.
+from ganserve.export.config import ExportConfig, Precision, TensorRTMode
+from ganserve.export.errors import ExportError
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -37,6 +39,34 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
         return tuple(int(x) for x in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C stopped the export before anything was published."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+
+
+@contextmanager
+def _interrupts_reported() -> Iterator[None]:
+    """Turn a Ctrl-C inside the block into `Interrupted`, whatever it surfaced as: torch's
+    exporter can wrap the KeyboardInterrupt in its own error (one that hit an import shows up
+    as an AttributeError inside a TorchExportError), so the handler records that it fired."""
+    fired: list[int] = []
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        fired.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except BaseException:
+        if fired:
+            raise Interrupted("interrupted: nothing was written") from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -77,7 +107,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "--verify-batch-sizes",
     default=None,
     callback=_sizes,
-    help="Comma-separated batch sizes to verify [default: 1,7,MAX_BATCH].",
+    help="Comma-separated batch sizes to verify, each in 1..MAX_BATCH [default: 1,7,MAX_BATCH].",
 )
 @click.option("--fp16-onnx", is_flag=True, help="Also write model.fp16.onnx.")
 @click.option(
@@ -110,6 +140,12 @@ def main(
     device: int,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    outside = [b for b in verify_batch_sizes or () if not 1 <= b <= max_batch]
+    if outside:
+        raise click.BadParameter(
+            f"each size must be in 1..--max-batch ({max_batch}), got {','.join(map(str, outside))}",
+            param_hint="'--verify-batch-sizes'",
+        )
     try:
         config = ExportConfig(
             repository=repository,
@@ -128,10 +164,13 @@ def main(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        result = export_checkpoint(checkpoint, config)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _interrupts_reported():
+        from ganserve.export.pipeline import export_checkpoint
+
+        try:
+            result = export_checkpoint(checkpoint, config)
+        except ExportError as exc:
+            raise click.ClickException(str(exc)) from None
     for note in result.notes:
         click.echo(note)
     extra = result.version.metadata.extra

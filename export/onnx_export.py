@@ -15,13 +15,19 @@ import pathlib
 import warnings
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from ganserve.serve import inputs
 from ganserve.serve.metadata import ModelMetadata
 
 METADATA_PROP = "ganserve.metadata"
+
+
+class ConversionError(ValueError):
+    """An ONNX model could not be converted to FP16; the message says why."""
 
 
 class _ExportWrapper(torch.nn.Module):
@@ -83,12 +89,42 @@ def read_embedded_metadata(path: pathlib.Path) -> dict[str, Any]:
     return json.loads(props[METADATA_PROP])
 
 
+def _float_constants_as_tensors(graph: onnx.GraphProto) -> None:
+    """Rewrite Constant nodes' ``value_float``/``value_floats`` attributes as ``value`` tensors.
+
+    The FP16 converter turns every float ``value`` tensor and every float value_info into
+    FP16, but not these attribute forms: their output would stay FP32 while its value_info
+    says FP16, and the checker refuses the model. The unoptimised exporter writes them (a
+    stylegan's Resize scales, for one); the optimiser folds them into initialisers."""
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for i, attr in enumerate(node.attribute):
+                if attr.name == "value_float":
+                    array = np.array(attr.f, dtype=np.float32)
+                elif attr.name == "value_floats":
+                    array = np.array(list(attr.floats), dtype=np.float32)
+                else:
+                    continue
+                node.attribute[i].CopyFrom(
+                    onnx.helper.make_attribute("value", numpy_helper.from_array(array))
+                )
+        for attr in node.attribute:  # subgraphs (If, Loop, Scan)
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _float_constants_as_tensors(sub)
+
+
 def to_fp16(src: pathlib.Path, dst: pathlib.Path) -> None:
     """An FP16 copy of an FP32 model for the CUDA and TensorRT providers. Inputs and outputs
     keep their FP32/int64 types (casts are inserted), so callers feed it exactly like the FP32
-    model."""
+    model. ConversionError when the converted model does not check."""
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.checker.check_model(model, full_check=True)
+    model = onnx.load(str(src))
+    _float_constants_as_tensors(model.graph)
+    try:
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConversionError(f"the FP16 model does not check: {first}") from exc
     onnx.save(model, str(dst))

@@ -9,12 +9,8 @@ the version folder appears in one rename, or not at all.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
-import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -22,7 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ganserve.export import onnx_export, tensorrt_build
+from ganserve.export import onnx_export, publish, tensorrt_build
+from ganserve.export.config import ExportConfig, Precision, TensorRTMode
+from ganserve.export.errors import ExportError
 from ganserve.export.verify import FP32, REDUCED_PRECISION, Runner, VerificationError, verify
 from ganserve.serve import repository
 from ganserve.serve.backends import Backend, EngineOptions
@@ -38,77 +36,14 @@ from ganserve.train import checkpoint, sampling
 LOGGER = logging.getLogger(__name__)
 FP32_TAIL_LAYERS = 2  # output convolution + Tanh
 
-
-class ExportError(RuntimeError):
-    """Export refused: bad input, a failed check, or an unwritable destination."""
-
-
-class TensorRTMode(enum.Enum):
-    """Whether to build a TensorRT engine: when possible, always (fail if impossible), never."""
-
-    AUTO = "auto"
-    ON = "on"
-    OFF = "off"
-
-
-class Precision(enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ExportConfig:
-    """One export.
-
-    Args:
-        repository: Model repository root.
-        name: Model name (the folder under the repository).
-        version: Version folder; None takes the highest existing version + 1.
-        force: Replace an existing version folder instead of refusing.
-        opset: ONNX opset.
-        optimize: Run the exporter's graph optimiser (constant folding, dead code).
-        max_batch: Largest batch the server will send (TensorRT profile max; verified).
-        opt_batch: Batch size TensorRT tunes for; None means max_batch.
-        verify_batch_sizes: Batch sizes checked against PyTorch; None means (1, 7, max_batch).
-        fp16_onnx: Also write model.fp16.onnx for the CUDA/TensorRT providers.
-        tensorrt: Build model.plan when possible (AUTO), always (ON), or never (OFF).
-        tensorrt_precision: Precision of the TensorRT engine.
-        device_id: CUDA device for building and verifying the engine.
-    """
-
-    repository: pathlib.Path
-    name: str
-    version: int | None = None
-    force: bool = False
-    opset: int = 18
-    optimize: bool = True
-    max_batch: int = 64
-    opt_batch: int | None = None
-    verify_batch_sizes: tuple[int, ...] | None = None
-    fp16_onnx: bool = False
-    tensorrt: TensorRTMode = TensorRTMode.AUTO
-    tensorrt_precision: Precision = Precision.FP32
-    device_id: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"name {self.name!r} is not a valid folder name")
-        if self.version is not None and self.version < 1:
-            raise ValueError(f"version must be >= 1, got {self.version}")
-        if not 17 <= self.opset <= 23:
-            raise ValueError(f"opset must be in 17..23, got {self.opset}")
-        if not 1 <= self.max_batch <= 4096:
-            raise ValueError(f"max_batch must be in 1..4096, got {self.max_batch}")
-        if self.opt_batch is not None and not 1 <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"opt_batch must be in 1..max_batch ({self.max_batch})")
-        if self.verify_batch_sizes is not None and (
-            not self.verify_batch_sizes or min(self.verify_batch_sizes) < 1
-        ):
-            raise ValueError(f"verify_batch_sizes must be >= 1, got {self.verify_batch_sizes}")
-
-    @property
-    def batch_sizes(self) -> tuple[int, ...]:
-        return self.verify_batch_sizes or tuple(sorted({1, min(7, self.max_batch), self.max_batch}))
+__all__ = [
+    "ExportConfig",
+    "ExportError",
+    "ExportResult",
+    "Precision",
+    "TensorRTMode",
+    "export_checkpoint",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +96,6 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
     except checkpoint.CheckpointError as exc:
         raise ExportError(str(exc)) from exc
     version = config.version or _next_version(config.repository, config.name)
-    final = config.repository / config.name / str(version)
-    if final.exists() and not config.force:
-        raise ExportError(f"{final} already exists; pass --version N for a new one, or --force")
     trt_reason = None if config.tensorrt is TensorRTMode.OFF else tensorrt_build.unavailable()
     if config.tensorrt is TensorRTMode.ON and trt_reason:
         raise ExportError(f"--tensorrt on was requested but cannot build here: {trt_reason}")
@@ -187,74 +119,89 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
         },
         extra={"step": int(ckpt["step"]), "dataset": ckpt.get("dataset", {})},
     )
+    # Where the version goes is checked (and its staging folder made) before the work, so an
+    # unwritable destination fails in a second, not after the export and its verification.
+    staged = publish.stage(config.repository, config.name, version, force=config.force)
+    try:
+        notes = _build(staged.folder, generator, metadata, config, trt_reason)
+    except BaseException:  # a refusal, a crash or Ctrl-C: nothing is left behind
+        publish.discard(staged)
+        raise
+    with publish.interrupts_held():
+        publish.publish(staged)
+        return ExportResult(
+            repository.open_version(config.repository, config.name, version), tuple(notes)
+        )
+
+
+def _build(
+    staging: pathlib.Path,
+    generator: torch.nn.Module,
+    metadata: ModelMetadata,
+    config: ExportConfig,
+    trt_reason: str | None,
+) -> list[str]:
+    """Write and verify every artifact and metadata.json into ``staging``; the notes (one
+    line each) say what was skipped."""
     check = dict(metadata=metadata, batch_sizes=config.batch_sizes)
     reference = _torch_runner(generator)
     notes: list[str] = []
-    config.repository.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temp folder, then rename: the repository never holds half a version.
-    with tempfile.TemporaryDirectory(dir=config.repository, prefix=".export-") as tmp:
-        staging = pathlib.Path(tmp)
-        extra: dict[str, Any] = {}
-        try:
-            onnx_path = staging / MODEL_FILE
-            onnx_export.export_onnx(
-                generator,
-                onnx_path,
-                metadata=metadata,
-                opset=config.opset,
-                optimize=config.optimize,
-            )
-            report = verify(
-                _ort_runner(onnx_path, ["CPUExecutionProvider"]),
-                reference,
-                tolerance=FP32,
-                what="model.onnx (FP32)",
-                **check,
-            )
-            extra["onnx"] = {
-                "file": MODEL_FILE,
-                "precision": "fp32",
-                "batch": "dynamic",
-                "optimized": config.optimize,
-                "verification": report,
-            }
-            if config.fp16_onnx:
-                extra["onnx_fp16"] = _fp16_variant(staging, reference, check)
-            if config.tensorrt is not TensorRTMode.OFF:
-                if trt_reason:
-                    notes.append(f"TensorRT engine skipped: {trt_reason}")
-                else:
-                    extra["tensorrt"] = _tensorrt_plan(staging, metadata, reference, check, config)
-        except VerificationError as exc:
-            raise ExportError(f"verification failed, nothing written: {exc}") from exc
-        except tensorrt_build.BuildError as exc:
-            raise ExportError(f"TensorRT build failed, nothing written: {exc}") from exc
-        metadata = dataclasses.replace(metadata, extra={**metadata.extra, **extra})
-        for name in (MODEL_FILE, FP16_MODEL_FILE):
-            if (staging / name).exists():
-                onnx_export.embed_metadata(staging / name, metadata.to_dict())
-        metadata.write(staging / METADATA_FILE)
-        stray = sorted(
-            p.name
-            for p in staging.iterdir()
-            if p.name not in (MODEL_FILE, FP16_MODEL_FILE, PLAN_FILE, METADATA_FILE)
+    extra: dict[str, Any] = {}
+    try:
+        onnx_path = staging / MODEL_FILE
+        onnx_export.export_onnx(
+            generator,
+            onnx_path,
+            metadata=metadata,
+            opset=config.opset,
+            optimize=config.optimize,
         )
-        if stray:
-            raise ExportError(f"export wrote unexpected files {stray}; expected single files")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.chmod(0o755)  # TemporaryDirectory makes 0700; servers may run as another user
-        os.rename(staging, final)
-        staging.mkdir()  # TemporaryDirectory cleans up the (now empty) staging name
-    return ExportResult(
-        repository.open_version(config.repository, config.name, version), tuple(notes)
+        report = verify(
+            _ort_runner(onnx_path, ["CPUExecutionProvider"]),
+            reference,
+            tolerance=FP32,
+            what="model.onnx (FP32)",
+            **check,
+        )
+        extra["onnx"] = {
+            "file": MODEL_FILE,
+            "precision": "fp32",
+            "batch": "dynamic",
+            "optimized": config.optimize,
+            "verification": report,
+        }
+        if config.fp16_onnx:
+            extra["onnx_fp16"] = _fp16_variant(staging, reference, check)
+        if config.tensorrt is not TensorRTMode.OFF:
+            if trt_reason:
+                notes.append(f"TensorRT engine skipped: {trt_reason}")
+            else:
+                extra["tensorrt"] = _tensorrt_plan(staging, metadata, reference, check, config)
+    except VerificationError as exc:
+        raise ExportError(f"verification failed, nothing written: {exc}") from exc
+    except tensorrt_build.BuildError as exc:
+        raise ExportError(f"TensorRT build failed, nothing written: {exc}") from exc
+    metadata = dataclasses.replace(metadata, extra={**metadata.extra, **extra})
+    for name in (MODEL_FILE, FP16_MODEL_FILE):
+        if (staging / name).exists():
+            onnx_export.embed_metadata(staging / name, metadata.to_dict())
+    metadata.write(staging / METADATA_FILE)
+    stray = sorted(
+        p.name
+        for p in staging.iterdir()
+        if p.name not in (MODEL_FILE, FP16_MODEL_FILE, PLAN_FILE, METADATA_FILE)
     )
+    if stray:
+        raise ExportError(f"export wrote unexpected files {stray}; expected single files")
+    return notes
 
 
 def _fp16_variant(staging: pathlib.Path, reference: Runner, check: dict) -> dict[str, Any]:
     path = staging / FP16_MODEL_FILE
-    onnx_export.to_fp16(staging / MODEL_FILE, path)
+    try:
+        onnx_export.to_fp16(staging / MODEL_FILE, path)
+    except onnx_export.ConversionError as exc:
+        raise ExportError(f"FP16 conversion failed, nothing written: {exc}") from exc
     providers, verified_on = _fp16_providers()
     report = verify(
         _ort_runner(path, providers),

@@ -65,7 +65,10 @@ def model_names(root: pathlib.Path) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and any(c.is_dir() and version_number(c.name) for c in p.iterdir())
+        # Hidden folders are tools' (export-gan stages versions in .export-*), not models.
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and any(c.is_dir() and version_number(c.name) for c in p.iterdir())
     )
 
 

@@ -16,16 +16,19 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import pathlib
 import sys
+import tempfile
 
 import click
 
 from ganserve.train import checkpoint
 from ganserve.train.data import DataError, load
-from ganserve.train.evaluation import evaluate_generator
+from ganserve.train.evaluation import EvaluationError, check_data, evaluate_generator, generate
 from ganserve.train.features import load_or_train
 from ganserve.train.inception import InceptionError, InceptionFeatures
 
@@ -43,6 +46,33 @@ ORDER = [
     "label_kl",
     "memorisation_ratio",
 ]
+
+
+def _writable_folder(folder: pathlib.Path, what: str) -> None:
+    """Make ``folder`` (with its parents) and check a file can be created in it, so a bad
+    output location fails before the work, not after it. ``what`` names it in the error."""
+    for p in [*reversed(folder.parents), folder]:
+        if os.path.lexists(p) and not p.is_dir():
+            raise click.ClickException(f"cannot write {what}: {p} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        where = "" if what.endswith(str(folder)) else f"folder {folder}: "
+        raise click.ClickException(f"cannot write {what}: {where}{exc.strerror or exc}") from None
+
+
+def _write_json(path: pathlib.Path, payload: dict) -> None:
+    """Write atomically (a temp file, then a rename): a failed write leaves no half file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -81,6 +111,9 @@ def main(
     json_path: pathlib.Path | None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    _writable_folder(cache_dir, f"--cache-dir {cache_dir}")
+    if json_path is not None:
+        _writable_folder(json_path.parent, f"--json {json_path}")
     try:
         ckpt = checkpoint.load(checkpoint_path)
         generator = checkpoint.build_generator(ckpt)
@@ -88,6 +121,14 @@ def main(
         inception = InceptionFeatures(inception_path) if inception_path else None
     except (checkpoint.CheckpointError, DataError, InceptionError) as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        check_data(generator, train, heldout)
+    except EvaluationError as exc:
+        raise click.ClickException(f"--data {data} does not fit {checkpoint_path}: {exc}") from None
+    try:  # before the extractor's training: a generator that makes NaN is refused at once
+        samples = generate(generator, per_class)
+    except EvaluationError as exc:
+        raise click.ClickException(f"{checkpoint_path}: {exc}") from None
     trained_on = ckpt.get("dataset", {}).get("fingerprint")
     if trained_on and trained_on != train.fingerprint():
         click.echo(
@@ -102,11 +143,11 @@ def main(
             net,
             train,
             heldout,
-            per_class=per_class,
+            samples=samples,
             inception=inception,
             cache_dir=cache_dir,
         )
-    except InceptionError as exc:
+    except (InceptionError, EvaluationError) as exc:
         raise click.ClickException(str(exc)) from None
     gen, real = result["generated"], result["real_vs_real"]
     click.echo(f"{'metric':<24} {'generated':>10} {'real vs real':>13}")
@@ -116,7 +157,12 @@ def main(
     for key, value in info.items():
         click.echo(f"{key}: {value}")
     if json_path:
-        json_path.write_text(json.dumps({**result, "extractor": info}, indent=2) + "\n")
+        try:
+            _write_json(json_path, {**result, "extractor": info})
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot write --json {json_path}: {exc.strerror or exc} (the figures are above)"
+            ) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ beside a real-vs-real baseline (the training split against the held-out split).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
+import math
 import pathlib
+import zipfile
 
 import numpy as np
 import torch
@@ -24,12 +28,65 @@ from scipy import linalg
 from sklearn.metrics import pairwise_distances
 
 from ganserve.train import sampling
-from ganserve.train.data import ImageDataset
+from ganserve.train.data import HELDOUT_FRACTION, ImageDataset
 from ganserve.train.features import FeatureNet
 from ganserve.train.inception import PREPROCESS_VERSION, InceptionFeatures
 
+LOGGER = logging.getLogger(__name__)
 K = 5
 FIRST_SEED = 20_000  # evaluation seeds never overlap training-time sample grids
+MIN_SPLIT = K + 1  # images per split: each needs its K-th nearest neighbour besides itself
+
+
+class EvaluationError(ValueError):
+    """The generator and the data cannot be evaluated together; the message says why."""
+
+
+def check_data(generator: torch.nn.Module, train: ImageDataset, heldout: ImageDataset) -> None:
+    """EvaluationError unless ``generator`` can be judged against these splits: its images
+    have the data's shape, a conditional generator has the data's classes, and each split has
+    enough images for the nearest-neighbour metrics."""
+    cfg = generator.config
+    made = (cfg.channels, cfg.image_size, cfg.image_size)
+    have = tuple(train.images.shape[1:])
+    if have != made:
+        kind = {1: "greyscale", 3: "RGB"}
+        raise EvaluationError(
+            f"the data's images are {kind.get(have[0], f'{have[0]}-channel')} {have} (C, H, W) "
+            f"but the generator makes {kind.get(made[0], f'{made[0]}-channel')} {made}; "
+            "evaluate on data like the training data"
+        )
+    classes = len(train.class_names)
+    if cfg.num_classes and classes != cfg.num_classes:
+        names = ", ".join(train.class_names[:5]) + (", ..." if classes > 5 else "")
+        found = f"{classes} ({names})" if classes else "none (it is unlabelled)"
+        raise EvaluationError(
+            f"the generator has {cfg.num_classes} classes but the data has {found}; the class "
+            "figures compare the class asked for with the class recognised, so the classes "
+            "must match: evaluate on the data the checkpoint was trained on"
+        )
+    if min(len(train), len(heldout)) < MIN_SPLIT:
+        held = lambda n: math.ceil(HELDOUT_FRACTION * n)  # noqa: E731  (the split's rule)
+        needed = next(n for n in itertools.count(2) if min(held(n), n - held(n)) >= MIN_SPLIT)
+        raise EvaluationError(
+            f"the data has {len(train) + len(heldout)} images, split into {len(train)} for "
+            f"training and {len(heldout)} held out; the {K}-nearest-neighbour metrics need at "
+            f"least {MIN_SPLIT} in each: use at least {needed} images"
+        )
+
+
+def check_finite(images: torch.Tensor, seeds: list[int], labels: np.ndarray | None) -> None:
+    """EvaluationError naming the first sample whose pixels are NaN or infinite: no figure
+    means anything then, and some computations (a matrix square root) never finish on them."""
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)  # (N,)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        label = f", class {int(labels[i])}" if labels is not None else ""
+        raise EvaluationError(
+            f"the generator's output is not finite (NaN or infinity) for {int(bad.sum())} of "
+            f"{len(images)} samples (first: seed {seeds[i]}{label}); its weights are probably "
+            "NaN (training diverged): evaluate an earlier checkpoint"
+        )
 
 
 def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +96,8 @@ def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_from_stats(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
     (mu_a, cov_a), (mu_b, cov_b) = a, b
+    if not all(np.isfinite(x).all() for x in (mu_a, cov_a, mu_b, cov_b)):
+        return float("nan")  # scipy's sqrtm can loop forever on a non-finite matrix
     # A small ridge keeps the square root defined when features are (nearly) constant, or
     # fewer than their dimension (2048 Inception features from a few hundred images).
     ridge = 1e-6 * np.eye(len(mu_a))
@@ -64,12 +123,9 @@ def inception_fid(
         f"{PREPROCESS_VERSION}:{inception.sha256}:{train.fingerprint()}:{heldout.fingerprint()}".encode()
     )
     path = cache_dir / f"inception-{digest.hexdigest()[:24]}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        with np.load(path) as saved:
-            real, held = (
-                (saved["mu_train"], saved["cov_train"]),
-                (saved["mu_held"], saved["cov_held"]),
-            )
+    cached = _load_inception_stats(path) if path is not None else None
+    if cached is not None:
+        real, held = cached
     else:
         real, held = gaussian(inception(train.images)), gaussian(inception(heldout.images))
         if path is not None:
@@ -83,6 +139,21 @@ def inception_fid(
         "generated": frechet_from_stats(real, gaussian(inception(images))),
         "real_vs_real": frechet_from_stats(real, held),
     }
+
+
+def _load_inception_stats(path: pathlib.Path) -> tuple[tuple, tuple] | None:
+    """The cached (train, held-out) statistics; None when absent or unreadable (logged)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return (
+                (saved["mu_train"], saved["cov_train"]),
+                (saved["mu_held"], saved["cov_held"]),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        LOGGER.warning("%s: unreadable cached statistics (%s); computing them again", path, exc)
+        return None
 
 
 def kernel_inception_distance(
@@ -156,12 +227,15 @@ def _features(net: FeatureNet, images: torch.Tensor) -> tuple[np.ndarray, np.nda
 
 @torch.no_grad()
 def generate(generator: torch.nn.Module, per_class: int) -> tuple[torch.Tensor, np.ndarray | None]:
-    """per_class samples of every class (seeds FIRST_SEED..), as the server would make them."""
+    """per_class samples of every class (seeds FIRST_SEED..), as the server would make them.
+    EvaluationError when any is not finite."""
     cfg = generator.config
     classes = max(cfg.num_classes, 1)
     seeds = list(range(FIRST_SEED, FIRST_SEED + per_class * classes))
     labels = np.repeat(np.arange(classes), per_class) if cfg.num_classes else None
-    return sampling.generate(generator, seeds, labels), labels
+    images = sampling.generate(generator, seeds, labels)
+    check_finite(images, seeds, labels)
+    return images, labels
 
 
 def evaluate_generator(
@@ -171,14 +245,19 @@ def evaluate_generator(
     heldout: ImageDataset,
     *,
     per_class: int = 100,
+    samples: tuple[torch.Tensor, np.ndarray | None] | None = None,
     inception: InceptionFeatures | None = None,
     cache_dir: pathlib.Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """{"generated": {...}, "real_vs_real": {...}}: the same metrics for samples and for the
-    held-out split, both against the training split; with ``inception``, standard FID too."""
+    held-out split, both against the training split; with ``inception``, standard FID too.
+    ``samples`` is ``generate(generator, per_class)``'s result when the caller has it already.
+    EvaluationError when the generator and the data do not fit (`check_data`) or the
+    generator's output is not finite."""
+    check_data(generator, train, heldout)
     generator.eval()
     net.eval()
-    images, asked = generate(generator, per_class)
+    images, asked = samples if samples is not None else generate(generator, per_class)
     f_train, _ = _features(net, train.images)
     f_held, p_held = _features(net, heldout.images)
     f_gen, p_gen = _features(net, images)

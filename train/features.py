@@ -9,8 +9,10 @@ baseline; its use is recorded in the result).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import pathlib
 
 import torch
@@ -97,6 +99,38 @@ def accuracy(net: FeatureNet, data: ImageDataset) -> float:
     return float((net.classify(data.images).argmax(1) == data.labels).float().mean())
 
 
+def _load_cached(path: pathlib.Path, net: FeatureNet) -> dict[str, float | str] | None:
+    """The cached extractor's info, its weights loaded into ``net``; None when there is no
+    usable entry. An unreadable one (truncated, a folder, weights that do not fit) is a miss:
+    it is logged, and the caller trains the extractor again and replaces it."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved["state_dict"])
+        return dict(saved["info"])
+    except Exception as exc:  # torch.load fails in many types (RuntimeError, pickle, OSError)
+        reason = next((line for line in str(exc).splitlines() if line.strip()), "")
+        reason = reason.split(". ")[0] or type(exc).__name__  # torch adds paragraphs of advice
+        LOGGER.warning("%s: unreadable cached extractor (%s); training it again", path, reason)
+        return None
+
+
+def _save_cached(path: pathlib.Path, payload: dict) -> None:
+    """Write atomically (a temp file, then a rename): an interrupted write never leaves a
+    truncated entry. A cache that cannot be written is logged; the evaluation goes on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a bad path as RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        LOGGER.warning("cannot cache the extractor at %s: %s", path, reason)
+
+
 def load_or_train(
     train: ImageDataset, heldout: ImageDataset, cache_dir: pathlib.Path | None
 ) -> tuple[FeatureNet, dict[str, float | str]]:
@@ -106,10 +140,10 @@ def load_or_train(
     net = FeatureNet(channels, classes)
     key = _key(train)
     path = cache_dir / f"extractor-{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(saved["state_dict"])
-        return net.eval(), dict(saved["info"])
+    if path is not None:
+        cached = _load_cached(path, net)
+        if cached is not None:
+            return net.eval(), cached
     torch.manual_seed(0)
     net = FeatureNet(channels, classes)
     info: dict[str, float | str] = {"extractor": EXTRACTOR_VERSION, "key": key}
@@ -120,6 +154,5 @@ def load_or_train(
     else:
         info["features"] = "random-init (unlabelled data)"
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": net.state_dict(), "info": info}, path)
+        _save_cached(path, {"state_dict": net.state_dict(), "info": info})
     return net.eval(), info

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
+import signal
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from ganserve.export import onnx_export, pipeline
+from ganserve.export import onnx_export, pipeline, publish
 from ganserve.export.pipeline import ExportConfig, ExportError, TensorRTMode, export_checkpoint
 from ganserve.serve.config import ModelConfig
 from ganserve.serve.latent import LATENT_SCHEME
@@ -157,3 +159,118 @@ def test_export_without_the_optimiser_still_verifies(
     )
     meta = export_checkpoint(tiny_checkpoint, config).version.metadata
     assert meta.extra["onnx"]["optimized"] is False
+
+
+def _no_work(*args, **kwargs) -> None:
+    raise AssertionError("the export started before its destination was checked")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("repository-under-a-file", "cannot write {t}/afile/sub/tiny/1: {t}/afile is a file"),
+        ("repository-cannot-be-made", "cannot write /proc/repo/tiny/1: cannot create folder"),
+        ("name-is-a-file", "cannot write {t}/repo/tiny/1: {t}/repo/tiny is a file, not a folder"),
+        ("version-is-a-file", "cannot write {t}/repo/tiny/1: it is a file, not a version folder"),
+    ],
+)
+def test_unwritable_destination_is_refused_before_the_work_and_writes_nothing(
+    case: str,
+    message: str,
+    tiny_checkpoint: pathlib.Path,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if case == "repository-cannot-be-made" and not pathlib.Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc, where no folder can be made")
+    (tmp_path / "afile").write_text("")
+    repo = {
+        "repository-under-a-file": tmp_path / "afile" / "sub",
+        "repository-cannot-be-made": pathlib.Path("/proc/repo"),
+    }.get(case, tmp_path / "repo")
+    if case == "name-is-a-file":
+        repo.mkdir()
+        (repo / "tiny").write_text("")
+    if case == "version-is-a-file":
+        (repo / "tiny").mkdir(parents=True)
+        (repo / "tiny" / "1").write_text("keep me")
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", _no_work)
+    config = ExportConfig(repository=repo, name="tiny", version=1, force=True)
+    with pytest.raises(ExportError, match=re.escape(message.format(t=tmp_path))):
+        export_checkpoint(tiny_checkpoint, config)
+    assert sorted(tmp_path.rglob("*")) == before
+    if case == "version-is-a-file":
+        assert (repo / "tiny" / "1").read_text() == "keep me"
+
+
+def test_failed_export_removes_the_folders_it_made(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(generator, path, **kwargs):
+        path.write_bytes(b"half a model")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the export
+
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(
+            tiny_checkpoint, ExportConfig(repository=tmp_path / "new" / "repo", name="m")
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sizes", [(100_000_000,), (1, 9), (0,)])
+def test_verify_batch_sizes_must_be_within_max_batch(sizes: tuple[int, ...]) -> None:
+    with pytest.raises(
+        ValueError, match=r"verify_batch_sizes must each be in 1\.\.max_batch \(8\)"
+    ):
+        ExportConfig(repository=pathlib.Path("r"), name="m", max_batch=8, verify_batch_sizes=sizes)
+
+
+def test_an_interrupt_while_publishing_waits_for_the_version_to_be_whole() -> None:
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with publish.interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs handlers between bytecodes: give it some
+                pass
+        assert seen == [], "the interrupt reached the outer handler while publishing"
+        os.kill(os.getpid(), signal.SIGINT)  # the outer handler is back
+        for _ in range(1000):
+            pass
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_fp16_conversion_failure_is_one_clear_error_and_writes_nothing(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(src, dst):
+        raise onnx_export.ConversionError("the FP16 model does not check: planted")
+
+    monkeypatch.setattr(pipeline.onnx_export, "to_fp16", refuse)
+    config = ExportConfig(
+        repository=tmp_path / "repo",
+        name="tiny",
+        max_batch=2,
+        fp16_onnx=True,
+        tensorrt=TensorRTMode.OFF,
+    )
+    with pytest.raises(ExportError, match=r"^FP16 conversion failed, nothing written: the FP16"):
+        export_checkpoint(tiny_checkpoint, config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_version_written_meanwhile_by_another_export_is_never_replaced(
+    tmp_path: pathlib.Path,
+) -> None:
+    staged = publish.stage(tmp_path, "tiny", 1, force=False)
+    (staged.folder / "model.onnx").write_bytes(b"ours")
+    (tmp_path / "tiny" / "1").mkdir()
+    (tmp_path / "tiny" / "1" / "model.onnx").write_bytes(b"theirs")
+    with pytest.raises(ExportError, match=r"cannot write .*tiny/1: another export wrote it"):
+        publish.publish(staged)
+    assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]

@@ -191,3 +191,20 @@ def test_bad_family_in_a_checkpoint_is_one_clear_error(exported, tmp_path: pathl
     checkpoint.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ExportError, match="architecture must be one of dcgan, gan, stylegan"):
         export_checkpoint(tmp_path / "bad.pt", ExportConfig(repository=tmp_path, name="bad"))
+
+
+def test_stylegan_exports_fp16_without_the_optimiser(exported, tmp_path: pathlib.Path) -> None:
+    # Unoptimised, the upsampling's scales stay Constant nodes with a float-list attribute,
+    # which the FP16 converter once left FP32 under an FP16 type: the checker refused it.
+    ckpt, _ = exported["stylegan"]
+    config = ExportConfig(
+        repository=tmp_path,
+        name="style",
+        optimize=False,
+        max_batch=2,
+        verify_batch_sizes=(1, 2),
+        fp16_onnx=True,
+        tensorrt=TensorRTMode.OFF,
+    )
+    version = export_checkpoint(ckpt, config).version
+    assert version.metadata.extra["onnx_fp16"]["verification"]["max_level_diff"] <= 4

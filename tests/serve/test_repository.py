@@ -230,3 +230,10 @@ def test_a_scan_that_fails_is_a_failed_reload_and_the_model_keeps_serving(
     (status,), served = asyncio.run(run())
     assert status.state.name == "FAILED" and "Permission denied" in status.message
     assert served == "1"
+
+
+def test_hidden_folders_are_not_models(repo: pathlib.Path) -> None:
+    """An export-gan staging folder left by a killed export is not a second model."""
+    shutil.copytree(repo / "digits", repo / ".export-x1y2")
+    assert repository.model_names(repo) == ["digits"]
+    assert load(repo) == {"digits": "1"}

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
+import re
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from ganserve.train import features
 from ganserve.train.data import ImageDataset
 from ganserve.train.eval_cli import main
 from ganserve.train.evaluation import (
     class_metrics,
     frechet_distance,
+    inception_fid,
     kernel_inception_distance,
     memorisation_ratio,
     prdc,
@@ -30,6 +34,17 @@ B = RNG.standard_normal((400, 8))
 def test_frechet_distance_is_zero_for_equal_sets_and_the_squared_mean_shift() -> None:
     assert abs(frechet_distance(A, A)) < 1e-6
     assert frechet_distance(A, A + 3.0) == pytest.approx(8 * 9.0, rel=1e-6)
+
+
+@pytest.mark.timeout(30, method="thread")  # scipy's sqrtm once looped forever on NaN
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_frechet_distance_of_non_finite_features_is_nan_at_once(bad: float) -> None:
+    spoilt = A.copy()
+    spoilt[:, 3] = bad
+    assert math.isnan(frechet_distance(A, spoilt))
+    wide = np.random.default_rng(1).standard_normal((100, 128))
+    assert math.isnan(frechet_distance(wide, np.full((100, 128), bad)))
 
 
 def test_kid_is_near_zero_for_one_distribution_and_grows_apart() -> None:
@@ -85,6 +100,72 @@ def test_extractor_is_trained_once_then_loaded_from_the_cache(tmp_path: pathlib.
     assert cached.stat().st_size > 0
 
 
+@pytest.mark.parametrize("damage", ["truncated", "a folder"])
+def test_unreadable_cached_extractor_is_a_miss_retrained_with_a_warning(
+    damage: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tiny_dataset()
+    first, info = load_or_train(data, data, tmp_path)
+    (cached,) = tmp_path.glob("extractor-*.pt")
+    if damage == "truncated":  # what a non-atomic write interrupted mid-way leaves
+        cached.write_bytes(cached.read_bytes()[:1000])
+    else:
+        cached.unlink()
+        cached.mkdir()
+    with caplog.at_level(logging.WARNING, logger="ganserve.train.features"):
+        second, info2 = load_or_train(data, data, tmp_path)
+    assert "unreadable cached extractor" in caplog.text and "training it again" in caplog.text
+    assert info2 == info
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    if damage == "truncated":  # replaced by a whole entry
+        assert load_or_train(data, data, tmp_path)[1] == info
+    else:  # left alone (someone else's folder), and said so
+        assert cached.is_dir() and "cannot cache the extractor at" in caplog.text
+    assert not list(tmp_path.glob(".*partial")), "a temp file was left behind"
+
+
+def test_extractor_cache_is_written_whole_or_not_at_all(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def save_half(obj: object, f: object) -> None:
+        pathlib.Path(f).write_bytes(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features.torch, "save", save_half)
+    _, info = load_or_train(tiny_dataset(), tiny_dataset(), tmp_path)
+    assert info["classifier_heldout_accuracy"] > 0.9  # the evaluation goes on
+    assert list(tmp_path.iterdir()) == []
+    assert "cannot cache the extractor at" in caplog.text and "No space left" in caplog.text
+
+
+class CountingInception:
+    """Stands in for InceptionFeatures (whose weight file is not here): 4 features per image."""
+
+    sha256 = "0" * 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        self.calls += 1
+        flat = images.flatten(1).double().numpy()
+        return flat[:, :4] + RNG.standard_normal((len(flat), 4))
+
+
+def test_unreadable_cached_inception_statistics_are_computed_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, inception = tiny_dataset(), CountingInception()
+    inception_fid(inception, data.images, data, data, tmp_path)
+    (cached,) = tmp_path.glob("inception-*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    inception.calls = 0
+    fid = inception_fid(inception, data.images, data, data, tmp_path)
+    assert inception.calls == 3 and math.isfinite(fid["generated"])  # train, held-out, samples
+    assert "unreadable cached statistics" in caplog.text
+
+
 @pytest.mark.slow
 def test_gan_eval_reports_each_metric_beside_the_baseline(
     tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
@@ -126,4 +207,6 @@ def test_gan_eval_refuses_a_non_checkpoint_in_one_line(tmp_path: pathlib.Path) -
     bogus = tmp_path / "x.pt"
     bogus.write_bytes(b"nope")
     result = CliRunner().invoke(main, [str(bogus)])
-    assert result.exit_code == 1 and "not a loadable checkpoint" in result.output
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    # The wording is checkpoint.load's: "not a checkpoint (...)" or "not a loadable checkpoint".
+    assert re.search(r"^Error: .*x\.pt: not a (loadable )?checkpoint", result.output)

@@ -1,0 +1,140 @@
+"""Where an export lands. `stage` checks the destination and makes a staging folder in the
+repository before any work; `publish` moves the finished folder into place in one rename, with
+Ctrl-C held off meanwhile; `discard` removes the staging folder and any folders `stage` made.
+The repository never holds half a version, and a failed export leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+
+from ganserve.export.errors import ExportError
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Staging:
+    """A staging folder for one version, and the folders made to hold it."""
+
+    folder: pathlib.Path  # <repository>/.export-XXXX, renamed to `final` by `publish`
+    final: pathlib.Path  # <repository>/<name>/<version>
+    created: tuple[pathlib.Path, ...]  # folders made by `stage`, outermost first
+    force: bool  # replace a version folder that exists
+
+
+def _kind(path: pathlib.Path) -> str:
+    return "symbolic link" if path.is_symlink() else "file"
+
+
+def _make_folders(folder: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:
+    """Make ``folder`` and its missing parents; the ones made, outermost first. ExportError
+    names the file in the way, or the OS's reason."""
+    created: list[pathlib.Path] = []
+    for p in [*reversed(folder.parents), folder]:
+        if p.is_dir():
+            continue
+        if os.path.lexists(p):
+            _remove_empty(created)
+            raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder")
+        try:
+            p.mkdir()
+        except OSError as exc:
+            _remove_empty(created)
+            raise ExportError(
+                f"cannot write {target}: cannot create folder {p} ({exc.strerror or exc})"
+            ) from None
+        created.append(p)
+    return created
+
+
+def _remove_empty(folders: list[pathlib.Path] | tuple[pathlib.Path, ...]) -> None:
+    for p in reversed(folders):
+        with contextlib.suppress(OSError):  # not empty (someone else's files): leave it
+            p.rmdir()
+
+
+def stage(repository: pathlib.Path, name: str, version: int, *, force: bool) -> Staging:
+    """Check that version ``version`` of ``name`` can be written, and make its staging folder.
+    ExportError says what is in the way."""
+    final = repository / name / str(version)
+    if os.path.lexists(final):
+        if final.is_symlink() or not final.is_dir():
+            raise ExportError(
+                f"cannot write {final}: it is a {_kind(final)}, not a version folder; "
+                "move it away or pass another --version"
+            )
+        if not force:
+            raise ExportError(f"{final} already exists; pass --version N for a new one, or --force")
+    created = _make_folders(final.parent, final)
+    try:
+        # In the repository root: on the version's file system, so publishing is a rename.
+        folder = pathlib.Path(tempfile.mkdtemp(dir=repository, prefix=".export-"))
+    except OSError as exc:
+        _remove_empty(created)
+        raise ExportError(f"cannot write {final}: {repository}: {exc.strerror or exc}") from None
+    return Staging(folder=folder, final=final, created=tuple(created), force=force)
+
+
+def discard(staging: Staging) -> None:
+    """Remove the staging folder and the folders `stage` made (when still empty)."""
+    shutil.rmtree(staging.folder, ignore_errors=True)
+    _remove_empty(staging.created)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) off for the block: publishing is a few renames, and an interrupt
+    in their middle would leave the version half replaced. One that arrives is logged and
+    dropped: by the block's end the work it would have stopped is done. Only the main thread
+    receives signals, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if received:
+            LOGGER.warning("interrupt arrived while publishing; the version was published whole")
+
+
+def publish(staging: Staging) -> None:
+    """Move the staging folder to its final name; with --force, the old version is moved
+    aside first and removed after. Call inside `interrupts_held`."""
+    final = staging.final
+    staging.folder.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
+    old = None
+    try:
+        if os.path.lexists(final):
+            # With --force, `stage` saw a version folder here; otherwise (or if it is no longer
+            # a folder) something else wrote it after `stage` looked.
+            if not staging.force or final.is_symlink() or not final.is_dir():
+                raise FileExistsError(errno.EEXIST, "another export wrote it meanwhile")
+            old = staging.folder.with_name(staging.folder.name + ".replaced")
+            os.rename(final, old)
+        try:
+            os.rename(staging.folder, final)
+        except OSError:
+            if old is not None:
+                os.rename(old, final)  # put the old version back
+                old = None
+            raise
+    except OSError as exc:
+        discard(staging)
+        raise ExportError(f"cannot write {final}: {exc.strerror or exc}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(old):
+            LOGGER.warning("replaced version left at %s: remove it by hand", old)
