@@ -11,7 +11,7 @@ Examples:
 Settings come from, later winning: defaults, the --config TOML file (keys are the flag names
 with underscores), GANSERVE_<FLAG> environment variables, flags. The bearer token is read from
 --auth-token-file or the GANSERVE_AUTH_TOKEN variable, never from a flag. SIGTERM drains and
-exits; SIGHUP reloads the model repository.
+exits (a second SIGTERM or SIGINT exits at once); SIGHUP reloads the model repository.
 """
 
 from __future__ import annotations
@@ -339,9 +339,13 @@ async def _serve(config: ServerConfig) -> None:
     stopping: list[asyncio.Task[None]] = []
 
     def on_stop(signum: int) -> None:
+        name = signal.Signals(signum).name
         if stopping:
-            return
-        LOGGER.info("received %s: draining", signal.Signals(signum).name)
+            # An operator who asks twice does not want to wait out the delay and the grace.
+            LOGGER.warning("received %s again: exiting now, without draining", name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        LOGGER.info("received %s: draining", name)
         stopping.append(loop.create_task(server.stop()))
 
     def on_reload() -> None:

@@ -127,6 +127,23 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: pathlib.Path) ->
     assert set(server_side) <= {"OK", "UNAVAILABLE"}, server_side
 
 
+def test_a_second_signal_exits_at_once_without_waiting_out_the_drain(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An operator who signals twice is not kept waiting for a 600 s shutdown delay."""
+    log = tmp_path / "server.log"
+    with ganserve(BUNDLED_REPOSITORY, log, "--shutdown-delay", "600", "--log-level", "INFO") as s:
+        s.process.send_signal(signal.SIGTERM)
+        for _ in range(300):  # until the first signal's drain has begun
+            if "still accepting requests for 600.0s" in log.read_text():
+                break
+            time.sleep(0.1)
+        s.process.send_signal(signal.SIGINT)
+        code = s.process.wait(30)
+    assert code == 128 + signal.SIGINT
+    assert "received SIGINT again: exiting now, without draining" in log.read_text()
+
+
 async def _load_through_sigterm(server, bound: float):
     """64 callers until the server is gone; SIGTERM after a second of load."""
     outcome: dict[str, list[str]] = {}
