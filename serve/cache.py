@@ -1,7 +1,9 @@
 """LRU cache of encoded images with a byte budget.
 
-(model, version, seed, class_label, encoding, truncation) fully determines an image, so a hit
-is exactly what the engine would have produced. Used only from the event loop: no lock.
+(model, version, the version's files, seed, class_label, encoding, truncation, style mix)
+fully determines an image, so a hit is exactly what the engine would have produced; a reload
+that replaced a version's files makes its old entries unreachable (they age out). Used only
+from the event loop: no lock.
 """
 
 from __future__ import annotations

@@ -263,6 +263,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 if work.latent is None:  # interpolation frames are not addressable by seed
                     keys[i] = (
                         *served.key,
+                        served.fingerprint,  # a reload that replaced the files is another model
                         work.seed,
                         work.label,
                         work.encoding,

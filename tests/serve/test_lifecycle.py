@@ -25,7 +25,7 @@ from conftest import (
     make_config,
     scrape,
 )
-from ganserve.client import GeneratorClient, RetryPolicy
+from ganserve.client import GeneratorClient, ImageEncoding, RetryPolicy
 from ganserve.serve.config import ModelConfig
 from ganserve.serve.models import ModelManager
 from ganserve.serve.server import grpc_address
@@ -171,6 +171,24 @@ def test_reload_switches_to_a_new_version_without_dropping_in_flight(
         assert in_flight.result(10).response.model_version == "1"  # finished on the old one
         assert list(client.model_info().versions) == ["2"]
         assert client.reload_models().changes == []  # nothing changed since
+
+
+def test_a_reload_that_replaces_a_versions_files_is_never_answered_from_the_cache(
+    start_server, tmp_path: pathlib.Path
+) -> None:
+    """Version 1's files replaced by version 2's weights: after the reload, cached PNGs of
+    the old weights must not come back (RAW, never cached here, shows the new pixels)."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo, cache_bytes=1 << 20)
+    with admin(server) as client:
+        before = client.generate(1, 1).pixels
+        assert (client.generate(1, 1).pixels == before).all()  # now a cache hit
+        shutil.copy(BUNDLED_REPOSITORY / "digits" / "2" / "model.onnx", repo / "digits" / "1")
+        changes = {(c.version, c.state) for c in client.reload_models().changes}
+        assert changes == {("1", admin_pb2.MODEL_STATE_READY)}
+        png, raw = client.generate(1, 1), client.generate(1, 1, encoding=ImageEncoding.RAW_UINT8)
+        assert (png.pixels == raw.pixels).all()
+        assert not (png.pixels == before).all()
 
 
 def test_a_broken_new_version_is_reported_and_the_old_keeps_serving(
