@@ -53,8 +53,9 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Work:
-    """One image to make. ``latent`` overrides the seed's z (interpolation frames; the noise
-    still comes from the seed). ``mix_seed``: style mixing from ``mix_layer`` on."""
+    """One image to make. ``latent`` overrides the seed's whole draw, z then the noise
+    (latent_dim + noise_dim; interpolation frames). ``mix_seed``: style mixing from
+    ``mix_layer`` on."""
 
     seed: int
     label: int | None
@@ -387,12 +388,9 @@ class Batcher:
         mix = np.empty((n, d), dtype=np.float32) if mixing else None
         mix_layer = np.full(n, m.style_layers, dtype=np.int64) if mixing else None
         for i, work in enumerate(works):
-            if work.latent is None:
-                draws[i] = model_inputs.seed_vector(m, work.seed)
-            else:
-                draws[i, :d] = work.latent
-                if m.noise_dim:
-                    draws[i, d:] = model_inputs.seed_vector(m, work.seed)[d:]
+            draws[i] = (
+                model_inputs.seed_vector(m, work.seed) if work.latent is None else work.latent
+            )
             psi[i] = work.truncation
             if mixing:
                 if work.mix_seed is None:

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
-from ganserve.serve import imaging, latent
+from ganserve.serve import imaging
+from ganserve.serve import inputs as model_inputs
 from ganserve.serve.batcher import Work
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.errors import InvalidArgumentError, UnavailableError, to_status
@@ -102,6 +103,32 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         return ((1 - t) * a + t * b).astype(np.float32)
     s = math.sin(omega)
     return (np.sin((1 - t) * omega) / s * a + np.sin(t * omega) / s * b).astype(np.float32)
+
+
+def _walk(
+    m: ModelMetadata,
+    start: int,
+    end: int,
+    t: np.ndarray,
+    label: int | None,
+    encoding: imaging.Encoding,
+    psi: float,
+) -> list[Work]:
+    """The frames of a walk from seed ``start`` to ``end`` at each t: z and the per-layer
+    noise (if any) each by slerp. The two ends are the seeds themselves, so they are exactly
+    Generate's images whatever rounding the slerp does."""
+    a, b = model_inputs.seed_vector(m, start), model_inputs.seed_vector(m, end)
+    d = m.latent_dim
+    path = slerp(a[:d], b[:d], t)  # (T, latent_dim)
+    if m.noise_dim:
+        path = np.concatenate([path, slerp(a[d:], b[d:], t)], axis=1)  # + (T, noise_dim)
+    ends = {0: start, len(t) - 1: end}
+    return [
+        Work(ends[i], label, encoding, psi)
+        if i in ends
+        else Work(start, label, encoding, psi, path[i])
+        for i in range(len(t))
+    ]
 
 
 class _Series:
@@ -385,12 +412,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             encoding = validate_encoding(request.encoding)
             psi = validate_truncation(request.HasField("truncation"), request.truncation)
             t = np.linspace(0.0, 1.0, frames)
-            path = slerp(
-                latent.seed_to_latent(request.seed_start, m.latent_dim),
-                latent.seed_to_latent(request.seed_end, m.latent_dim),
-                t,
-            )  # (T, D)
-            works = [Work(request.seed_start, label, encoding, psi, path[i]) for i in range(frames)]
+            works = _walk(m, request.seed_start, request.seed_end, t, label, encoding, psi)
             groups = served.batcher.submit_many(works, call.deadline)
             images = self._series(call.method, *served.key).images
             i = 0

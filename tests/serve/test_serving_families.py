@@ -74,6 +74,16 @@ def test_a_seed_is_the_same_image_alone_and_in_any_batch(client: GeneratorClient
     assert not np.array_equal(batch[0].pixels, batch[1].pixels)
 
 
+@pytest.mark.parametrize("model", list(FAMILIES))
+def test_a_walk_ends_exactly_at_both_seeds_images(client: GeneratorClient, model: str) -> None:
+    """On the StyleGAN-style model the per-layer noise walks too: its last frame once kept
+    seed_start's noise and differed from Generate(seed_end)."""
+    frames = list(client.interpolate(1, 2, 5, 3, model=model, encoding=ImageEncoding.RAW_UINT8))
+    assert np.array_equal(frames[0].pixels, pixels(client, model, 1, 3))
+    assert np.array_equal(frames[-1].pixels, pixels(client, model, 2, 3))
+    assert not np.array_equal(frames[2].pixels, frames[0].pixels)
+
+
 def test_stylegan_truncation_zero_is_the_class_average_for_every_seed(
     client: GeneratorClient,
 ) -> None:
