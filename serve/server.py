@@ -93,6 +93,7 @@ class GanServer:
             max_batch_size=config.batching.max_batch_size,
             # A call's items join the queue together: a call larger than the queue could never.
             max_items_per_call=min(config.max_items_per_call, config.batching.max_queue_size),
+            max_response_bytes=MAX_RESPONSE_BYTES,
             cache=cache,
             access_log=config.access_log,
         )

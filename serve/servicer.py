@@ -131,6 +131,11 @@ def _walk(
     ]
 
 
+# An image's share of a response beyond its pixels: PNG chunks and zlib framing, the item's
+# other fields (seed, label, shape, model, version).
+ITEM_OVERHEAD_BYTES = 1024
+
+
 class _Series:
     """The metric children of one (method, model, version), each resolved on first use: a
     labels() lookup takes a lock and hashes the label values, on every request otherwise."""
@@ -223,6 +228,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         metrics: ServerMetrics,
         max_batch_size: int,
         max_items_per_call: int,
+        max_response_bytes: int,
         cache: ResponseCache | None = None,
         access_log: bool = False,
     ) -> None:
@@ -230,10 +236,17 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self._metrics = metrics
         self._max_batch_size = max_batch_size
         self._max_items = max_items_per_call
+        self._max_response_bytes = max_response_bytes
         self._cache = cache
         self._access_log = access_log
         self._children: dict[tuple[str, str, str], _Series] = {}
         self.ready = False
+
+    def _items_cap(self, m: ModelMetadata) -> int:
+        """GenerateBatch items per call for model ``m``: the configured cap, and no more than
+        one response can carry (a PNG of noise is a little larger than its raw pixels)."""
+        worst = m.height * (m.width * m.channels + 1) + ITEM_OVERHEAD_BYTES
+        return max(1, min(self._max_items, self._max_response_bytes // worst))
 
     def _enter(self, call: _Call, name: str, version: str) -> ServedVersion:
         """Route the call (inside its `async with`, so errors become statuses)."""
@@ -375,6 +388,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 )
             served = self._enter(call, request.model, request.model_version)
             m = served.metadata
+            if count > (cap := self._items_cap(m)):
+                raise InvalidArgumentError(
+                    f"items has {count} entries, but {m.height}x{m.width}x{m.channels} images of "
+                    f"model {m.name!r} fit {cap} to a {self._max_response_bytes >> 20} MiB "
+                    f"response; send 1..{cap} per call"
+                )
             encoding = validate_encoding(request.encoding)
             psi = validate_truncation(request.HasField("truncation"), request.truncation)
             works = [
@@ -454,7 +473,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 max_batch_size=self._max_batch_size,
                 backend=served.backend.value,
                 versions=[v.metadata.version for v in self._models.versions(m.name)],
-                max_items_per_call=self._max_items,
+                max_items_per_call=self._items_cap(m),
                 truncation_mode=m.truncation_mode,
                 architecture=m.architecture,
                 style_layers=m.style_layers,

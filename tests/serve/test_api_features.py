@@ -153,3 +153,26 @@ def test_items_per_call_never_exceed_the_queue(start_server) -> None:
         with pytest.raises(grpc.RpcError) as info:
             client.generate_batch([(s, 1) for s in range(9)])
     assert "send 1..8 per call" in info.value.details()
+
+
+def test_a_batch_whose_response_would_not_fit_is_refused_up_front(
+    start_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within max_items_per_call but over the response limit, the images were once computed
+    and then failed by gRPC itself ("Sent message larger than max") while the server counted
+    an OK. A 100 kB limit stands in for 256 MiB: 32x32x1 images fit 48 to it."""
+    from ganserve.serve import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_RESPONSE_BYTES", 100_000)
+    server = start_server(max_items_per_call=1024)
+    with GeneratorClient(server.target) as c:
+        assert c.model_info().max_items_per_call == 48
+        for encoding in (ImageEncoding.PNG, RAW):
+            assert len(c.generate_batch([(s, 1) for s in range(48)], encoding=encoding)) == 48
+        with pytest.raises(grpc.RpcError) as info:
+            c.generate_batch([(s, 1) for s in range(49)])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items has 49 entries, but 32x32x1 images of model 'digits' fit 48" in (
+        info.value.details()
+    )
+    assert "send 1..48 per call" in info.value.details()
