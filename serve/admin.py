@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from ganserve.serve.logs import request_id_metadata
 from ganserve.serve.models import ModelManager, Status
 from ganserve.v1 import admin_pb2, admin_pb2_grpc
 
@@ -23,11 +24,13 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListModelsResponse:
+        context.set_trailing_metadata(request_id_metadata(context))
         return admin_pb2.ListModelsResponse(models=[_status(s) for s in self._models.statuses()])
 
     async def ReloadModels(
         self, request: admin_pb2.ReloadModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadModelsResponse:
+        context.set_trailing_metadata(request_id_metadata(context))
         changes = await self._models.reload()
         return admin_pb2.ReloadModelsResponse(
             changes=[_status(s) for s in changes],

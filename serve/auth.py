@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from ganserve.serve.logs import request_id_metadata
+
 LOGGER = logging.getLogger(__name__)
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -21,10 +23,18 @@ def _denying_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMe
     """A handler of the same shape as ``handler`` that only aborts with UNAUTHENTICATED."""
 
     async def deny(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            message,
+            trailing_metadata=request_id_metadata(context),
+        )
 
     async def deny_stream(request_or_iterator: object, context: grpc.aio.ServicerContext):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            message,
+            trailing_metadata=request_id_metadata(context),
+        )
         yield  # pragma: no cover - makes this an async generator
 
     kwargs = {

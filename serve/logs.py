@@ -10,11 +10,28 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import time
+from typing import Any
 
 from ganserve.serve.config import LogFormat
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def request_id(context: Any) -> str:
+    """The caller's ``x-request-id`` (the first, if several), or a fresh random one."""
+    metadata = context.invocation_metadata() or ()
+    return next((v for k, v in metadata if k == "x-request-id" and v), None) or (
+        f"{random.getrandbits(64):016x}"
+    )
+
+
+def request_id_metadata(context: Any) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata echoing the request id, for replies sent outside a servicer call."""
+    return (("x-request-id", request_id(context)),)
+
+
 ACCESS_LOGGER = logging.getLogger("ganserve.access")
 # Fields that access-log records carry as `extra`; JSON lines write them as keys.
 ACCESS_FIELDS = ("method", "model", "version", "code", "duration_ms", "peer", "items")

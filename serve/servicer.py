@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator
 
@@ -22,7 +21,7 @@ from ganserve.serve import inputs as model_inputs
 from ganserve.serve.batcher import Work
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.errors import InvalidArgumentError, UnavailableError, to_status
-from ganserve.serve.logs import ACCESS_LOGGER, REQUEST_ID
+from ganserve.serve.logs import ACCESS_LOGGER, REQUEST_ID, request_id
 from ganserve.serve.metadata import ModelMetadata
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, ServedVersion
@@ -179,11 +178,7 @@ class _Call:
         self.started = time.monotonic()
         remaining = context.time_remaining()
         self.deadline = None if remaining is None else self.started + remaining
-        metadata = context.invocation_metadata() or ()
-        self.request_id = (
-            next((v for k, v in metadata if k == "x-request-id"), None)
-            or f"{random.getrandbits(64):016x}"
-        )
+        self.request_id = request_id(context)
         self.served: ServedVersion | None = None
         self.items = 1
         self.code = grpc.StatusCode.OK

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
+from ganserve.serve.logs import request_id_metadata
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Malformed:
@@ -50,7 +52,11 @@ def _guard_unary(behavior: Callable) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext) -> object:
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.status_message())
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                request.status_message(),
+                trailing_metadata=request_id_metadata(context),
+            )
         return await behavior(request, context)
 
     return handler
@@ -60,7 +66,11 @@ def _guard_stream(behavior: Callable) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext):
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.status_message())
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                request.status_message(),
+                trailing_metadata=request_id_metadata(context),
+            )
         async for response in behavior(request, context):
             yield response
 

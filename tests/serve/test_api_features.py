@@ -11,6 +11,7 @@ from conftest import ServerThread, generator_stub, scrape
 from ganserve.client import GeneratorClient, ImageEncoding
 from ganserve.serve.cache import ENTRY_OVERHEAD_BYTES, ResponseCache
 from ganserve.serve.metrics import ServerMetrics
+from ganserve.v1 import admin_pb2, admin_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
 
 RAW = ImageEncoding.RAW_UINT8
@@ -144,6 +145,25 @@ def test_request_id_is_echoed_in_trailing_metadata(server: ServerThread) -> None
         )
     assert trailing["x-request-id"] == "abc-123"
     assert len(dict(anonymous.trailing_metadata())["x-request-id"]) == 16
+
+
+def test_request_id_is_echoed_on_replies_made_outside_the_generator(
+    server: ServerThread,
+) -> None:
+    """Bytes that do not parse are refused before the servicer runs, and ModelAdmin is its own
+    service: both still echo the caller's id, which is how a caller finds the server's log."""
+    metadata = [("x-request-id", "abc-456")]
+    with grpc.insecure_channel(server.target) as channel:
+        raw = channel.unary_unary("/ganserve.v1.Generator/Generate")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\x08", metadata=metadata, timeout=30)  # a truncated varint
+        admin = admin_pb2_grpc.ModelAdminStub(channel)
+        _, listed = admin.ListModels.with_call(
+            admin_pb2.ListModelsRequest(), metadata=metadata, timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(info.value.trailing_metadata())["x-request-id"] == "abc-456"
+    assert dict(listed.trailing_metadata())["x-request-id"] == "abc-456"
 
 
 def test_items_per_call_never_exceed_the_queue(start_server) -> None:

@@ -171,6 +171,18 @@ def test_client_with_wrong_token_is_unauthenticated(auth_server: ServerThread) -
         expect_status(grpc.StatusCode.UNAUTHENTICATED, client.list_models, "invalid bearer")
 
 
+def test_a_refusal_echoes_the_request_id(channel: grpc.Channel) -> None:
+    stub = generator_pb2_grpc.GeneratorStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(
+            pb.GenerateRequest(seed=1, class_label=1),
+            metadata=(("x-request-id", "who-is-this"),),
+            timeout=TIMEOUT_S,
+        )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(info.value.trailing_metadata())["x-request-id"] == "who-is-this"
+
+
 @pytest.mark.parametrize("service", ["", "ganserve.v1.Generator"])
 def test_health_check_needs_no_token(channel: grpc.Channel, service: str) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
