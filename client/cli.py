@@ -31,7 +31,8 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding, check_target
+from ganserve.client.arguments import check_target
+from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding
 from ganserve.v1 import admin_pb2
 
 _path = click.Path(dir_okay=False, path_type=pathlib.Path)
@@ -177,7 +178,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--timeout",
-    type=FiniteFloat(0, min_open=True),
+    type=FiniteFloat(0, 1e9, min_open=True),
     default=30.0,
     help="Deadline of each call in seconds.",
 )

@@ -2,6 +2,10 @@
 
 Retries happen inside gRPC (a service-config retry policy), only on UNAVAILABLE: the status of
 a draining or restarting replica, where the call never started. Every other status is final.
+
+Arguments are checked before anything is sent: a value the wire cannot carry (a negative seed, a
+label over int32, a non-ASCII token) raises ValueError or TypeError naming the argument. What
+only the model can judge (is class 12 one of its classes?) is left to the server.
 """
 
 from __future__ import annotations
@@ -10,23 +14,18 @@ import dataclasses
 import enum
 import io
 import json
+import math
+import operator
 import pathlib
-import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
 from PIL import Image
 
+from ganserve.client import arguments
+from ganserve.client.arguments import check_target
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
-
-
-def check_target(target: str) -> None:
-    """Raise ValueError for a host:port whose port gRPC cannot dial: it would wrap 99999 around
-    to another port (99999 - 65536) instead of failing. Other target forms pass unchecked."""
-    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
-    if match and not 1 <= int(match[2]) <= 65535:
-        raise ValueError(f"port {match[2]} is not in 1..65535")
 
 
 class ImageEncoding(enum.IntEnum):
@@ -69,17 +68,44 @@ class GeneratedImage:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """gRPC transparent retries, on UNAVAILABLE only.
+    """gRPC transparent retries, on UNAVAILABLE only. Values gRPC's retry policy would refuse
+    (which fails every call) raise ValueError here.
 
     Args:
-        max_attempts: Attempts per call, the first included (gRPC caps this at 5).
-        initial_backoff_s, max_backoff_s, multiplier: Exponential backoff with jitter.
+        max_attempts: Attempts per call, the first included: 2..5 (gRPC's limits; pass
+            ``retry=None`` to the client for no retries).
+        initial_backoff_s, max_backoff_s: Backoff bounds in seconds, 0.001..315576000000 (gRPC
+            counts whole milliseconds).
+        multiplier: Backoff growth per attempt, > 0 (exponential backoff with jitter).
     """
 
     max_attempts: int = 4
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        low, high = arguments.MAX_ATTEMPTS
+        attempts = arguments.as_int("max_attempts", self.max_attempts)
+        if not low <= attempts <= high:
+            raise ValueError(
+                f"max_attempts {attempts} is out of range: use {low}..{high} (gRPC's limits, "
+                "the first attempt included); for no retries pass retry=None to the client"
+            )
+        shortest, longest = arguments.MIN_BACKOFF_S, arguments.MAX_DURATION_S
+        for name in ("initial_backoff_s", "max_backoff_s"):
+            value = getattr(self, name)
+            if not shortest <= arguments.real(name, value) <= longest:  # False for nan
+                raise ValueError(
+                    f"{name} {value!r} is out of range: use {shortest}..{longest} seconds "
+                    "(gRPC counts backoff in whole milliseconds)"
+                )
+        multiplier = arguments.real("multiplier", self.multiplier)
+        if not (math.isfinite(multiplier) and arguments.float32(multiplier) > 0):
+            raise ValueError(
+                f"multiplier {self.multiplier!r} is out of range: use a finite number > 0 "
+                "(at least 1.4e-45: gRPC reads it as a 32-bit float)"
+            )
 
     def service_config(self) -> str:
         methods = [{"service": "ganserve.v1.Generator"}, {"service": "ganserve.v1.ModelAdmin"}]
@@ -89,10 +115,10 @@ class RetryPolicy:
                     {
                         "name": methods,
                         "retryPolicy": {
-                            "maxAttempts": self.max_attempts,
-                            "initialBackoff": f"{self.initial_backoff_s}s",
-                            "maxBackoff": f"{self.max_backoff_s}s",
-                            "backoffMultiplier": self.multiplier,
+                            "maxAttempts": operator.index(self.max_attempts),
+                            "initialBackoff": arguments.duration(float(self.initial_backoff_s)),
+                            "maxBackoff": arguments.duration(float(self.max_backoff_s)),
+                            "backoffMultiplier": float(self.multiplier),
                             "retryableStatusCodes": ["UNAVAILABLE"],
                         },
                     }
@@ -102,16 +128,19 @@ class RetryPolicy:
 
 
 class GeneratorClient:
-    """Calls one ganserve server. Errors surface as ``grpc.RpcError`` with the server's status.
+    """Calls one ganserve server. Errors surface as ``grpc.RpcError`` with the server's status;
+    arguments the wire cannot carry raise ValueError or TypeError naming them, before any call.
 
     Args:
         target: ``host:port`` of the server.
-        timeout: Default deadline of each call, in seconds.
+        timeout: Default deadline of each call, in seconds (> 0, at most 1e9).
         retry: Retry policy (UNAVAILABLE only); None disables retries.
         token: Bearer token, sent as ``authorization`` metadata.
         root_certificates: PEM CA bundle for TLS; with it the channel is secure.
         client_certificate, client_key: PEM client certificate and key for mutual TLS.
         request_id: Sent as ``x-request-id`` on every call, to find the calls in server logs.
+
+    ``token`` and ``request_id`` travel as gRPC metadata, so they must be printable ASCII.
     """
 
     def __init__(
@@ -127,8 +156,12 @@ class GeneratorClient:
         request_id: str | None = None,
     ) -> None:
         check_target(target)
+        if token is not None:
+            arguments.metadata_value("token", token)
+        if request_id is not None:
+            arguments.metadata_value("request_id", request_id)
         self.target = target
-        self.timeout = timeout
+        self.timeout = arguments.timeout(timeout)
         options = [
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
@@ -155,7 +188,9 @@ class GeneratorClient:
         self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
 
     def _kwargs(self, timeout: float | None) -> dict:
-        return {"timeout": timeout or self.timeout, "metadata": self._metadata or None}
+        # `timeout or self.timeout` would turn timeout=0 into the default in silence.
+        seconds = self.timeout if timeout is None else arguments.timeout(timeout)
+        return {"timeout": seconds, "metadata": self._metadata or None}
 
     def generate(
         self,
@@ -172,14 +207,18 @@ class GeneratorClient:
     ) -> GeneratedImage:
         """One image; style_mix_* mix a second seed's style in (StyleGAN-style models)."""
         request = generator_pb2.GenerateRequest(
-            seed=seed,
-            model=model,
-            model_version=model_version,
-            encoding=encoding,
-            class_label=class_label,
-            truncation=truncation,
-            style_mix_seed=style_mix_seed,
-            style_mix_layer=style_mix_layer,
+            seed=arguments.integer("seed", seed, arguments.UINT64),
+            model=arguments.text("model", model),
+            model_version=arguments.text("model_version", model_version),
+            encoding=arguments.encoding(encoding),
+            class_label=arguments.optional_label("class_label", class_label),
+            truncation=arguments.truncation(truncation),
+            style_mix_seed=(
+                None
+                if style_mix_seed is None
+                else arguments.integer("style_mix_seed", style_mix_seed, arguments.UINT64)
+            ),
+            style_mix_layer=arguments.integer("style_mix_layer", style_mix_layer, arguments.INT32),
         )
         return GeneratedImage(self._stub.Generate(request, **self._kwargs(timeout)))
 
@@ -195,11 +234,11 @@ class GeneratorClient:
     ) -> list[GeneratedImage]:
         """One image per (seed, class_label) pair, in order, in one round trip."""
         request = generator_pb2.GenerateBatchRequest(
-            items=[generator_pb2.BatchItem(seed=s, class_label=c) for s, c in items],
-            model=model,
-            model_version=model_version,
-            encoding=encoding,
-            truncation=truncation,
+            items=arguments.batch_items(items),
+            model=arguments.text("model", model),
+            model_version=arguments.text("model_version", model_version),
+            encoding=arguments.encoding(encoding),
+            truncation=arguments.truncation(truncation),
         )
         response = self._stub.GenerateBatch(request, **self._kwargs(timeout))
         return [GeneratedImage(r) for r in response.images]
@@ -217,32 +256,40 @@ class GeneratorClient:
         truncation: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[GeneratedImage]:
-        """Frames of the walk from seed_start to seed_end, streamed in order."""
+        """Frames of the walk from seed_start to seed_end, streamed in order. Arguments are
+        checked here; the call starts at the first ``next()``."""
         request = generator_pb2.InterpolateRequest(
-            seed_start=seed_start,
-            seed_end=seed_end,
-            frames=frames,
-            class_label=class_label,
-            model=model,
-            model_version=model_version,
-            encoding=encoding,
-            truncation=truncation,
+            seed_start=arguments.integer("seed_start", seed_start, arguments.UINT64),
+            seed_end=arguments.integer("seed_end", seed_end, arguments.UINT64),
+            frames=arguments.integer("frames", frames, arguments.INT32),
+            class_label=arguments.optional_label("class_label", class_label),
+            model=arguments.text("model", model),
+            model_version=arguments.text("model_version", model_version),
+            encoding=arguments.encoding(encoding),
+            truncation=arguments.truncation(truncation),
         )
-        for frame in self._stub.Interpolate(request, **self._kwargs(timeout)):
+        return self._frames(request, self._kwargs(timeout))
+
+    def _frames(
+        self, request: generator_pb2.InterpolateRequest, kwargs: dict
+    ) -> Iterator[GeneratedImage]:
+        for frame in self._stub.Interpolate(request, **kwargs):
             yield GeneratedImage(frame)
 
     def model_info(
         self, model: str = "", *, timeout: float | None = None
     ) -> generator_pb2.ModelInfo:
-        request = generator_pb2.GetModelInfoRequest(model=model)
+        request = generator_pb2.GetModelInfoRequest(model=arguments.text("model", model))
         return self._stub.GetModelInfo(request, **self._kwargs(timeout))
 
     def list_models(self, *, timeout: float | None = None) -> Sequence[admin_pb2.ModelStatus]:
         return self._admin.ListModels(admin_pb2.ListModelsRequest(), **self._kwargs(timeout)).models
 
     def reload_models(self, *, timeout: float | None = None) -> admin_pb2.ReloadModelsResponse:
+        # A reload loads and warms up models: it gets at least 120 s unless a timeout is given.
+        default = max(self.timeout, 120.0)
         return self._admin.ReloadModels(
-            admin_pb2.ReloadModelsRequest(), **self._kwargs(timeout or max(self.timeout, 120.0))
+            admin_pb2.ReloadModelsRequest(), **self._kwargs(default if timeout is None else timeout)
         )
 
     def close(self) -> None:

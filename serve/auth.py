@@ -54,7 +54,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the configured bearer token (constant-time comparison)."""
 
     def __init__(self, token: str, on_failure: Callable[[], None] | None = None) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._on_failure = on_failure
 
     async def intercept_service(
@@ -66,7 +66,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         sent = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
-        if sent is not None and hmac.compare_digest(str(sent).encode(), self._expected):
+        scheme, _, credentials = str(sent).partition(" ")
+        # Auth schemes are case-insensitive (RFC 9110 11.1): "bearer" is as good as "Bearer".
+        if (
+            sent is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(credentials.encode(), self._expected)
+        ):
             return handler
         if self._on_failure is not None:
             self._on_failure()

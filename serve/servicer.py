@@ -63,7 +63,9 @@ def validate_truncation(has_value: bool, value: float) -> float:
         return 1.0
     if not (math.isfinite(value) and 0.0 <= value <= MAX_TRUNCATION):
         raise InvalidArgumentError(
-            f"truncation {value} is out of range: use 0 <= truncation <= {MAX_TRUNCATION:g} "
+            # The float32 on the wire as the caller wrote it (2.0000002, not 2.000000238418579)
+            f"truncation {np.float32(value)!s} is out of range: use 0 <= truncation <= "
+            f"{MAX_TRUNCATION:g} "
             "(1 = no truncation)"
         )
     return value

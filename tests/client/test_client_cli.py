@@ -334,7 +334,8 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--timeout", "inf"], "inf is not a finite number"),
+        (["--timeout", "inf"], "inf is not in the range 0<x<=1000000000"),
+        (["--timeout", "1e10"], "is not in the range 0<x<=1000000000"),
         (["--timeout", "nan"], "nan is not a finite number"),
         (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
         (["--target", "[::1]:70000"], "port 70000 is not in 1..65535"),

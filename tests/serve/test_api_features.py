@@ -3,6 +3,8 @@ real server on the bundled model."""
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import numpy as np
 import pytest
@@ -73,12 +75,18 @@ def test_truncation_zero_maps_every_seed_to_the_mean_image(client: GeneratorClie
     assert client.generate(1, 4, truncation=1.0, encoding=RAW).response.image == plain
 
 
-@pytest.mark.parametrize("psi", [-0.1, 2.5, float("nan"), float("inf")])
-def test_truncation_out_of_range_is_invalid(client: GeneratorClient, psi: float) -> None:
-    with pytest.raises(grpc.RpcError) as info:
-        client.generate(1, 1, truncation=psi)
+@pytest.mark.parametrize(
+    ("psi", "shown"),
+    [(-0.1, "-0.1"), (2.5, "2.5"), (2.0000002, "2.0000002"), (math.nan, "nan"), (math.inf, "inf")],
+)
+def test_truncation_out_of_range_is_invalid(server: ServerThread, psi: float, shown: str) -> None:
+    """Through the bare stub: the Python client refuses non-finite values itself. The value is
+    shown as the caller wrote it, not as the float32 on the wire widened (2.00000023841...)."""
+    with generator_stub(server.target) as stub, pytest.raises(grpc.RpcError) as info:
+        stub.Generate(pb.GenerateRequest(seed=1, class_label=1, truncation=psi), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "truncation" in info.value.details() and "0 <= truncation <= 2" in info.value.details()
+    assert info.value.details().startswith(f"truncation {shown} is out of range")
+    assert "0 <= truncation <= 2" in info.value.details()
 
 
 def test_model_version_can_be_pinned(client: GeneratorClient) -> None:

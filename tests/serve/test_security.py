@@ -144,6 +144,16 @@ def test_token_without_bearer_scheme_is_invalid(channel: grpc.Channel) -> None:
     )
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_the_bearer_scheme_is_case_insensitive(channel: grpc.Channel, scheme: str) -> None:
+    reply = generator_pb2_grpc.GeneratorStub(channel).Generate(
+        pb.GenerateRequest(seed=1, class_label=1),
+        metadata=(("authorization", f"{scheme} {TOKEN}"),),
+        timeout=TIMEOUT_S,
+    )
+    assert reply.image
+
+
 @pytest.mark.parametrize("call", GUARDED_CALLS)
 def test_call_with_right_token_succeeds(channel: grpc.Channel, call: Callable[..., object]) -> None:
     result = call(channel, TOKEN)
