@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,6 +128,16 @@ VARIANTS = {
         "podDisruptionBudget": {"minAvailable": 1},
         "gpu": {"enabled": True, "engineCache": {"existingClaim": "trt-engines"}},
     },
+    "recreate-rollout": {"strategy": {"type": "Recreate"}},
+    "ipv6-bind": {"config": {"host": "[::]", "metrics_host": "::"}},
+    "pdb-percentage": {"podDisruptionBudget": {"maxUnavailable": "25%"}},
+    "longest-name": {"fullnameOverride": "g" * 63, "service": {"headless": {"enabled": True}}},
+    "numbers-past-a-million": {
+        "tmpSizeLimit": 268435456,
+        "config": {"cache_bytes": 2**40, "max_queue_size": 10_000_000},
+        "probes": {"startup": {"failureThreshold": 10_000}},
+        "autoscaling": {"enabled": True, "maxReplicas": 100_000},
+    },
 }
 
 
@@ -157,6 +168,58 @@ def test_defaults_render_no_optional_object(default: Manifests) -> None:
     assert default["Deployment"]["spec"]["replicas"] == 2
 
 
+def test_recreate_strategy_has_no_rolling_update(chart: helm.Chart) -> None:
+    """The API server rejects rollingUpdate beside type Recreate; the default has one."""
+    objects, _ = render(chart, VARIANTS["recreate-rollout"])
+    assert objects["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_object_names_fit_in_63_characters(chart: helm.Chart) -> None:
+    objects, notes = render(chart, VARIANTS["longest-name"])
+    names = {obj["metadata"]["name"] for obj in objects.values()}
+    headless = "g" * 54 + "-headless"
+    assert headless in names and max(map(len, names)) == 63
+    assert f"dns:///{headless}.{NAMESPACE}.svc" in notes
+
+
+def test_numbers_past_a_million_render_as_integers(
+    chart: helm.Chart, tmp_path: pathlib.Path
+) -> None:
+    """Helm holds numbers as float64 and prints 1e+06 unless a template says int."""
+    objects, _ = render(chart, VARIANTS["numbers-past-a-million"])
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    # YAML would read 2.68435456e+08 as a float equal to it, so check the type too.
+    size = tmp["emptyDir"]["sizeLimit"]
+    assert size == 268435456 and type(size) is int
+    assert objects["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 100_000
+    assert container(objects)["startupProbe"]["failureThreshold"] == 10_000
+    resolved = _dry_run(config_file(objects), tmp_path)
+    assert resolved["cache_bytes"] == 2**40
+    assert resolved["batching"]["max_queue_size"] == 10_000_000
+
+
+def test_service_monitor_takes_compound_durations(chart: helm.Chart) -> None:
+    values = {"metrics": {"serviceMonitor": {"enabled": True, "interval": "1m30s"}}}
+    values["metrics"]["serviceMonitor"]["scrapeTimeout"] = "1m30s"  # as long as the interval
+    (endpoint,) = render(chart, values)[0]["ServiceMonitor"]["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("1m30s", "1m30s")
+
+
+def test_pod_labels_join_the_chart_labels(chart: helm.Chart) -> None:
+    """Extra labels are added and may replace the chart's informational ones (each key once);
+    the selector's are refused (REFUSED below)."""
+    values = {"podLabels": {"team": "gen", "app.kubernetes.io/version": "pinned"}}
+    text = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    # Once in the Deployment's labels, once in the pod's: no duplicate keys.
+    assert text["ganserve/templates/deployment.yaml"].count("app.kubernetes.io/version:") == 2
+    objects, _ = render(chart, values)
+    spec = objects["Deployment"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["team"] == "gen" and labels["app.kubernetes.io/version"] == "pinned"
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+
 # --- values.schema.json -------------------------------------------------------------------------
 
 BAD_VALUES = {
@@ -170,6 +233,101 @@ BAD_VALUES = {
         {"autoscaling": {"enabled": True, "customMetric": {"enabled": True, "name": "cpu"}}},
         "/autoscaling/customMetric/name",
     ),
+    # The server reads at most 4096 bytes of token file.
+    "long-token": ({"auth": {"enabled": True, "token": "a" * 4097}}, "/auth/token"),
+    # UID 65532 without capabilities cannot bind below 1024; service.port takes 80 and 443.
+    "privileged-grpc-port": ({"ports": {"grpc": 443}}, "/ports/grpc"),
+    "privileged-metrics-port": ({"ports": {"metrics": 80}}, "/ports/metrics"),
+    # Kubelet probes and Prometheus connect to the pod IP, not to loopback.
+    "loopback-host": ({"config": {"host": "127.0.0.1"}}, "/config/host"),
+    "loopback-metrics-host": ({"config": {"metrics_host": "localhost"}}, "/config/metrics_host"),
+    # Printed as 1e+06 (Kubernetes wants an integer) or past what a grace period can hold.
+    "replicas-over-maximum": ({"replicaCount": 1_000_000}, "/replicaCount"),
+    "hpa-max-over-maximum": (
+        {"autoscaling": {"enabled": True, "maxReplicas": 1_000_000}},
+        "/autoscaling/maxReplicas",
+    ),
+    "hpa-target-average-not-a-quantity": (
+        {
+            "autoscaling": {
+                "enabled": True,
+                "customMetric": {"enabled": True, "targetAverageValue": "four"},
+            }
+        },
+        "/autoscaling/customMetric/targetAverageValue",
+    ),
+    "hpa-target-average-zero": (
+        {
+            "autoscaling": {
+                "enabled": True,
+                "customMetric": {"enabled": True, "targetAverageValue": "0"},
+            }
+        },
+        "/autoscaling/customMetric/targetAverageValue",
+    ),
+    "pdb-not-a-percentage": (
+        {"podDisruptionBudget": {"maxUnavailable": "half"}},
+        "/podDisruptionBudget/maxUnavailable",
+    ),
+    "pdb-over-100-percent": (
+        {"podDisruptionBudget": {"minAvailable": "150%"}},
+        "/podDisruptionBudget/minAvailable",
+    ),
+    "pdb-negative": ({"podDisruptionBudget": {"maxUnavailable": -1}}, "/podDisruptionBudget"),
+    "tmp-size-not-a-quantity": ({"tmpSizeLimit": "256 MB"}, "/tmpSizeLimit"),
+    "engine-cache-size-not-a-quantity": (
+        {"gpu": {"enabled": True, "engineCache": {"sizeLimit": "4 GB"}}},
+        "/gpu/engineCache/sizeLimit",
+    ),
+    "gpu-resource-without-domain": ({"gpu": {"enabled": True, "resource": "gpu"}}, "/gpu/resource"),
+    "service-annotation-not-a-string": (
+        {"service": {"annotations": {"example.com/internal": True}}},
+        "/service/annotations",
+    ),
+    "service-account-annotation-not-a-string": (
+        {"serviceAccount": {"annotations": {"example.com/role": 1}}},
+        "/serviceAccount/annotations",
+    ),
+    "pod-label-value-with-space": ({"podLabels": {"team": "gen serve"}}, "/podLabels/team"),
+    "secret-key-with-slash": (
+        {"auth": {"enabled": True, "token": TOKEN, "secretKey": "bad key/x"}},
+        "/auth/secretKey",
+    ),
+    "image-repository-with-tag": (
+        {"image": {"repository": "ghcr.io/acme/ganserve:1.2.0"}},
+        "/image/repository",
+    ),
+    "image-tag-with-digest": ({"image": {"tag": "0.1.0@sha256:" + "a" * 64}}, "/image/tag"),
+    "fullname-starting-with-digit": ({"fullnameOverride": "1gan"}, "/fullnameOverride"),
+    "fullname-over-63": ({"fullnameOverride": "a" * 64}, "/fullnameOverride"),
+    "name-with-space": ({"nameOverride": "Gan Serve"}, "/nameOverride"),
+    "tls-secret-name": (
+        {"tls": {"enabled": True, "secretName": "Bad_Name"}},
+        "/tls/secretName",
+    ),
+    "auth-secret-name": (
+        {"auth": {"enabled": True, "existingSecret": "Bad_Name"}},
+        "/auth/existingSecret",
+    ),
+    "claim-name": (
+        {"modelRepository": {"source": "persistentVolumeClaim", "claimName": "Models!"}},
+        "/modelRepository/claimName",
+    ),
+    "service-account-name": ({"serviceAccount": {"name": "Bad_SA"}}, "/serviceAccount/name"),
+    "priority-class-name": ({"priorityClassName": "High Priority"}, "/priorityClassName"),
+    "strategy-type": ({"strategy": {"type": "BlueGreen"}}, "/strategy/type"),
+    "scrape-interval-not-a-duration": (
+        {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15 seconds"}}},
+        "/metrics/serviceMonitor/interval",
+    ),
+    # null removes a value from the chart's defaults; what the templates need is required.
+    "tls-null": ({"tls": None}, "missing property 'tls'"),
+    "service-port-null": ({"service": {"port": None}}, "missing property 'port'"),
+    "secret-key-null": (
+        {"auth": {"enabled": True, "token": TOKEN, "secretKey": None}},
+        "missing property 'secretKey'",
+    ),
+    "metrics-enabled-null": ({"metrics": {"enabled": None}}, "missing property 'enabled'"),
 }
 
 
@@ -200,26 +358,180 @@ def test_schema_config_keys_are_the_servers_config_file_keys(chart: helm.Chart) 
     )
 
 
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"tls": {"enabled": True}}, "tls.secretName"),
-        ({"auth": {"enabled": True}}, "auth.existingSecret"),
-        ({"modelRepository": {"source": "persistentVolumeClaim"}}, "claimName"),
-        ({"modelRepository": {"source": "volume"}}, "modelRepository.volume"),
-        (
-            {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
-            "customMetric",
-        ),
-        ({"terminationGracePeriodSeconds": 25}, "terminationGracePeriodSeconds"),
-    ],
-    ids=["tls-secret", "auth-token", "claim", "volume", "hpa-metric", "grace-period"],
-)
-def test_incomplete_values_fail_with_a_message(
+# Values the schema cannot judge alone: each would be rejected by Kubernetes, crash-loop the
+# server, or be silently ignored. The template refuses them, naming the values to change.
+REFUSED = {
+    # Incomplete.
+    "tls-secret": ({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
+    "auth-token": ({"auth": {"enabled": True}}, "auth.existingSecret"),
+    "claim": ({"modelRepository": {"source": "persistentVolumeClaim"}}, "claimName"),
+    "volume": ({"modelRepository": {"source": "volume"}}, "modelRepository.volume"),
+    "hpa-metric": (
+        {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
+        "customMetric",
+    ),
+    "grace-period": ({"terminationGracePeriodSeconds": 25}, "terminationGracePeriodSeconds"),
+    "pdb-without-a-budget": (
+        {"podDisruptionBudget": {"maxUnavailable": None}},
+        "podDisruptionBudget.enabled needs podDisruptionBudget.maxUnavailable or "
+        "podDisruptionBudget.minAvailable",
+    ),
+    # The server would refuse to start.
+    "ports-collide": (
+        {"ports": {"grpc": 8000, "metrics": 8000}},
+        "ports.grpc and ports.metrics are both 8000",
+    ),
+    "preferred-batch-above-max": (
+        {"config": {"max_batch_size": 8, "preferred_batch_sizes": [8, 16]}},
+        "config.preferred_batch_sizes holds 16, above config.max_batch_size (8)",
+    ),
+    "preferred-batch-above-server-default": (
+        {"config": {"max_batch_size": None, "preferred_batch_sizes": [128]}},
+        "config.preferred_batch_sizes holds 128, above config.max_batch_size (64)",
+    ),
+    "gpu-backend-on-cpu": (
+        {"config": {"backend": "onnxruntime-cuda"}},
+        "config.backend onnxruntime-cuda needs a GPU, but gpu.enabled is false",
+    ),
+    "gpu-model-backend-on-cpu": (
+        {"models": {"digits": {"backend": "tensorrt"}}},
+        "models.digits.backend tensorrt needs a GPU, but gpu.enabled is false",
+    ),
+    "env-overrides-port": (
+        {"extraEnv": [{"name": "GANSERVE_PORT", "value": "9000"}]},
+        "extraEnv sets GANSERVE_PORT, which would override the chart's setting of it: set "
+        "ports.grpc instead",
+    ),
+    "env-overrides-config": (
+        {"extraEnv": [{"name": "GANSERVE_SHUTDOWN_DELAY", "value": "600"}]},
+        "set config.shutdown_delay instead",
+    ),
+    # Kubernetes or Prometheus would reject the objects.
+    "service-ports-collide": (
+        {"service": {"port": 8000, "metricsPort": 8000}},
+        "service.port and service.metricsPort are both 8000",
+    ),
+    "hpa-min-above-max": (
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+        "autoscaling.minReplicas (5) is above autoscaling.maxReplicas (2)",
+    ),
+    "hpa-cpu-without-cpu-request": (
+        {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}},
+        "autoscaling.targetCPUUtilizationPercentage is a percentage of the CPU request, but "
+        "resources.requests.cpu is not set",
+    ),
+    "pod-label-replaces-selector": (
+        {"podLabels": {"app.kubernetes.io/name": "other"}},
+        "podLabels sets app.kubernetes.io/name",
+    ),
+    "pod-label-replaces-instance": (
+        {"podLabels": {"app.kubernetes.io/instance": "other"}},
+        "podLabels sets app.kubernetes.io/instance",
+    ),
+    "pod-annotation-replaces-checksum": (
+        {"podAnnotations": {"checksum/config": "pinned"}},
+        "podAnnotations sets checksum/config",
+    ),
+    "scrape-timeout-over-interval": (
+        {"metrics": {"serviceMonitor": {"enabled": True, "interval": "5s", "scrapeTimeout": "1m"}}},
+        "metrics.serviceMonitor.scrapeTimeout (1m) is longer than "
+        "metrics.serviceMonitor.interval (5s)",
+    ),
+    "scrape-interval-zero": (
+        {"metrics": {"serviceMonitor": {"enabled": True, "interval": "0s"}}},
+        'metrics.serviceMonitor.interval "0s" must be longer than 0',
+    ),
+    "rollout-that-cannot-progress": (
+        {"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}},
+        "strategy.rollingUpdate.maxSurge and maxUnavailable are both 0",
+    ),
+    "sub-path-outside-the-volume": (
+        {
+            "modelRepository": {
+                "source": "persistentVolumeClaim",
+                "claimName": "m",
+                "subPath": "../x",
+            }
+        },
+        'modelRepository.subPath "../x" must be a relative path',
+    ),
+    "sub-path-absolute": (
+        {"modelRepository": {"source": "persistentVolumeClaim", "claimName": "m", "subPath": "/m"}},
+        'modelRepository.subPath "/m" must be a relative path',
+    ),
+    # Silently ignored.
+    "claim-with-bundled-models": (
+        {"modelRepository": {"claimName": "models"}},
+        "modelRepository.claimName is set but modelRepository.source is bundled",
+    ),
+    "volume-with-a-claim": (
+        {
+            "modelRepository": {
+                "source": "persistentVolumeClaim",
+                "claimName": "models",
+                "volume": {"nfs": {"server": "nfs.example", "path": "/models"}},
+            }
+        },
+        "modelRepository.volume is set but modelRepository.source is persistentVolumeClaim",
+    ),
+    "sub-path-with-bundled-models": (
+        {"modelRepository": {"subPath": "ganserve"}},
+        "modelRepository.subPath is set but modelRepository.source is bundled",
+    ),
+    "engine-cache-claim-without-gpu": (
+        {"gpu": {"engineCache": {"existingClaim": "trt-engines"}}},
+        "gpu.engineCache.existingClaim is set but gpu.enabled is false",
+    ),
+    "service-monitor-without-metrics": (
+        {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
+        "metrics.serviceMonitor.enabled needs metrics.enabled",
+    ),
+    "client-auth-without-tls": (
+        {"tls": {"clientAuth": True}},
+        "tls.clientAuth is set but tls.enabled is false",
+    ),
+    "tls-secret-without-tls": (
+        {"tls": {"secretName": "ganserve-tls"}},
+        "tls.secretName is set but tls.enabled is false",
+    ),
+    "token-without-auth": (
+        {"auth": {"token": TOKEN}},
+        "auth.token is set but auth.enabled is false",
+    ),
+    "secret-without-auth": (
+        {"auth": {"existingSecret": "tokens"}},
+        "auth.existingSecret is set but auth.enabled is false",
+    ),
+    "secret-and-token": (
+        {"auth": {"enabled": True, "existingSecret": "tokens", "token": TOKEN}},
+        "auth.existingSecret and auth.token are both set",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "message"), REFUSED.values(), ids=list(REFUSED))
+def test_values_that_cannot_work_fail_with_a_message(
     chart: helm.Chart, values: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(helm.HelmRenderError, match=message):
-        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    # `helm install` and `helm template` stop here; `helm lint` only logs a template's `fail`.
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+        chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [" " + TOKEN, TOKEN + "\n", "\t" * 20, "ünïcødé-tøken-1234567", "0123456789abcdef\n-token"],
+    ids=["leading-space", "trailing-newline", "tabs", "non-ascii", "inner-newline"],
+)
+def test_token_the_server_would_refuse_fails_without_showing_it(
+    chart: helm.Chart, token: str
+) -> None:
+    """The server strips the token file and needs printable ASCII; the message says so, and
+    keeps the token itself out of logs."""
+    with pytest.raises(helm.HelmRenderError, match=r"auth\.token must be printable ASCII") as error:
+        chart.render({"auth": {"enabled": True, "token": token}}, name=RELEASE, namespace=NAMESPACE)
+    secret = token.strip()
+    assert not secret or secret not in str(error.value)
 
 
 # --- the chart matches the server ---------------------------------------------------------------

@@ -87,6 +87,51 @@ def test_termination_grace_outlasts_the_drain(
     assert spec["terminationGracePeriodSeconds"] == expected > drain
 
 
+def test_longest_drain_still_fits_the_grace_period(chart: helm.Chart) -> None:
+    """The schema's maximums: 3600 s each for the preStop sleep, shutdown_delay, drain_grace."""
+    values = {"preStopSleepSeconds": 3600, "config": {"shutdown_delay": 3600, "drain_grace": 3600}}
+    objects, _ = render(chart, values)
+    assert objects["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == (
+        3 * 3600 + 5
+    )
+    assert container(objects)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "3600"]
+
+
+BAD_TIMING = {
+    # Kubernetes: successThreshold must be 1 for liveness and startup probes.
+    "liveness-success-threshold": (
+        {"probes": {"liveness": {"successThreshold": 2}}},
+        "/probes/liveness/successThreshold",
+    ),
+    "startup-success-threshold": (
+        {"probes": {"startup": {"successThreshold": 3}}},
+        "/probes/startup/successThreshold",
+    ),
+    # Kubernetes: a readiness probe has no terminationGracePeriodSeconds.
+    "readiness-grace-period": (
+        {"probes": {"readiness": {"terminationGracePeriodSeconds": 5}}},
+        "additional properties 'terminationGracePeriodSeconds' not allowed",
+    ),
+    "probe-null": ({"probes": {"liveness": None}}, "missing property 'liveness'"),
+    "probe-period-huge": (
+        {"probes": {"readiness": {"periodSeconds": 1_000_000}}},
+        "/probes/readiness/periodSeconds",
+    ),
+    # Past 3600 s each; 1e300 used to overflow terminationGracePeriodSeconds.
+    "shutdown-delay-huge": ({"config": {"shutdown_delay": 1e300}}, "/config/shutdown_delay"),
+    "drain-grace-over-an-hour": ({"config": {"drain_grace": 3601}}, "/config/drain_grace"),
+    "pre-stop-over-an-hour": ({"preStopSleepSeconds": 1_000_000}, "/preStopSleepSeconds"),
+}
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_TIMING.values(), ids=list(BAD_TIMING))
+def test_schema_rejects_bad_probe_and_shutdown_timing(
+    chart: helm.Chart, values: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+
+
 def test_pre_stop_sleeps_when_asked(full: Manifests, default: Manifests) -> None:
     assert container(full)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "3"]
     assert "lifecycle" not in container(default)

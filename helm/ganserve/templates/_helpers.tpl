@@ -91,8 +91,24 @@ exec:
     - ganserve.serve.healthcheck
 {{- else }}
 grpc:
-  port: {{ .Values.ports.grpc }}
+  port: {{ .Values.ports.grpc | int }}
 {{- end }}
+{{- end }}
+
+{{/* A Kubernetes quantity from a string ("256Mi") or a number of bytes (printed whole: a
+large float64 would print as 2.68435456e+08). */}}
+{{- define "ganserve.quantity" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | int64 }}{{ end }}
+{{- end }}
+
+{{/* The headless Service's name: the full name cut to leave room for "-headless" (63 in all). */}}
+{{- define "ganserve.headlessName" -}}
+{{- printf "%s-headless" (include "ganserve.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/* A count or a percentage ("25%"), as Kubernetes' IntOrString. */}}
+{{- define "ganserve.intOrPercent" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | int }}{{ end }}
 {{- end }}
 
 {{/* A value as TOML: strings, numbers, booleans and lists of them are JSON-compatible. */}}
