@@ -6,6 +6,8 @@ Names are under ``ganserve_``, in base units (seconds, bytes); per-model series 
 
 from __future__ import annotations
 
+import contextlib
+
 import prometheus_client as prom
 
 # Doubling from 100 us to ~6.5 s: sub-millisecond cache hits to seconds-long overload.
@@ -56,12 +58,12 @@ class ServerMetrics:
         )
         self.batch_size = histogram(
             "ganserve_batch_size",
-            "Requests in each batch sent to the engine.",
+            "Images in each batch sent to the engine.",
             buckets=_batch_buckets(max_batch_size),
         )
         self.queue_depth = prom.Gauge(
             "ganserve_queue_depth",
-            "Requests waiting in the model version's queue.",
+            "Images waiting in the model version's queue.",
             MODEL,
             registry=r,
         )
@@ -81,7 +83,10 @@ class ServerMetrics:
             registry=r,
         )
         self.batch_failures = prom.Counter(
-            "ganserve_batch_failures", "Batches whose engine call raised.", MODEL, registry=r
+            "ganserve_batch_failures",
+            "Batches whose engine call raised or hung past --engine-timeout.",
+            MODEL,
+            registry=r,
         )
         self.engine_timeouts = prom.Counter(
             "ganserve_engine_timeouts",
@@ -136,3 +141,11 @@ class ServerMetrics:
         self.health = prom.Gauge(
             "ganserve_serving", "1 while the server reports SERVING, else 0.", registry=r
         )
+
+    def forget_version(self, model: str, version: str) -> None:
+        """Drop a retired version's gauges, which would otherwise report its last queue depth,
+        calls in flight and load time forever. Its counters and histograms stay: they count
+        what happened, and rate() needs them to end, not vanish."""
+        for gauge in (self.queue_depth, self.in_flight, self.model_load_duration):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)

@@ -68,7 +68,7 @@ class ServedVersion:
 def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
     """Sizes and mtimes of the files that define a version, to notice changes on reload."""
     out: list[int] = []
-    for name in (MODEL_FILE, METADATA_FILE, PLAN_FILE):
+    for name in (MODEL_FILE, FP16_MODEL_FILE, METADATA_FILE, PLAN_FILE):
         try:
             stat = (path / name).stat()
         except FileNotFoundError:
@@ -89,6 +89,7 @@ class ModelManager:
         self._default: str | None = config.default_model
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._draining = False  # set by the shutdown: reloads load nothing more
 
     # --- routing (event loop, hot path) ---
 
@@ -256,6 +257,8 @@ class ModelManager:
         load is reported and whatever served before keeps serving.
         """
         async with self._lock:
+            if self._draining:
+                return [self._refuse_reload()]
             loop = asyncio.get_running_loop()
             changes: list[Status] = []
             try:
@@ -291,6 +294,9 @@ class ModelManager:
                 except Exception as exc:  # any load failure leaves the old version serving
                     changes.append(self._fail(name, version, str(exc)))
                     continue
+                if self._draining:  # the shutdown began while this version loaded
+                    await served.batcher.close(0)
+                    return [self._refuse_reload()]
                 self._failed.pop((name, version), None)
                 served.batcher.start()
                 routes.setdefault(name, {})[version] = served
@@ -299,8 +305,13 @@ class ModelManager:
                 changes.append(Status(name, version, State.READY, backend=served.backend.value))
             for name in set(routes) - set(gone):
                 for version in list(routes[name]):
-                    # A failed newer version never unloads the version that still serves.
-                    if (name, version) in wanted or self._only_survivor(routes, wanted, name):
+                    # A failed newer version never unloads the version that still serves, nor
+                    # does a pinned version whose folder went missing (it serves from memory).
+                    if (
+                        (name, version) in wanted
+                        or (name, version) in errors
+                        or self._only_survivor(routes, wanted, errors, name)
+                    ):
                         continue
                     self._retire(routes[name].pop(version))
                     changes.append(Status(name, version, State.UNLOADED))
@@ -315,15 +326,19 @@ class ModelManager:
             )
             return changes
 
-    def _only_survivor(self, routes: dict, wanted: dict, name: str) -> bool:
-        """True when ``name`` would lose its last version although it is still wanted."""
-        still_wanted = any(n == name for n, _ in wanted)
+    def _only_survivor(self, routes: dict, wanted: dict, errors: dict, name: str) -> bool:
+        """True when ``name`` would lose its last version although the repository still lists
+        it (wanted, or pinned versions that failed)."""
+        still_wanted = any(n == name for n, _ in (*wanted, *errors))
         loaded_wanted = any((name, v) in wanted for v in routes[name])
         return still_wanted and not loaded_wanted
 
     def _fail(self, name: str, version: str, message: str) -> Status:
+        """Record a version as FAILED. Metered once per failure: later reloads that find the
+        same failure report it again but do not count it again."""
         LOGGER.error("model %s version %s failed to load: %s", name, version, message)
-        self._metrics.model_load_failures.labels(name).inc()
+        if self._failed.get((name, version)) != message:
+            self._metrics.model_load_failures.labels(name).inc()
         self._failed[(name, version)] = message
         return Status(name, version, State.FAILED, message)
 
@@ -336,6 +351,7 @@ class ModelManager:
         )
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda _: self._metrics.forget_version(name, version))
 
     def _publish_info(self) -> None:
         for versions in self._routes.values():
@@ -354,8 +370,16 @@ class ModelManager:
 
     # --- shutdown ---
 
+    def _refuse_reload(self) -> Status:
+        self._metrics.reloads.labels("failed").inc()
+        LOGGER.warning("reload refused: the server is draining")
+        return Status("", "", State.FAILED, "the server is draining; nothing was reloaded")
+
     def stop_accepting_and_drain(self, grace_s: float) -> list[asyncio.Future]:
-        """Close every batcher (they refuse new work at once and drain); return the waits."""
+        """Close every batcher (they refuse new work at once and drain); return the waits.
+        From now on a reload loads nothing: a fresh version would take calls after the drain
+        began, and never be closed."""
+        self._draining = True
         return [
             asyncio.ensure_future(v.batcher.close(grace_s))
             for versions in self._routes.values()

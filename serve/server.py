@@ -27,13 +27,12 @@ from ganserve.serve.config import ServerConfig
 from ganserve.serve.gpu_metrics import register_gpu_metrics
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, Status
-from ganserve.serve.servicer import GeneratorServicer
+from ganserve.serve.servicer import SERVICE_NAME, GeneratorServicer
 from ganserve.serve.wire import GuardedRegistrar
-from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
+from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2_grpc
 
 LOGGER = logging.getLogger(__name__)
 
-SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name
 # Health is reported for the whole server ("") and for the Generator service by name.
 HEALTH_NAMES = ("", SERVICE_NAME)
@@ -124,7 +123,8 @@ class GanServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        registrar = GuardedRegistrar(server)  # unparsable requests -> INVALID_ARGUMENT
+        # Unparsable requests -> INVALID_ARGUMENT, counted like every other answer.
+        registrar = GuardedRegistrar(server, self.servicer.count_unparsable)
         generator_pb2_grpc.add_GeneratorServicer_to_server(self.servicer, registrar)
         services = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         if config.admin:

@@ -215,6 +215,9 @@ class _Call:
             )
 
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generator"].full_name
+
+
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     """Implements the Generator service over the ModelManager's versions."""
 
@@ -253,6 +256,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         call.served = served
         self._series(call.method, *served.key).in_flight.inc()
         return served
+
+    def count_unparsable(self, path: str) -> None:
+        """An RPC refused before any handler ran because its bytes did not parse."""
+        service, _, method = path.rpartition("/")
+        if service == f"/{SERVICE_NAME}":
+            self._series(method, "_unknown", "").count(grpc.StatusCode.INVALID_ARGUMENT.name)
 
     def _series(self, method: str, model: str, version: str) -> _Series:
         key = (method, model, version)
@@ -379,12 +388,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     ) -> pb.GenerateBatchResponse:
         async with _Call(self, "GenerateBatch", context) as call:
             call.items = count = len(request.items)
+            # The model first: a call for a served model is counted under it, whatever else
+            # is wrong with it.
+            served = self._enter(call, request.model, request.model_version)
+            m = served.metadata
             if not 1 <= count <= self._max_items:
                 raise InvalidArgumentError(
                     f"items has {count} entries; send 1..{self._max_items} per call"
                 )
-            served = self._enter(call, request.model, request.model_version)
-            m = served.metadata
             if count > (cap := self._items_cap(m)):
                 raise InvalidArgumentError(
                     f"items has {count} entries, but {m.height}x{m.width}x{m.channels} images of "
@@ -416,12 +427,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     ) -> AsyncIterator[pb.InterpolateFrame]:
         async with _Call(self, "Interpolate", context) as call:
             call.items = frames = request.frames
+            served = self._enter(call, request.model, request.model_version)
+            m = served.metadata
             if not 2 <= frames <= self._max_items:
                 raise InvalidArgumentError(
                     f"frames {frames} is out of range: use 2..{self._max_items}"
                 )
-            served = self._enter(call, request.model, request.model_version)
-            m = served.metadata
             label = validate_label(
                 m, request.HasField("class_label"), request.class_label, "class_label"
             )

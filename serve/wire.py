@@ -48,10 +48,11 @@ def _safe(deserializer: Callable[[bytes], object]) -> Callable[[bytes], object]:
     return parse
 
 
-def _guard_unary(behavior: Callable) -> Callable:
+def _guard_unary(behavior: Callable, refused: Callable[[], None]) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext) -> object:
         if isinstance(request, Malformed):
+            refused()
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 request.status_message(),
@@ -62,10 +63,11 @@ def _guard_unary(behavior: Callable) -> Callable:
     return handler
 
 
-def _guard_stream(behavior: Callable) -> Callable:
+def _guard_stream(behavior: Callable, refused: Callable[[], None]) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext):
         if isinstance(request, Malformed):
+            refused()
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 request.status_message(),
@@ -77,33 +79,44 @@ def _guard_stream(behavior: Callable) -> Callable:
     return handler
 
 
-def guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same method handler, answering unparsable requests with INVALID_ARGUMENT."""
+def _nothing() -> None:
+    pass
+
+
+def guard(
+    handler: grpc.RpcMethodHandler, refused: Callable[[], None] = _nothing
+) -> grpc.RpcMethodHandler:
+    """The same method handler, answering unparsable requests with INVALID_ARGUMENT (after
+    calling ``refused``, which counts them)."""
     if handler is None or handler.request_streaming or handler.request_deserializer is None:
         return handler  # no unary request to parse (this server has no client-streaming RPCs)
     if handler.unary_unary is not None:
         return handler._replace(
             request_deserializer=_safe(handler.request_deserializer),
-            unary_unary=_guard_unary(handler.unary_unary),
+            unary_unary=_guard_unary(handler.unary_unary, refused),
         )
     stream = handler.unary_stream
     # A streaming handler is an async generator, or a coroutine that calls context.write().
     wrap = _guard_stream if inspect.isasyncgenfunction(stream) else _guard_unary
     return handler._replace(
-        request_deserializer=_safe(handler.request_deserializer), unary_stream=wrap(stream)
+        request_deserializer=_safe(handler.request_deserializer), unary_stream=wrap(stream, refused)
     )
 
 
 class _GuardedGeneric(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, refused: Callable[[str], None]) -> None:
         self._inner = inner
+        self._refused = refused
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails):
         method = handler_call_details.method
         cached = self._cache.get(method)
         if cached is None:
-            cached = guard(self._inner.service(handler_call_details))
+            cached = guard(
+                self._inner.service(handler_call_details),
+                functools.partial(self._refused, method),
+            )
             if cached is not None:  # unknown method names are not remembered
                 self._cache[method] = cached
         return cached
@@ -112,15 +125,25 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
 class GuardedRegistrar:
     """Stands in for a grpc.aio.Server in the generated ``add_*_to_server`` functions."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, refused: Callable[[str], None] = lambda method: None
+    ) -> None:
+        """``refused(method)`` is called with "/service/Method" for each unparsable request."""
         self._server = server
+        self._refused = refused
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedGeneric(h, self._refused) for h in handlers)
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
         self._server.add_registered_method_handlers(
-            service, {name: guard(h) for name, h in handlers.items()}
+            service,
+            {
+                name: guard(h, functools.partial(self._refused, f"/{service}/{name}"))
+                for name, h in handlers.items()
+            },
         )

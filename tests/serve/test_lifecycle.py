@@ -3,6 +3,7 @@ that keep serving."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import pathlib
@@ -16,6 +17,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
     BUNDLED_REPOSITORY,
@@ -27,9 +29,10 @@ from conftest import (
 )
 from ganserve.client import GeneratorClient, ImageEncoding, RetryPolicy
 from ganserve.serve.config import ModelConfig
-from ganserve.serve.models import ModelManager
+from ganserve.serve.metrics import ServerMetrics
+from ganserve.serve.models import ModelManager, State
 from ganserve.serve.server import grpc_address
-from ganserve.v1 import admin_pb2
+from ganserve.v1 import admin_pb2, generator_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -301,3 +304,118 @@ def test_ipv6_hosts_work_with_or_without_brackets(host: str, address: str) -> No
     """gRPC needs [::1]:port and the metrics server a bare ::1; either spelling works for both
     --host and --metrics-host."""
     assert grpc_address(host, 5) == address
+
+
+# --- reloads at the edges: pinned versions, drains, FP16 files; what the metrics say ---------
+
+
+def sample(server: ServerThread, name: str, **labels: str) -> float | None:
+    """One labelled sample of a real scrape, or None when the series is absent."""
+    for family in text_string_to_metric_families(scrape(server)["_text"]):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def test_a_pinned_version_whose_folder_vanished_keeps_serving(
+    start_server, tmp_path: pathlib.Path
+) -> None:
+    """Pinned to version 2, whose folder is moved away while version 1's stays: the reload once
+    retired version 2 and left the model serving nothing while health said SERVING."""
+    repo = copy_repository(tmp_path)
+    add_version(repo, 2)
+    server = start_server(repo, models={"digits": ModelConfig(versions=(2,))})
+    with admin(server) as client:
+        shutil.move(repo / "digits" / "2", tmp_path / "away")
+        changes = {(c.version, c.state) for c in client.reload_models().changes}
+        assert changes == {("2", admin_pb2.MODEL_STATE_FAILED)}
+        assert client.generate(1, 1).response.model_version == "2"
+        assert sample(server, "ganserve_model_load_failures_total", model="digits") == 1
+        client.reload_models()  # the same failure again: reported, not counted again
+        assert sample(server, "ganserve_model_load_failures_total", model="digits") == 1
+
+
+def test_a_reload_while_draining_loads_nothing(tmp_path: pathlib.Path) -> None:
+    """A version loaded after the drain began would take calls the drain refuses, and never be
+    closed. Also when the drain begins while the version loads."""
+    repo = copy_repository(tmp_path)
+
+    async def run() -> tuple[list, list, list[str]]:
+        manager = ModelManager(make_config(repo), ServerMetrics(max_batch_size=64))
+        await manager.start()
+        add_version(repo, 2)
+        load, loop = manager._load, asyncio.get_running_loop()
+
+        def load_then_drain(name: str, version: str):  # the drain begins meanwhile
+            served = load(name, version)
+            loop.call_soon_threadsafe(manager.stop_accepting_and_drain, 0)
+            return served
+
+        manager._load = load_then_drain  # type: ignore[method-assign]
+        during = await manager.reload()
+        after = await manager.reload()
+        served = [v.metadata.version for v in manager.versions("digits")]
+        await manager.close(0)
+        return during, after, served
+
+    during, after, served = asyncio.run(run())
+    for changes in (during, after):
+        assert [(c.state, c.message) for c in changes] == [
+            (State.FAILED, "the server is draining; nothing was reloaded")
+        ]
+    assert served == ["1"]
+
+
+def test_a_changed_fp16_model_is_reloaded(start_server, tmp_path: pathlib.Path) -> None:
+    """With precision fp16 the served file is model.fp16.onnx: a reload must notice it."""
+    repo = tmp_path / "models"
+    shutil.copytree(
+        BUNDLED_REPOSITORY / "digits" / "2",
+        repo / "digits" / "2",
+        ignore=shutil.ignore_patterns("*.pt"),
+    )
+    server = start_server(repo, models={"digits": ModelConfig(precision="fp16")})
+    with admin(server) as client:
+        (repo / "digits" / "2" / "model.fp16.onnx").write_bytes(b"\x08\x07 not a model")
+        changes = {(c.version, c.state) for c in client.reload_models().changes}
+        assert changes == {("2", admin_pb2.MODEL_STATE_FAILED)}
+        assert client.generate(1, 1).response.model_version == "2"  # the loaded one still serves
+
+
+def test_every_answer_is_counted_under_the_model_it_named(start_server) -> None:
+    """Unparsable bytes (refused before any handler) and bad counts for a served model were
+    missing from ganserve_requests_total, or counted under model="_unknown"."""
+    server = start_server()
+    with grpc.insecure_channel(server.target) as channel:
+        raw = channel.unary_unary("/ganserve.v1.Generator/Generate")
+        with pytest.raises(grpc.RpcError):
+            raw(b"\x08" + b"\xff" * 10, timeout=30)
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.GenerateBatch(pb.GenerateBatchRequest(model="digits", items=[]), timeout=30)
+    code = "INVALID_ARGUMENT"
+    counted = {"method": "Generate", "model": "_unknown", "code": code}
+    assert sample(server, "ganserve_requests_total", **counted) == 1
+    batch = {"method": "GenerateBatch", "model": "digits", "version": "2", "code": code}
+    assert sample(server, "ganserve_requests_total", **batch) == 1
+
+
+def test_a_retired_versions_gauges_are_dropped(start_server, tmp_path: pathlib.Path) -> None:
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    with admin(server) as client:
+        client.generate(1, 1)
+        assert sample(server, "ganserve_queue_depth", version="1") is not None
+        add_version(repo, 2)
+        client.reload_models()
+        client.generate(1, 1)
+        for _ in range(100):  # version 1 is closed once its queue has drained
+            if sample(server, "ganserve_queue_depth", version="1") is None:
+                break
+            time.sleep(0.05)
+    for gauge in ("ganserve_queue_depth", "ganserve_inflight_requests"):
+        assert sample(server, gauge, version="1") is None
+        assert sample(server, gauge, version="2") is not None
+    assert sample(server, "ganserve_model_load_duration_seconds", version="1") is None
+    assert sample(server, "ganserve_requests_total", version="1", code="OK") == 1  # counters stay
