@@ -6,7 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
 METRICS_PORT ?= 8000
-# torch is pinned: an unpinned torch pulls the multi-GB CUDA build.
+# torch is pinned (torch==2.13.0) and must be the CPU build: an unpinned one, or PyPI's Linux
+# wheel where the index serves it, pulls the multi-GB CUDA libraries (see the README).
 STAMP := $(VENV)/.installed
 
 .PHONY: run test model proto lint clean bench soak

@@ -162,7 +162,8 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="INTRA_OP_THREADS",
     default=S.intra_op_threads,
     type=click.IntRange(0),
-    help="ONNX Runtime CPU threads per instance (0 = auto: all cores but one, shared).",
+    help="ONNX Runtime CPU threads per instance (0 = auto: 1 or the instance's share of the "
+    "cores, whichever runs the max batch faster, timed at load).",
 )
 @_option(
     "--warmup/--no-warmup",
