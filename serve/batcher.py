@@ -135,6 +135,7 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = True
+        self._closed = False  # close() has ended: engines that come back are closed, not pooled
         # Metric children resolved once: labels() is a dict lookup under a lock.
         labels = (m.name, m.version)
         self._m_depth = metrics.queue_depth.labels(*labels)
@@ -195,6 +196,22 @@ class Batcher:
         self._queued += len(request.works)
         self._m_depth.set(self._queued)
         self._arrived.set()
+        request.future.add_done_callback(lambda f: f.cancelled() and self._forget(request))
+
+    def _forget(self, request: _Request) -> None:
+        """A cancelled call (its caller gone, or another of its groups failed) frees its queue
+        slots at once, not when the next batch forms: live calls must not be refused for it."""
+        for i, queued in enumerate(self._queue):
+            if queued is request:
+                del self._queue[i]
+                self._queued -= len(request.works)
+                self._m_depth.set(self._queued)
+                # gRPC cancels the handler when the caller's deadline passes: say which it was.
+                expired = request.deadline is not None and request.deadline <= time.monotonic()
+                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(
+                    len(request.works)
+                )
+                return
 
     async def _loop(self) -> None:
         while True:
@@ -219,6 +236,8 @@ class Batcher:
             await self._arrived.wait()
         if self._busy and self._queued < self.parallel_min:
             await self._hold_back()
+            if not self._queue:  # every held request was cancelled meanwhile
+                return []
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
@@ -227,10 +246,7 @@ class Batcher:
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            if not await self._arrived_within(remaining):
                 break
         return self._take(max_size)
 
@@ -243,11 +259,20 @@ class Batcher:
             remaining = hold_until - time.monotonic()
             if remaining <= 0:
                 return
-            self._arrived.clear()  # set by arrivals and by batches ending
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            if not await self._arrived_within(remaining):  # arrivals and batches ending
                 return
+
+    async def _arrived_within(self, seconds: float) -> bool:
+        """Wait for an arrival (or a batch's end) for at most ``seconds``. asyncio.timeout, not
+        wait_for: on Python 3.11 wait_for returns normally when the wait finished in the same
+        moment as a cancellation, and close() would then wait forever for this loop."""
+        self._arrived.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _take(self, max_size: int) -> list[_Request]:
         """Pop live requests up to max_size images, in order; drop cancelled and expired ones
@@ -309,8 +334,7 @@ class Batcher:
                     request.future.set_result(mine[0] if request.single else mine)
         finally:
             if not hung:  # a hung instance comes back (or is replaced) via _on_hang
-                self._free.append(engine)
-                self._instances.release()
+                self._give_back(engine)
             self._busy -= 1
             self._arrived.set()  # requests held back for this batch to end may go now
 
@@ -339,24 +363,36 @@ class Batcher:
         self._hung += 1
         replacement = self._replace()
 
+        def settle(task: asyncio.Future) -> None:
+            if not task.cancelled() and task.result():
+                engine.close()  # its replacement took its place in the pool
+            else:  # no replacement after all: the engine that came back serves again
+                self._give_back(engine)
+
         def returned(_: asyncio.Future) -> None:  # the hung call came back at last
             self._hung -= 1
-            replaced = replacement is not None and (
-                not replacement.done() or (not replacement.cancelled() and replacement.result())
-            )
-            if replaced:
-                engine.close()  # its replacement took its place in the pool
-            else:
-                self._free.append(engine)
-                self._instances.release()
             LOGGER.warning("the hung engine of model %s v%s returned", self.model, self.version)
+            if replacement is None:
+                self._give_back(engine)
+            elif replacement.done():
+                settle(replacement)
+            else:  # still being built: its outcome decides
+                replacement.add_done_callback(settle)
 
         call.add_done_callback(returned)
+
+    def _give_back(self, engine: Engine) -> None:
+        """Return an engine to the pool; once close() has ended, close it instead."""
+        if self._closed:
+            engine.close()
+        else:
+            self._free.append(engine)
+            self._instances.release()
 
     def _replace(self) -> asyncio.Task[bool] | None:
         """Start building a fresh engine instance in place of a hung one; None when none can be
         made (no spawn function, or every spare engine thread already holds a hung call)."""
-        if self._spawn is None or self._hung > self._spare_threads:
+        if self._spawn is None or self._closed or self._hung > self._spare_threads:
             return None
         task = asyncio.get_running_loop().create_task(self._add_instance())
         self._running.add(task)
@@ -371,8 +407,7 @@ class Batcher:
                 "could not replace the hung engine of %s v%s", self.model, self.version
             )
             return False
-        self._free.append(engine)
-        self._instances.release()
+        self._give_back(engine)
         LOGGER.info("replaced the hung engine of model %s v%s", self.model, self.version)
         return True
 
@@ -467,8 +502,12 @@ class Batcher:
         if self._running:
             await asyncio.wait(self._running, timeout=max(0.0, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # From now on an engine that comes back (a late batch, a hung call, a replacement) is
+        # closed by _give_back instead of pooled.
+        self._closed = True
         for engine in self._free:
             engine.close()
+        self._free.clear()
 
     @property
     def idle(self) -> bool:

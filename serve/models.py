@@ -284,6 +284,10 @@ class ModelManager:
                         f"version {version} from memory"
                     )
                     changes.append(self._fail(name, version, message))
+            # Old versions close only once the new routes are published: until then requests
+            # still reach them, and a closing batcher refuses them.
+            retiring: list[ServedVersion] = []
+            loaded: list[ServedVersion] = []
             for (name, version), path in sorted(wanted.items()):
                 current = routes.get(name, {}).get(version)
                 if current is not None and current.fingerprint == _fingerprint(path):
@@ -294,14 +298,15 @@ class ModelManager:
                 except Exception as exc:  # any load failure leaves the old version serving
                     changes.append(self._fail(name, version, str(exc)))
                     continue
-                if self._draining:  # the shutdown began while this version loaded
-                    await served.batcher.close(0)
+                loaded.append(served)
+                if self._draining:  # the shutdown began while versions loaded: none serves
+                    await asyncio.gather(*(v.batcher.close(0) for v in loaded))
                     return [self._refuse_reload()]
                 self._failed.pop((name, version), None)
                 served.batcher.start()
                 routes.setdefault(name, {})[version] = served
                 if current is not None:
-                    self._retire(current)
+                    retiring.append(current)
                 changes.append(Status(name, version, State.READY, backend=served.backend.value))
             for name in set(routes) - set(gone):
                 for version in list(routes[name]):
@@ -313,11 +318,13 @@ class ModelManager:
                         or self._only_survivor(routes, wanted, errors, name)
                     ):
                         continue
-                    self._retire(routes[name].pop(version))
+                    retiring.append(routes[name].pop(version))
                     changes.append(Status(name, version, State.UNLOADED))
                 if not routes[name]:
                     del routes[name]
             self._routes = routes
+            for served in retiring:
+                self._retire(served)
             self._publish_info()
             self._metrics.reloads.labels("ok").inc()
             LOGGER.info(
