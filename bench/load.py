@@ -168,7 +168,9 @@ async def measure(
     marks: list[int] = [len(recorder)]
     stamps: list[float] = [time.perf_counter()]
     cpu: list[float] = [_cpu_seconds()]
-    server: list[dict[str, float]] = [scrape() if scrape else {}]
+    np.percentile([0.0], 99)  # numpy's first percentile imports lazily: not inside a window
+    # The scrape is a blocking HTTP call: off the event loop, or calls in flight would wait.
+    server: list[dict[str, float]] = [await asyncio.to_thread(scrape) if scrape else {}]
     throughput: list[float] = []
     p99: list[float] = []
     stable = False
@@ -177,8 +179,14 @@ async def measure(
         marks.append(len(recorder))
         stamps.append(time.perf_counter())
         cpu.append(_cpu_seconds())
-        server.append(scrape() if scrape else {})
-        lat = recorder.latency[marks[-2] : marks[-1]]
+        server.append(await asyncio.to_thread(scrape) if scrape else {})
+        # The same calls the point reports: OK ones only (errors and drops are counted apart).
+        window = zip(
+            recorder.latency[marks[-2] : marks[-1]],
+            recorder.codes[marks[-2] : marks[-1]],
+            strict=True,
+        )
+        lat = [latency for latency, code in window if code == "OK"]
         throughput.append(len(lat) / (stamps[-1] - stamps[-2]))
         p99.append(float(np.percentile(lat, 99)) if lat else math.inf)
         k = windows.stable_windows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import pathlib
 from collections.abc import Sequence
 
@@ -55,9 +56,25 @@ def table(points: Sequence[Point]) -> str:
 
 def write_json(points: Sequence[Point], path: pathlib.Path, extra: dict | None = None) -> None:
     path.write_text(
-        json.dumps({"points": [p.row() for p in points], **(extra or {})}, indent=2, sort_keys=True)
+        json.dumps(
+            _no_nan({"points": [p.row() for p in points], **(extra or {})}),
+            indent=2,
+            sort_keys=True,
+            allow_nan=False,
+        )
         + "\n"
     )
+
+
+def _no_nan(value: object) -> object:
+    """JSON has no NaN: a figure that could not be measured (no OK call) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def write_csv(points: Sequence[Point], path: pathlib.Path) -> None:

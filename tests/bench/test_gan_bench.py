@@ -129,6 +129,30 @@ def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
     assert message in result.output
 
 
+def test_a_point_of_only_failures_is_not_stable_and_writes_valid_json(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Stability is judged on the calls the point reports (OK ones): a server that refuses
+    everything at a steady pace once looked 'stable', and its NaN latencies made invalid JSON."""
+
+    async def call(i: int) -> int:
+        await asyncio.sleep(0.001)
+        raise RuntimeError("refused")
+
+    point = asyncio.run(
+        measure(
+            call,
+            label="all refused",
+            concurrency=2,
+            windows=Windows(warmup_s=0.05, window_s=0.1, max_windows=3),
+        )
+    )
+    assert not point.stable and point.requests_per_s == 0 and point.errors["RuntimeError"] > 0
+    report.write_json([point], tmp_path / "p.json")
+    row = json.loads((tmp_path / "p.json").read_text())["points"][0]  # strict JSON: no NaN
+    assert row["p99_ms"] is None
+
+
 def test_failed_calls_are_counted_by_status_not_raised() -> None:
     class Refused(Exception):
         def code(self):
