@@ -300,7 +300,9 @@ def test_close_not_near_a_batch_end_is_fine():
     assert closed and not loop_alive
 
 
-def test_a_reload_of_two_versions_refuses_no_request(tmp_path):
+async def two_changed_versions(tmp_path) -> ModelManager:
+    """A started manager pinned to versions 1 and 2, whose files a deploy has just rewritten:
+    the next reload loads both again."""
     repo = tmp_path / "models"
     for v in ("1", "2"):
         (repo / "digits" / v).mkdir(parents=True)
@@ -314,13 +316,17 @@ def test_a_reload_of_two_versions_refuses_no_request(tmp_path):
         intra_op_threads=1,
         models={"digits": ModelConfig(backend=Backend.ONNXRUNTIME_CPU, versions=(1, 2))},
     )
+    manager = ModelManager(config, ServerMetrics(max_batch_size=64))
+    await manager.start()
+    for v in ("1", "2"):
+        p = repo / "digits" / v / "metadata.json"
+        os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    return manager
 
+
+def test_a_reload_of_two_versions_refuses_no_request(tmp_path):
     async def scenario():
-        manager = ModelManager(config, ServerMetrics(max_batch_size=64))
-        await manager.start()
-        for v in ("1", "2"):  # a deploy rewrites both versions' files
-            p = repo / "digits" / v / "metadata.json"
-            os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+        manager = await two_changed_versions(tmp_path)
         outcomes = {"ok": 0, "refused": 0}
         stop = asyncio.Event()
 
@@ -355,26 +361,8 @@ def test_a_reload_of_two_versions_refuses_no_request(tmp_path):
 
 
 def test_a_drain_during_a_multi_version_reload_closes_what_it_loaded(tmp_path):
-    repo = tmp_path / "models"
-    for v in ("1", "2"):
-        (repo / "digits" / v).mkdir(parents=True)
-        for name in ("model.onnx", "metadata.json"):
-            shutil.copy(SRC / v / name, repo / "digits" / v / name)
-    config = ServerConfig(
-        model_repository=repo,
-        port=0,
-        metrics_port=-1,
-        warmup=False,
-        intra_op_threads=1,
-        models={"digits": ModelConfig(backend=Backend.ONNXRUNTIME_CPU, versions=(1, 2))},
-    )
-
     async def scenario():
-        manager = ModelManager(config, ServerMetrics(max_batch_size=64))
-        await manager.start()
-        for v in ("1", "2"):
-            p = repo / "digits" / v / "metadata.json"
-            os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+        manager = await two_changed_versions(tmp_path)
         loaded = []
         load, loop = manager._load, asyncio.get_running_loop()
 
