@@ -186,32 +186,34 @@ class Batcher:
             raise ShuttingDownError("server is draining; retry on another replica")
         limit = self._config.max_queue_size
         if self._queued + count > limit:
+            self._drop_dead()
+        if self._queued + count > limit:
             raise QueueFullError(
                 f"model {self.model!r} queue is full ({self._queued} of {limit} requests "
                 f"waiting, {count} more asked); retry with backoff"
             )
+
+    def _drop_dead(self) -> None:
+        """Free the slots of queued calls already over (cancelled, or failed by another of
+        their groups), so that live calls are not refused for them. Only when the queue looks
+        full: otherwise the next batch drops them (`_take`), at no cost per request."""
+        live = collections.deque(r for r in self._queue if not r.future.done())
+        now = time.monotonic()
+        for request in self._queue:
+            if request.future.done():
+                expired = request.deadline is not None and request.deadline <= now
+                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(
+                    len(request.works)
+                )
+        self._queue = live
+        self._queued = sum(len(r.works) for r in live)
+        self._m_depth.set(self._queued)
 
     def _enqueue(self, request: _Request) -> None:
         self._queue.append(request)
         self._queued += len(request.works)
         self._m_depth.set(self._queued)
         self._arrived.set()
-        request.future.add_done_callback(lambda f: f.cancelled() and self._forget(request))
-
-    def _forget(self, request: _Request) -> None:
-        """A cancelled call (its caller gone, or another of its groups failed) frees its queue
-        slots at once, not when the next batch forms: live calls must not be refused for it."""
-        for i, queued in enumerate(self._queue):
-            if queued is request:
-                del self._queue[i]
-                self._queued -= len(request.works)
-                self._m_depth.set(self._queued)
-                # gRPC cancels the handler when the caller's deadline passes: say which it was.
-                expired = request.deadline is not None and request.deadline <= time.monotonic()
-                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(
-                    len(request.works)
-                )
-                return
 
     async def _loop(self) -> None:
         while True:
@@ -236,7 +238,7 @@ class Batcher:
             await self._arrived.wait()
         if self._busy and self._queued < self.parallel_min:
             await self._hold_back()
-            if not self._queue:  # every held request was cancelled meanwhile
+            if not self._queue:  # close() emptied the queue meanwhile
                 return []
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.

@@ -198,7 +198,7 @@ async def generate_batch_like(b, works):
             g.cancel()
 
 
-def test_a_cancelled_call_frees_its_queue_slots_at_once():
+def test_a_cancelled_call_never_makes_a_live_one_be_refused():
     e = FakeEngine(gated=True)
 
     async def scenario():
