@@ -293,21 +293,23 @@ class ModelManager:
                 if current is not None and current.fingerprint == _fingerprint(path):
                     self._failed.pop((name, version), None)  # the served files are back
                     continue
+                if self._draining:  # the shutdown began while earlier versions loaded
+                    break
                 try:
                     served = await loop.run_in_executor(None, self._load, name, version)
                 except Exception as exc:  # any load failure leaves the old version serving
                     changes.append(self._fail(name, version, str(exc)))
                     continue
                 loaded.append(served)
-                if self._draining:  # the shutdown began while versions loaded: none serves
-                    await asyncio.gather(*(v.batcher.close(0) for v in loaded))
-                    return [self._refuse_reload()]
                 self._failed.pop((name, version), None)
                 served.batcher.start()
                 routes.setdefault(name, {})[version] = served
                 if current is not None:
                     retiring.append(current)
                 changes.append(Status(name, version, State.READY, backend=served.backend.value))
+            if self._draining:  # nothing loaded here may serve: the drain has closed the rest
+                await asyncio.gather(*(v.batcher.close(0) for v in loaded))
+                return [self._refuse_reload()]
             for name in set(routes) - set(gone):
                 for version in list(routes[name]):
                     # A failed newer version never unloads the version that still serves, nor
