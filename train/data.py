@@ -26,12 +26,14 @@ IMAGES_DTYPES = "integers 0..255 (e.g. uint8) or floats 0..1"  # what .npz image
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """Images in [-1, 1] (N, C, H, W) float32 with (N,) int64 labels."""
+    """Images in [-1, 1] (N, C, H, W) float32 with (N,) int64 labels. ``builtin``: the
+    built-in digits (a user's digits.npz gets the same name, not this flag)."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     class_names: tuple[str, ...]
+    builtin: bool = False
 
     def fingerprint(self) -> str:
         """SHA-256 of the pixels and labels: names the exact data a model saw."""
@@ -72,7 +74,8 @@ def _to_dataset(name: str, images: np.ndarray, labels: np.ndarray, size: int) ->
     if size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 2 - 1).contiguous()  # (N, 1, size, size) in [-1, 1]
-    return ImageDataset(name, x, torch.from_numpy(labels.astype(np.int64)), DIGITS_CLASS_NAMES)
+    labels_t = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(name, x, labels_t, DIGITS_CLASS_NAMES, builtin=True)
 
 
 class DataError(ValueError):

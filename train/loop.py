@@ -25,7 +25,7 @@ import torch
 from ganserve.train import checkpoint
 from ganserve.train.augment import diff_augment, parse_policy
 from ganserve.train.config import TrainConfig, resolve_device
-from ganserve.train.data import ImageDataset, load_digits_split
+from ganserve.train.data import ImageDataset
 from ganserve.train.losses import (
     Loss,
     discriminator_loss,
@@ -209,9 +209,7 @@ def _finite_losses(step: int, d_loss: torch.Tensor, g_loss: torch.Tensor, last: 
 def _is_builtin_digits(data: ImageDataset) -> bool:
     """The built-in digits (whose classifier judges samples), not a file that shares the
     name."""
-    if data.name != "digits-train":
-        return False
-    return data.fingerprint() == load_digits_split(data.images.shape[-1])[0].fingerprint()
+    return data.builtin
 
 
 def train(
