@@ -193,6 +193,13 @@ def _option(*decls: str, env: str, **kwargs: Any):
     help="Largest request message accepted.",
 )
 @_option(
+    "--concurrent-accepts",
+    env="CONCURRENT_ACCEPTS",
+    default=S.concurrent_accepts,
+    type=click.IntRange(0, 1024),
+    help="Pending accepts per Generator method beyond grpcio's one (0 = grpcio's loop alone).",
+)
+@_option(
     "--engine-timeout",
     "engine_timeout_s",
     env="ENGINE_TIMEOUT",

@@ -165,6 +165,9 @@ class ServerConfig:
         max_items_per_call: Cap on GenerateBatch items and Interpolate frames (never more than
             max_queue_size, since a call's items are queued together).
         max_request_bytes: Largest request message accepted.
+        concurrent_accepts: Pending accepts per Generator method beyond grpcio's one, so
+            calls do not queue behind its accept loop (`ganserve.serve.accept`); 0 leaves
+            grpcio's loop alone.
         shutdown_delay_s: On SIGTERM, keep serving this long after health turns NOT_SERVING,
             so load balancers stop sending traffic before the drain starts.
         drain_grace_s: Then, how long accepted requests may take to finish.
@@ -191,6 +194,7 @@ class ServerConfig:
     cache_bytes: int = 0
     max_items_per_call: int = 1024
     max_request_bytes: int = 1024 * 1024
+    concurrent_accepts: int = 32
     shutdown_delay_s: float = 0.0
     drain_grace_s: float = 10.0
     tls: TlsConfig | None = None
@@ -209,6 +213,7 @@ class ServerConfig:
         _check_range("cache_bytes", self.cache_bytes, 0, 2**40)
         _check_range("max_items_per_call", self.max_items_per_call, 1, 65536)
         _check_range("max_request_bytes", self.max_request_bytes, 1024, 2**30)
+        _check_range("concurrent_accepts", self.concurrent_accepts, 0, 1024)
         if self.shutdown_delay_s < 0:
             raise ValueError(f"shutdown_delay_s must be >= 0, got {self.shutdown_delay_s}")
         if self.drain_grace_s < 0:

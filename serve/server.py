@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from ganserve.serve import accept
 from ganserve.serve.admin import ModelAdminServicer
 from ganserve.serve.auth import BearerTokenInterceptor
 from ganserve.serve.cache import ResponseCache
@@ -97,6 +98,7 @@ class GanServer:
             access_log=config.access_log,
         )
         self._server: grpc.aio.Server | None = None
+        self.accepts: accept.ConcurrentAccepts | None = None
         self._metrics_http: WSGIServer | None = None
         self.port = 0
         self.metrics_port = 0
@@ -152,6 +154,7 @@ class GanServer:
         await self._set_health(NOT_SERVING)
         await server.start()
         self._server = server
+        self._accept_more(server, registrar, interceptors)
         try:
             if config.metrics_port >= 0:
                 self._metrics_http = _metrics_server(config, self.metrics.registry)
@@ -169,6 +172,25 @@ class GanServer:
             " with TLS" if credentials else "",
             self.metrics_port or "off",
         )
+
+    def _accept_more(
+        self,
+        server: grpc.aio.Server,
+        registrar: GuardedRegistrar,
+        interceptors: list[grpc.aio.ServerInterceptor],
+    ) -> None:
+        """Start the extra pending accepts for the Generator service's methods."""
+        depth = self.config.concurrent_accepts
+        if not depth:
+            return
+        why_not = accept.supported()
+        if why_not is not None:
+            LOGGER.warning("concurrent accepts off (%s): calls queue behind grpcio's loop", why_not)
+            return
+        prefix = f"/{SERVICE_NAME}/"
+        handlers = {k: h for k, h in registrar.registered.items() if k.startswith(prefix)}
+        self.accepts = accept.ConcurrentAccepts(server, handlers, interceptors, depth)
+        self.accepts.start()
 
     async def reload(self) -> list[Status]:
         return await self.models.reload()

@@ -131,6 +131,7 @@ class GuardedRegistrar:
         """``refused(method)`` is called with "/service/Method" for each unparsable request."""
         self._server = server
         self._refused = refused
+        self.registered: dict[str, grpc.RpcMethodHandler] = {}  # "/service/Method" -> handler
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(
@@ -140,10 +141,9 @@ class GuardedRegistrar:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self._server.add_registered_method_handlers(
-            service,
-            {
-                name: guard(h, functools.partial(self._refused, f"/{service}/{name}"))
-                for name, h in handlers.items()
-            },
-        )
+        guarded = {
+            name: guard(h, functools.partial(self._refused, f"/{service}/{name}"))
+            for name, h in handlers.items()
+        }
+        self._server.add_registered_method_handlers(service, guarded)
+        self.registered.update((f"/{service}/{name}", h) for name, h in guarded.items())

@@ -151,6 +151,8 @@ def test_models_must_be_tables(tmp_path: pathlib.Path) -> None:
         ({"port": 65536}, r"port must be in 0\.\.65535"),
         ({"metrics_port": -2}, r"metrics_port must be in -1\.\.65535"),
         ({"max_request_bytes": 1023}, r"max_request_bytes must be in 1024\.\."),
+        ({"concurrent_accepts": -1}, r"concurrent_accepts must be in 0\.\.1024"),
+        ({"concurrent_accepts": 1025}, r"concurrent_accepts must be in 0\.\.1024"),
         ({"max_items_per_call": 0}, r"max_items_per_call must be in 1\.\.65536"),
         ({"drain_grace_s": -1.0}, r"drain_grace_s must be >= 0"),
         ({"shutdown_delay_s": -0.5}, r"shutdown_delay_s must be >= 0"),
