@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc._cython import cygrpc
 
+from conftest import generator_stub
 from ganserve.serve import accept
 from ganserve.v1 import generator_pb2 as pb
-from tests.conftest import generator_stub
 
 TOKEN = "accept-test-token-0123456789"
 CALLS = 48  # concurrent calls per check: more than grpcio's own loop takes at once

@@ -4,6 +4,7 @@ defaults < config file < GANSERVE_* environment variables < flags, seen through
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -526,3 +527,23 @@ def test_model_precision_must_be_fp32_or_fp16(tmp_path: pathlib.Path) -> None:
     path.write_text('[models.digits]\nprecision = "int8"\n')
     with pytest.raises(ValueError, match=r"models\.digits: precision must be fp32 or fp16"):
         build_config({"model_repository": "m", **read_config_file(path)})
+
+
+def test_serve_collects_young_garbage_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server raises the collector's young-generation threshold before it starts."""
+    from ganserve.serve import cli
+
+    seen = []
+
+    def fake_run(coro) -> None:
+        seen.append(gc.get_threshold())
+        coro.close()
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(cli.asyncio, "run", fake_run)
+    try:
+        result = CliRunner().invoke(main, ["serve", "--model-repository", "models"])
+    finally:
+        gc.set_threshold(*before)
+    assert result.exit_code == 0, result.output
+    assert seen == [(cli.GC_THRESHOLD, 50, 100)]
