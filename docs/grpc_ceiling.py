@@ -7,7 +7,9 @@ goes"):
 * ``direct``: the handler returns a fixed 1024-byte image at once (it never suspends);
 * ``batched``: the handler queues a future and awaits it; a batching task takes whatever is
   queued, hands it to a worker thread (which does nothing) and resolves the futures, the shape
-  of any dynamic batcher, with no model, metrics or validation.
+  of any dynamic batcher, with no model, metrics or validation;
+* ``accepts``: ``batched`` with ganserve's 32 extra pending accepts per method
+  (`ganserve.serve.accept`), so calls no longer wait for grpcio's one pending accept.
 
 Example:
 
@@ -26,6 +28,7 @@ import click
 import grpc
 
 IMAGE = bytes(1024)  # the bundled model's 32x32 grey reply
+MODES = ("direct", "batched", "accepts")
 
 
 def _servicer(mode: str):
@@ -77,13 +80,18 @@ def _servicer(mode: str):
 
 
 async def _serve(mode: str, port: int) -> None:
+    from ganserve.serve.accept import ConcurrentAccepts
+    from ganserve.serve.wire import GuardedRegistrar
     from ganserve.v1 import generator_pb2_grpc
 
     server = grpc.aio.server()
     servicer = _servicer(mode)
-    generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server)
+    registrar = GuardedRegistrar(server)
+    generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, registrar)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    if mode == "accepts":
+        ConcurrentAccepts(server, registrar.registered, (), depth=32).start()
     batches = asyncio.get_running_loop().create_task(servicer.batches())
     await server.wait_for_termination()
     batches.cancel()
@@ -109,7 +117,7 @@ async def _measure(target: str, concurrency: int):
 @click.command(help=__doc__)
 @click.option("--concurrency", type=click.IntRange(1), default=64)
 @click.option("--rounds", type=click.IntRange(1), default=3)
-@click.option("--serve", type=click.Choice(["direct", "batched"]), hidden=True)
+@click.option("--serve", type=click.Choice(MODES), hidden=True)
 @click.option("--port", type=int, default=0, hidden=True)
 def main(concurrency: int, rounds: int, serve: str | None, port: int) -> None:
     if serve is not None:
@@ -119,7 +127,7 @@ def main(concurrency: int, rounds: int, serve: str | None, port: int) -> None:
 
     click.echo(f"mode     round  req/s   p50 ms  p99 ms  client CPU (c={concurrency})")
     for round_ in range(1, rounds + 1):
-        for mode in ("direct", "batched"):
+        for mode in MODES:
             port = free_port()
             argv = [sys.executable, __file__, "--serve", mode, "--port", str(port)]
             server = subprocess.Popen(argv)
