@@ -131,6 +131,10 @@ VARIANTS = {
     "recreate-rollout": {"strategy": {"type": "Recreate"}},
     "ipv6-bind": {"config": {"host": "[::]", "metrics_host": "::"}},
     "pdb-percentage": {"podDisruptionBudget": {"maxUnavailable": "25%"}},
+    "pdb-min-percentage-leaves-one-to-evict": {
+        "replicaCount": 3,
+        "podDisruptionBudget": {"minAvailable": "60%"},
+    },
     "longest-name": {"fullnameOverride": "g" * 63, "service": {"headless": {"enabled": True}}},
     "numbers-past-a-million": {
         "tmpSizeLimit": 268435456,
@@ -375,6 +379,26 @@ REFUSED = {
         {"podDisruptionBudget": {"maxUnavailable": None}},
         "podDisruptionBudget.enabled needs podDisruptionBudget.maxUnavailable or "
         "podDisruptionBudget.minAvailable",
+    ),
+    # Allows no eviction: every node drain would wait forever.
+    "pdb-keeps-every-pod": (
+        {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
+        "podDisruptionBudget.minAvailable (2) keeps all 2 pods (replicaCount) up",
+    ),
+    "pdb-percentage-keeps-every-pod": (
+        {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "70%"}},
+        "podDisruptionBudget.minAvailable (70%) keeps all 3 pods (replicaCount) up",
+    ),
+    "pdb-keeps-every-autoscaled-pod": (
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 2},
+            "podDisruptionBudget": {"minAvailable": 3},
+        },
+        "podDisruptionBudget.minAvailable (3) keeps all 2 pods (autoscaling.minReplicas) up",
+    ),
+    "pdb-evicts-none": (
+        {"podDisruptionBudget": {"maxUnavailable": "0%"}},
+        "podDisruptionBudget.maxUnavailable (0%) allows no pod to be evicted",
     ),
     # The server would refuse to start.
     "ports-collide": (

@@ -159,6 +159,26 @@ schema checks the length. The token is not repeated here, so it stays out of log
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
 {{- fail "podDisruptionBudget.enabled needs podDisruptionBudget.maxUnavailable or podDisruptionBudget.minAvailable (a count, or a percentage such as \"25%\"); or set podDisruptionBudget.enabled false" }}
 {{- end }}
+{{- /* A budget that allows no eviction makes every node drain wait forever (Kubernetes rounds a
+     minAvailable percentage up). */}}
+{{- if $pdb.enabled }}
+{{- $floor := ternary (int $v.autoscaling.minReplicas) (int $v.replicaCount) (eq $v.autoscaling.enabled true) }}
+{{- $floorName := ternary "autoscaling.minReplicas" "replicaCount" (eq $v.autoscaling.enabled true) }}
+{{- if not (kindIs "invalid" $pdb.minAvailable) }}
+{{- $min := $pdb.minAvailable }}
+{{- $need := 0 }}
+{{- if and (kindIs "string" $min) (hasSuffix "%" $min) }}
+{{- $need = div (add (mul (atoi (trimSuffix "%" $min)) $floor) 99) 100 | int }}
+{{- else }}
+{{- $need = int $min }}
+{{- end }}
+{{- if ge $need $floor }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%v) keeps all %d pods (%s) up, so no pod could be evicted and every node drain would wait forever: lower minAvailable, raise %s, or use maxUnavailable" $min $floor $floorName $floorName) }}
+{{- end }}
+{{- else if eq (toString $pdb.maxUnavailable | trimSuffix "%") "0" }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable (%v) allows no pod to be evicted, so every node drain would wait forever: set it to 1 or more (or a percentage above 0)" $pdb.maxUnavailable) }}
+{{- end }}
+{{- end }}
 {{- $strategy := $v.strategy | default dict }}
 {{- if ne ($strategy.type | default "RollingUpdate") "Recreate" }}
 {{- $rolling := $strategy.rollingUpdate | default dict }}
