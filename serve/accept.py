@@ -5,7 +5,8 @@ only after its serving task has run on the event loop for the call before: a hop
 poller thread to the loop, then a task step or two. Under load every call waits its turn in
 that line, before any handler runs, while the loop and the cores are partly idle. With 32 more
 pending accepts per method the digits model's unary throughput at 64 calls in flight rose from
-about 2,050 to 3,500 requests/s on a 2-core VM (docs/benchmarks.md, "Concurrent accepts").
+2,050-2,350 to about 3,550 requests/s on a 2-core VM (docs/benchmarks.md, "Where the time
+goes").
 
 The extra accepts use grpcio's own Cython entry points, the ones its serving loop calls, so a
 call accepted here is handled exactly as any other (interceptors, status mapping, cancellation,
@@ -22,7 +23,11 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import grpc
-from grpc._cython import cygrpc
+
+try:
+    from grpc._cython import cygrpc
+except ImportError:  # a grpcio laid out differently: supported() says so
+    cygrpc = None
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,6 +49,8 @@ _EXPECTED = {
 
 def supported() -> str | None:
     """None when this grpcio has the entry points this module calls, else why not."""
+    if cygrpc is None:
+        return f"grpcio {grpc.__version__} has no grpc._cython.cygrpc"
     for name, params in _EXPECTED.items():
         target = getattr(cygrpc, name, None)
         if target is None:
