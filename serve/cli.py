@@ -31,10 +31,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ganserve.serve import logs
+from ganserve.serve import logs, loops
 from ganserve.serve.backends import Backend
 from ganserve.serve.config import (
     BatchingConfig,
+    EventLoop,
     LogFormat,
     ServerConfig,
     build_config,
@@ -270,6 +271,13 @@ def _option(*decls: str, env: str, **kwargs: Any):
     help="Log line format.",
 )
 @_option(
+    "--event-loop",
+    env="EVENT_LOOP",
+    default=S.event_loop.value,
+    type=click.Choice([f.value for f in EventLoop]),
+    help="Event loop: uvloop, asyncio's own, or auto (uvloop when installed).",
+)
+@_option(
     "--access-log/--no-access-log",
     env="ACCESS_LOG",
     default=S.access_log,
@@ -322,7 +330,12 @@ def serve(
     # ~10 % with this one (docs/benchmarks.md). Cyclic garbage is still collected, less often.
     gc.set_threshold(GC_THRESHOLD, 50, 100)
     try:
-        asyncio.run(_serve(config))
+        new_loop = loops.loop_factory(config.event_loop)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(_serve(config))
     except (ModelLoadError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -26,6 +26,14 @@ from typing import Any
 from ganserve.serve.backends import Backend
 
 
+class EventLoop(enum.Enum):
+    """The event loop the server runs on (`ganserve.serve.loops`)."""
+
+    AUTO = "auto"  # uvloop when installed, else asyncio's
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
 class LogFormat(enum.Enum):
     """How log records are written."""
 
@@ -175,6 +183,7 @@ class ServerConfig:
         auth_token: Bearer token every RPC but health checks must carry; None disables auth.
         engine_cache_dir: Writable folder for TensorRT engine caches.
         log_format: Text or JSON log lines.
+        event_loop: uvloop, asyncio's own loop, or auto (uvloop when installed).
         access_log: Write one log line per request.
         admin: Serve the ModelAdmin service (list and reload models). Off by default; when
             on, it sits behind the bearer token like every other RPC. SIGHUP reloads either way.
@@ -201,6 +210,7 @@ class ServerConfig:
     auth_token: str | None = None
     engine_cache_dir: pathlib.Path | None = None
     log_format: LogFormat = LogFormat.TEXT
+    event_loop: EventLoop = EventLoop.AUTO
     access_log: bool = False
     admin: bool = False
 
@@ -387,7 +397,7 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
     unknown = sorted(set(settings) - SERVER_KEYS)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
-    for key, kind in (("backend", Backend), ("log_format", LogFormat)):
+    for key, kind in (("backend", Backend), ("log_format", LogFormat), ("event_loop", EventLoop)):
         if key in settings and not isinstance(settings[key], kind):
             try:
                 settings[key] = kind(settings[key])

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ganserve.serve import accept
+from ganserve.serve import accept, loops
 from ganserve.serve.admin import ModelAdminServicer
 from ganserve.serve.auth import BearerTokenInterceptor
 from ganserve.serve.cache import ResponseCache
@@ -166,11 +166,12 @@ class GanServer:
         self.servicer.ready = True
         await self._set_health(SERVING)
         LOGGER.info(
-            "serving %s on port %d%s (metrics on %s)",
+            "serving %s on port %d%s (metrics on %s, %s event loop)",
             ", ".join(self.models.names()),
             self.port,
             " with TLS" if credentials else "",
             self.metrics_port or "off",
+            loops.loop_name(asyncio.get_running_loop()),
         )
 
     def _accept_more(

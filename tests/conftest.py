@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ganserve.serve import loops
 from ganserve.serve.config import BatchingConfig, ServerConfig
 from ganserve.serve.server import GanServer
 from ganserve.v1 import generator_pb2_grpc
@@ -38,7 +39,7 @@ class ServerThread:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.loop_factory(config.event_loop)()  # the loop `ganserve serve` runs
         self.server: GanServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None

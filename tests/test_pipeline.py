@@ -85,7 +85,10 @@ def test_train_export_serve_generate(tmp_path: pathlib.Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        match = wait_for_line(server, r"serving tiny on port (\d+) \(metrics on (\d+)\)")
+        # `ganserve serve` runs on uvloop (a dependency), the loop the in-process servers use.
+        match = wait_for_line(
+            server, r"serving tiny on port (\d+) \(metrics on (\d+), uvloop event loop\)"
+        )
         port, metrics_port = match.group(1), match.group(2)
         png = tmp_path / "seven.png"
         out = run(

@@ -153,6 +153,7 @@ def test_models_must_be_tables(tmp_path: pathlib.Path) -> None:
         ({"metrics_port": -2}, r"metrics_port must be in -1\.\.65535"),
         ({"max_request_bytes": 1023}, r"max_request_bytes must be in 1024\.\."),
         ({"concurrent_accepts": -1}, r"concurrent_accepts must be in 0\.\.1024"),
+        ({"event_loop": "trio"}, r"event_loop 'trio' is not one of auto, uvloop, asyncio"),
         ({"concurrent_accepts": 1025}, r"concurrent_accepts must be in 0\.\.1024"),
         ({"max_items_per_call": 0}, r"max_items_per_call must be in 1\.\.65536"),
         ({"drain_grace_s": -1.0}, r"drain_grace_s must be >= 0"),
@@ -535,12 +536,11 @@ def test_serve_collects_young_garbage_less_often(monkeypatch: pytest.MonkeyPatch
 
     seen = []
 
-    def fake_run(coro) -> None:
+    async def fake_serve(config) -> None:  # in place of starting the server
         seen.append(gc.get_threshold())
-        coro.close()
 
     before = gc.get_threshold()
-    monkeypatch.setattr(cli.asyncio, "run", fake_run)
+    monkeypatch.setattr(cli, "_serve", fake_serve)
     try:
         result = CliRunner().invoke(main, ["serve", "--model-repository", "models"])
     finally:
