@@ -198,18 +198,26 @@ async def generate_batch_like(b, works):
             g.cancel()
 
 
+async def _full_queue_of_a_cancelled_call(e: FakeEngine):
+    """A batcher (queue of 8) whose engine holds one image, then a GenerateBatch-like call of
+    8 images queued behind it and cancelled: the queue's slots are all held by a dead call.
+    Returns the batcher and the held image's future."""
+    b = make([e], max_batch_size=4, max_queue_size=8)
+    b.start()
+    blocker = b.submit(work(0))
+    await asyncio.to_thread(e.started.wait, 5)
+    call = asyncio.create_task(generate_batch_like(b, [work(s) for s in range(1, 9)]))
+    await asyncio.sleep(0.01)
+    call.cancel()  # client cancels (or its deadline passes: gRPC cancels the handler)
+    await asyncio.gather(call, return_exceptions=True)
+    return b, blocker
+
+
 def test_a_cancelled_call_never_makes_a_live_one_be_refused():
     e = FakeEngine(gated=True)
 
     async def scenario():
-        b = make([e], max_batch_size=4, max_queue_size=8)
-        b.start()
-        blocker = b.submit(work(0))
-        await asyncio.to_thread(e.started.wait, 5)
-        call = asyncio.create_task(generate_batch_like(b, [work(s) for s in range(1, 9)]))
-        await asyncio.sleep(0.01)
-        call.cancel()  # client cancels (or its deadline passes: gRPC cancels the handler)
-        await asyncio.gather(call, return_exceptions=True)
+        b, blocker = await _full_queue_of_a_cancelled_call(e)
         await asyncio.sleep(0.2)
         depth = b.queue_depth
         live = sum(not r.future.done() for r in b._queue)
@@ -231,14 +239,7 @@ def test_depth_is_exact_again_once_a_batch_forms():
     e = FakeEngine(gated=True)
 
     async def scenario():
-        b = make([e], max_batch_size=4, max_queue_size=8)
-        b.start()
-        blocker = b.submit(work(0))
-        await asyncio.to_thread(e.started.wait, 5)
-        call = asyncio.create_task(generate_batch_like(b, [work(s) for s in range(1, 9)]))
-        await asyncio.sleep(0.01)
-        call.cancel()
-        await asyncio.gather(call, return_exceptions=True)
+        b, blocker = await _full_queue_of_a_cancelled_call(e)
         e.gate.set()
         await blocker
         await asyncio.sleep(0.05)
