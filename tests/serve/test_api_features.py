@@ -35,7 +35,26 @@ def test_generate_batch_returns_images_in_request_order(client: GeneratorClient)
     batch = client.generate_batch(items, encoding=RAW)
     assert [(r.response.seed, r.response.class_label) for r in batch] == items
     for (seed, label), image in zip(items, batch, strict=True):
-        assert image.response.image == client.generate(seed, label, encoding=RAW).response.image
+        # Every field, not just the pixels: the items are built from shared fields.
+        assert image.response == client.generate(seed, label, encoding=RAW).response
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        ([(1, 1), (2, None), (3, 11)], "items[1].class_label is required"),
+        ([(1, 1), (2, -1), (3, None)], "items[1].class_label -1 is out of range"),
+        ([(1, 9), (2, 0), (3, 10)], "items[2].class_label 10 is out of range"),
+    ],
+)
+def test_generate_batch_names_the_first_bad_item(
+    server: ServerThread, items: list, problem: str
+) -> None:
+    request = pb.GenerateBatchRequest(items=[pb.BatchItem(seed=s, class_label=c) for s, c in items])
+    with generator_stub(server.target) as stub, pytest.raises(grpc.RpcError) as info:
+        stub.GenerateBatch(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(problem)
 
 
 def test_generate_batch_names_the_bad_item(client: GeneratorClient) -> None:

@@ -31,6 +31,24 @@ def test_unconditional_model_rejects_any_class_label(server) -> None:
     assert info.value.details() == "class_label must be unset: model 'plain' is unconditional"
 
 
+def test_unconditional_model_batches_without_class_and_names_a_labelled_item(server) -> None:
+    items = [pb.BatchItem(seed=s) for s in (1, 2, 3)]
+    with generator_stub(server.target) as stub:
+        reply = stub.GenerateBatch(pb.GenerateBatchRequest(items=items, model="plain"), timeout=30)
+        items[2].class_label = 0
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GenerateBatch(pb.GenerateBatchRequest(items=items, model="plain"), timeout=30)
+    assert [(r.seed, r.class_label, r.model) for r in reply.images] == [
+        (1, -1, "plain"),
+        (2, -1, "plain"),
+        (3, -1, "plain"),
+    ]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "items[2].class_label must be unset: model 'plain' is unconditional"
+    )
+
+
 def test_empty_model_name_uses_the_configured_default(server) -> None:
     with generator_stub(server.target) as stub:
         response = stub.Generate(pb.GenerateRequest(seed=3, class_label=2), timeout=30)
