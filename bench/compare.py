@@ -306,7 +306,8 @@ def run_compare(
             _sweep(results, server, "ganserve batching off", raw, [1, 64], windows, log=log)
         )
     if triton_python is not None:
-        with triton(triton_python, repo / "digits" / "1", server_log, 64, instances) as server:
+        digits = repository.latest(repo, "digits").path  # the version ganserve serves
+        with triton(triton_python, digits, server_log, 64, instances) as server:
             call = lambda ch: targets.triton_infer(ch, model="digits", num_classes=10)  # noqa: E731
             asyncio.run(
                 _sweep(results, server, "triton ModelInfer", call, concurrency, windows, log=log)

@@ -26,11 +26,16 @@ def engine_throughput(
     *,
     seconds: float = 1.0,
     backend: Backend = Backend.ONNXRUNTIME_CPU,
+    version: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """images/s and median call time of ``engine.run`` at each batch size, with whichever of
     1 thread or all cores is faster there (ONNX Runtime CPU): the best this engine does alone.
-    A GPU ``backend``'s call includes its host-device copies, as in the server."""
-    version = repository.latest(repo, name)
+    A GPU ``backend``'s call includes its host-device copies, as in the server. ``version``:
+    the model version to time; None times the newest, which the server serves."""
+    if version is None:
+        version = repository.latest(repo, name)
+    else:
+        version = repository.open_version(repo, name, version)
     m = version.metadata
     cores = len(os.sched_getaffinity(0))
     rng = np.random.default_rng(0)

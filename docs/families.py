@@ -73,7 +73,9 @@ def speed(versions: tuple[pathlib.Path, ...], seconds: float) -> None:
     click.echo("| --- | --- | --- | --- | --- | --- |")
     for path in versions:  # <repository>/<name>/<version>
         m = ModelMetadata.read(path / "metadata.json")
-        rates = engine_throughput(path.parent.parent, m.name, [1, 64], seconds=seconds)
+        rates = engine_throughput(
+            path.parent.parent, m.name, [1, 64], seconds=seconds, version=int(m.version)
+        )
         for batch, r in rates.items():
             click.echo(
                 f"| {m.name} v{m.version} | {m.architecture} | {batch} | "

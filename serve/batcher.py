@@ -190,7 +190,7 @@ class Batcher:
             self._drop_dead()
         if self._queued + count > limit:
             raise QueueFullError(
-                f"model {self.model!r} queue is full ({self._queued} of {limit} requests "
+                f"model {self.model!r} queue is full ({self._queued} of {limit} images "
                 f"waiting, {count} more asked); retry with backoff"
             )
 
@@ -488,7 +488,7 @@ class Batcher:
             await asyncio.sleep(0.01)
         if self._queue:
             LOGGER.warning(
-                "drain grace ran out: failing %d queued requests of model %s v%s",
+                "drain grace ran out: failing %d queued images of model %s v%s",
                 self._queued,
                 self.model,
                 self.version,

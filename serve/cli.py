@@ -124,7 +124,7 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="MAX_BATCH_SIZE",
     default=B.max_batch_size,
     type=click.IntRange(1, 4096),
-    help="Largest batch sent to the engine.",
+    help="Largest batch sent to the engine, in images.",
 )
 @_option(
     "--max-queue-delay-us",
@@ -146,7 +146,8 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="MAX_QUEUE_SIZE",
     default=B.max_queue_size,
     type=click.IntRange(1),
-    help="Queued requests beyond which calls get RESOURCE_EXHAUSTED.",
+    help="Queued images (GenerateBatch and Interpolate count each) beyond which calls get "
+    "RESOURCE_EXHAUSTED.",
 )
 @_option(
     "--instances",

@@ -46,10 +46,11 @@ class BatchingConfig:
     """How one model version's requests are grouped into engine calls.
 
     Args:
-        max_batch_size: A batch closes as soon as it holds this many requests.
+        max_batch_size: A batch closes as soon as it holds this many images.
         max_queue_delay_us: ...or when its oldest request has waited this long (microseconds).
             0 batches whatever is queued when an engine instance is free (Triton's default).
-        max_queue_size: Requests waiting beyond this many are refused with RESOURCE_EXHAUSTED.
+        max_queue_size: Images waiting beyond this many (a multi-image call counts each) are
+            refused with RESOURCE_EXHAUSTED.
         instances: Engine instances per model version; batches run on them concurrently.
         preferred_batch_sizes: Sizes the engine is best at (a TensorRT profile's). A batch is
             padded up to the smallest preferred size that holds it, or split into preferred

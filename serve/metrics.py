@@ -78,7 +78,8 @@ class ServerMetrics:
         )
         self.dropped = prom.Counter(
             "ganserve_requests_dropped",
-            "Queued requests dropped before reaching the engine, by reason.",
+            "Queued images dropped before reaching the engine, by reason (a multi-image call "
+            "counts each).",
             (*MODEL, "reason"),
             registry=r,
         )

@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from conftest import ServerThread
 from ganserve.bench import report
 from ganserve.bench.cli import main
+from ganserve.bench.engine import engine_throughput
 from ganserve.bench.load import Windows, measure
+from ganserve.serve.errors import ModelLoadError
 
 QUICK = ["--warmup", "0.2", "--window", "0.3", "--max-windows", "3"]
 
@@ -228,3 +230,12 @@ def test_a_gpu_backend_that_cannot_run_here_is_one_line() -> None:
     assert result.exit_code != 0
     assert "--backend onnxruntime-cuda cannot run here" in result.output
     assert "Traceback" not in result.output
+
+
+def test_engine_alone_times_the_version_asked_for() -> None:
+    repo = pathlib.Path(__file__).resolve().parents[2] / "models"
+    for version in (None, 1):
+        rates = engine_throughput(repo, "digits", [1], seconds=0.1, version=version)
+        assert rates[1]["images_per_s"] > 0
+    with pytest.raises(ModelLoadError, match="digits/9"):
+        engine_throughput(repo, "digits", [1], seconds=0.1, version=9)
