@@ -15,11 +15,17 @@ from ganserve.v1 import generator_pb2
 
 
 def check_target(target: str) -> None:
-    """Raise ValueError for a host:port whose port gRPC cannot dial: it would wrap 99999 around
-    to another port (99999 - 65536) instead of failing. Other target forms pass unchecked."""
+    """Raise ValueError for a target gRPC cannot dial: empty, not UTF-8, or a host:port whose
+    port is out of range (gRPC would wrap 99999 around to another port, 99999 - 65536, instead
+    of failing). Other target forms pass unchecked."""
+    if not target.strip():
+        raise ValueError("the target is empty; give host:port")
+    text("target", target)
     match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
-    if match and not 1 <= int(match[2]) <= 65535:
-        raise ValueError(f"port {match[2]} is not in 1..65535")
+    if match and not (len(match[2]) <= 5 and 1 <= int(match[2]) <= 65535):
+        raise ValueError(
+            f"port {match[2][:12]}{'...' if len(match[2]) > 12 else ''} is not in 1..65535"
+        )
 
 
 # Wire ranges of the proto fields: (low, high, how a message writes the range).

@@ -163,6 +163,8 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
         except OSError as exc:  # checked before the call, but a disk can still fill up
             raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:  # the client's argument checks (arguments.py)
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -228,7 +230,7 @@ _class = click.option(
     help="Class label (required for conditional models).",
 )
 _truncation = click.option(
-    "--truncation", type=click.FloatRange(0, 2), default=None, help="Truncation psi (1 = none)."
+    "--truncation", type=FiniteFloat(0, 2), default=None, help="Truncation psi (1 = none)."
 )
 
 

@@ -132,10 +132,16 @@ class TlsConfig:
     client_ca_file: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("cert_file", "key_file", "client_ca_file"):
+        # Named as the config file and the environment name them (tls_cert, ...).
+        for name, key in (
+            ("cert_file", "tls_cert"),
+            ("key_file", "tls_key"),
+            ("client_ca_file", "tls_client_ca"),
+        ):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise ValueError(f"tls {name} {path} does not exist")
+                problem = "is a directory, not a file" if path.is_dir() else "does not exist"
+                raise ValueError(f"{key} {path} {problem}")
         # gRPC only says it cannot listen; read the files here to say what is wrong with them.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
@@ -317,7 +323,9 @@ def read_config_file(path: pathlib.Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except RecursionError:
+        raise ValueError(f"config file {path} is not valid TOML: nested too deeply") from None
+    except (OSError, ValueError) as exc:  # TOMLDecodeError, UnicodeDecodeError, huge integers
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - FILE_KEYS)
     if unknown:

@@ -190,7 +190,9 @@ class ModelMetadata:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ModelLoadError(f"{path}: metadata file is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise ModelLoadError(f"{path}: not readable JSON (nested too deeply)") from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
             raise ModelLoadError(f"{path}: not readable JSON ({exc})") from exc
         return cls.from_dict(data, source=str(path))
 

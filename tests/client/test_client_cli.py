@@ -339,6 +339,9 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
         (["--timeout", "nan"], "nan is not a finite number"),
         (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
         (["--target", "[::1]:70000"], "port 70000 is not in 1..65535"),
+        (["--target", "127.0.0.1:" + "9" * 5000], "port 999999999999... is not in 1..65535"),
+        (["--target", " "], "the target is empty; give host:port"),
+        (["--target", "\udcff:50051"], "target must be valid UTF-8 text"),
     ],
 )
 def test_connection_options_gRPC_would_misread_are_refused(args: list[str], message: str) -> None:
@@ -346,6 +349,25 @@ def test_connection_options_gRPC_would_misread_are_refused(args: list[str], mess
     result = CliRunner().invoke(main, [*args, "info"])
     error = failed_cleanly(result, 2)
     assert message in error
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["generate", "--seed", "1", "--truncation", "nan"], 2, "nan is not a finite number"),
+        (["batch", "--seeds", "1", "--truncation", "nan"], 2, "nan is not a finite number"),
+        (["info", "--model", "\udcff"], 1, "model must be valid UTF-8 text"),
+        (["generate", "--seed", "1", "--model-version", "\udcff"], 1, "must be valid UTF-8"),
+    ],
+)
+def test_arguments_the_wire_cannot_carry_are_one_line(
+    tmp_path: pathlib.Path, args: list[str], code: int, message: str
+) -> None:
+    """Refused before any call: the target has no server."""
+    if args[0] in ("generate", "batch"):
+        args = [*args, "-o", str(tmp_path / "out.png")]
+    result = CliRunner().invoke(main, ["--target", "127.0.0.1:9", *args])
+    assert message in failed_cleanly(result, code)
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,17 @@ def test_table_for_a_flat_setting_is_an_unknown_key(tmp_path: pathlib.Path) -> N
         read_config_file(path)
 
 
-def test_invalid_toml_is_reported_as_such(tmp_path: pathlib.Path) -> None:
-    path = write_toml(tmp_path, "port = [\n")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "port = [\n",
+        "port = " + "[" * 100_000 + "]" * 100_000 + "\n",  # nested past Python's recursion limit
+        "port = " + "9" * 5000 + "\n",  # past Python's int-from-string digit limit
+    ],
+    ids=["unclosed", "deep", "huge-int"],
+)
+def test_invalid_toml_is_reported_as_such(tmp_path: pathlib.Path, text: str) -> None:
+    path = write_toml(tmp_path, text)
     with pytest.raises(ValueError, match=r"ganserve\.toml is not valid TOML"):
         read_config_file(path)
 
@@ -197,10 +206,12 @@ def test_both_ports_zero_is_allowed() -> None:
 def test_tls_files_must_exist(tmp_path: pathlib.Path) -> None:
     cert = tmp_path / "server.pem"
     cert.write_text("not checked here")
-    with pytest.raises(ValueError, match=r"tls key_file .*server\.key does not exist"):
+    with pytest.raises(ValueError, match=r"tls_key .*server\.key does not exist"):
         build_config(
             {"model_repository": "m", "tls_cert": cert, "tls_key": tmp_path / "server.key"}
         )
+    with pytest.raises(ValueError, match=r"tls_cert .* is a directory, not a file"):
+        build_config({"model_repository": "m", "tls_cert": tmp_path, "tls_key": cert})
 
 
 def test_tls_settings_become_a_tls_config(tmp_path: pathlib.Path) -> None:

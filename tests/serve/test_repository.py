@@ -174,9 +174,14 @@ def test_metadata_naming_another_folder_is_refused(repo: pathlib.Path) -> None:
         load(repo)
 
 
-def test_unreadable_metadata_json_is_named(repo: pathlib.Path) -> None:
-    (repo / "digits" / "1" / "metadata.json").write_text("{not json")
-    with pytest.raises(ModelLoadError, match="not readable JSON"):
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[" * 100_000 + "]" * 100_000, '{"height": ' + "9" * 5000 + "}"],
+    ids=["broken", "deep", "huge-int"],
+)
+def test_unreadable_metadata_json_is_named(repo: pathlib.Path, text: str) -> None:
+    (repo / "digits" / "1" / "metadata.json").write_text(text)
+    with pytest.raises(ModelLoadError, match=r"digits/1/metadata\.json: not readable JSON"):
         load(repo)
 
 
