@@ -54,6 +54,40 @@ def _output_file(
     return value
 
 
+def _plot_file(
+    ctx: click.Context, param: click.Parameter, value: pathlib.Path | None
+) -> pathlib.Path | None:
+    """`_output_file`, in a format matplotlib writes."""
+    value = _output_file(ctx, param, value)
+    if value is not None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if value.suffix.lower().lstrip(".") not in formats:
+            raise click.BadParameter(
+                f"{value.name}: end it in one of {', '.join('.' + f for f in sorted(formats))}"
+            )
+    return value
+
+
+def _output_folder(ctx: click.Context, param: click.Parameter, value: pathlib.Path) -> pathlib.Path:
+    """A folder that exists or can be made: its nearest existing ancestor is a writable folder."""
+    existing = value
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise click.BadParameter(f"cannot make folder {value}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise click.BadParameter(f"cannot make folder {value}: {existing} is not writable")
+    return value
+
+
+def _metrics_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 _windows = [
     click.option("--warmup", type=FiniteFloat(0, 3600), default=1.0, help="Seconds of warm-up."),
     click.option(
@@ -135,6 +169,7 @@ def main() -> None:
 @click.option(
     "--metrics-url",
     default=None,
+    callback=_metrics_url,
     help="ganserve /metrics URL, for the server's batch size and queue time.",
 )
 @_with_windows
@@ -154,8 +189,8 @@ def main() -> None:
     "--plot",
     "plot_path",
     type=click.Path(dir_okay=False, path_type=pathlib.Path),
-    callback=_output_file,
-    help="Latency-vs-throughput PNG.",
+    callback=_plot_file,
+    help="Latency-vs-throughput PNG (or another format matplotlib writes).",
 )
 def run(
     target: str,
@@ -229,6 +264,12 @@ async def _run(
                 generator_pb2.GetModelInfoRequest(model=model), timeout=10
             )
             classes = info.num_classes if num_classes is None else num_classes
+            if classes > info.num_classes or (classes == 0) != (info.num_classes == 0):
+                raise ValueError(
+                    f"--num-classes {classes} does not fit model {info.name!r}, which has "
+                    f"{info.num_classes or 'no'} classes: every call would fail "
+                    f"(leave it out to use the model's)"
+                )
             call = (
                 targets.ganserve_batch(
                     ch, encoding=encoding, num_classes=classes, items=items, model=model
@@ -272,6 +313,7 @@ async def _run(
     "--out",
     type=click.Path(file_okay=False, path_type=pathlib.Path),
     default="build/bench",
+    callback=_output_folder,
     help="Folder for the JSON, CSV, plot and summary.",
 )
 @click.option(
@@ -383,8 +425,13 @@ def _reliability_run(
 @click.option("--calls", type=click.IntRange(1), default=100_000, help="Calls after warm-up.")
 @click.option("--concurrency", type=click.IntRange(1), default=128)
 @click.option("--warmup-calls", type=click.IntRange(1), default=10_000)
-@click.option("--rss-budget-mb", type=click.FloatRange(0), default=50.0)
-@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="build")
+@click.option("--rss-budget-mb", type=FiniteFloat(0), default=50.0)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default="build",
+    callback=_output_folder,
+)
 def soak(calls: int, concurrency: int, warmup_calls: int, rss_budget_mb: float, out) -> None:
     """Many Generate calls against a fresh server: every status documented, none hanging,
     memory flat (exit 1 otherwise)."""
@@ -417,12 +464,17 @@ def soak(calls: int, concurrency: int, warmup_calls: int, rss_budget_mb: float, 
 @click.option("--queue-size", type=click.IntRange(2), default=64)
 @click.option(
     "--factor",
-    type=click.FloatRange(1, min_open=True),
+    type=FiniteFloat(1, min_open=True),
     default=3.0,
     help="Offered load as a multiple of the measured capacity.",
 )
 @click.option("--calls", type=click.IntRange(1), default=10_000)
-@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="build")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default="build",
+    callback=_output_folder,
+)
 def overload(model: str, queue_size: int, factor: float, calls: int, out: pathlib.Path) -> None:
     """Offered load beyond a small queue: shed fast, queue bounded, goodput against capacity
     (exit 1 on an undocumented status or a queue past its size)."""

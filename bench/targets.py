@@ -104,8 +104,12 @@ def ganserve_scraper(metrics_url: str) -> Scrape:
     queue depth now, over every model version."""
 
     def scrape() -> dict[str, float]:
-        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-            text = reply.read().decode()
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+                text = reply.read().decode()
+        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad URLs
+            reason = getattr(exc, "reason", exc)
+            raise RuntimeError(f"cannot scrape metrics from {metrics_url}: {reason}") from None
         names = {
             "ganserve_batch_size_sum": "batch_sum",
             "ganserve_batch_size_count": "batch_count",

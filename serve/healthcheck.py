@@ -19,17 +19,27 @@ from grpc_health.v1.health_pb2_grpc import HealthStub
 TIMEOUT_S = 4.0
 
 
+class ProbeError(Exception):
+    """A setting of the probe itself is wrong (a missing certificate file, a bad port)."""
+
+
 def _pem(variable: str) -> bytes | None:
     path = os.environ.get(variable)
     if not path:
         return None
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ProbeError(f"{variable}={path}: {exc.strerror}") from None
 
 
 def check() -> bool:
     """True when the server on this host reports SERVING."""
-    target = "localhost:" + os.environ.get("GANSERVE_PORT", "50051")
+    port = os.environ.get("GANSERVE_PORT", "50051")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ProbeError(f"GANSERVE_PORT={port!r} is not a port (1..65535)")
+    target = f"localhost:{port}"
     ca = _pem("GANSERVE_HEALTH_CA")
     if ca is None:
         channel = grpc.insecure_channel(target)
@@ -50,5 +60,13 @@ def check() -> bool:
     return reply.status == HealthCheckResponse.SERVING
 
 
+def main() -> int:
+    try:
+        return 0 if check() else 1
+    except ProbeError as exc:
+        print(f"health check misconfigured: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(0 if check() else 1)
+    sys.exit(main())

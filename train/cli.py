@@ -306,6 +306,10 @@ class _StopAtStepEnd:
             signal.signal(signal.SIGINT, self._previous)
 
 
+# What torch.distributed's env:// rendezvous reads besides WORLD_SIZE; torchrun sets them all.
+TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _join_torchrun() -> Distributed | None:
     """Under torchrun (WORLD_SIZE > 1), join the job: NCCL on GPUs, gloo on CPUs."""
     raw = os.environ.get("WORLD_SIZE", "1")
@@ -314,6 +318,12 @@ def _join_torchrun() -> Distributed | None:
     world = int(raw)
     if world <= 1:
         return None
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise click.ClickException(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: start multi-process training "
+            "with torchrun (it sets them all), or unset WORLD_SIZE for one process"
+        )
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank()

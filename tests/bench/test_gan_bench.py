@@ -120,6 +120,8 @@ def test_unreachable_server_is_one_line(tmp_path: pathlib.Path) -> None:
         (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
         (["--json", "/nonexistent/dir/out.json"], "folder /nonexistent/dir does not exist"),
         (["--plot", "/nonexistent/dir/out.png"], "folder /nonexistent/dir does not exist"),
+        (["--plot", "out.xyz"], "out.xyz: end it in one of"),
+        (["--metrics-url", "localhost:8000"], "'localhost:8000' is not an http:// or https://"),
     ],
 )
 def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
@@ -128,6 +130,45 @@ def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
     """Checked before any load is sent: no server is running here."""
     result = CliRunner().invoke(main, ["run", *args])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("soak", ["--rss-budget-mb", "nan"], "nan is not a finite number"),
+        ("overload", ["--factor", "nan"], "nan is not a finite number"),
+        ("soak", ["--out", "{file}/sub"], "is a file"),
+        ("overload", ["--out", "{file}/sub"], "is a file"),
+        ("compare", ["--out", "{file}"], "is a file"),
+    ],
+)
+def test_reliability_and_compare_settings_are_refused_first(
+    tmp_path: pathlib.Path, command: str, args: list[str], message: str
+) -> None:
+    file = tmp_path / "results.bin"
+    file.write_bytes(b"")
+    args = [a.format(file=file) for a in args]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-classes", "0"], "--num-classes 0 does not fit model 'digits', which has 10"),
+        (["--num-classes", "11"], "--num-classes 11 does not fit model 'digits'"),
+        (["--metrics-url", "http://127.0.0.1:1/metrics"], "cannot scrape metrics from http"),
+    ],
+)
+def test_settings_the_server_shows_to_be_wrong_are_one_line(
+    server: ServerThread, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "--target", server.target, "--concurrency", "1", *args, *QUICK]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert message in result.output
 
 

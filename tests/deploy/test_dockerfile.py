@@ -187,10 +187,13 @@ def test_dockerignore_keeps_out_environments_and_checkpoints_but_not_what_copy_n
 # --- the HEALTHCHECK command, run for real ------------------------------------------------------
 
 
-def run_healthcheck(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(
+    argv: list[str], port: int | str, **variables: str
+) -> subprocess.CompletedProcess[str]:
     assert argv[0] == "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
     env["GANSERVE_PORT"] = str(port)
+    env.update(variables)
     return subprocess.run(
         [sys.executable, *argv[1:]], env=env, capture_output=True, text=True, timeout=30
     )
@@ -213,3 +216,18 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
         result = run_healthcheck(lint.healthcheck_argv(stage("cpu")), port)
     assert result.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("port", "variables", "message"),
+    [
+        ("50051", {"GANSERVE_HEALTH_CA": "/nonexistent/ca.crt"}, "GANSERVE_HEALTH_CA=/nonexistent"),
+        ("http", {}, "GANSERVE_PORT='http' is not a port"),
+    ],
+)
+def test_a_misconfigured_healthcheck_says_which_setting(
+    port: str, variables: dict[str, str], message: str
+) -> None:
+    result = run_healthcheck(lint.healthcheck_argv(stage("cpu")), port, **variables)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr

@@ -173,11 +173,16 @@ def test_only_the_built_in_digits_are_judged_by_the_digits_classifier() -> None:
         (["--threads", str(10**11)], {}, "Invalid value for '--threads'"),
         (["--data", ""], {}, "Invalid value for '--data'"),
         ([], {"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
+        (
+            [],
+            {"WORLD_SIZE": "2", "RANK": None, "MASTER_ADDR": None, "MASTER_PORT": None},
+            "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start multi-process",
+        ),
         (["--arch", "gan", "--fc-layers", "16"], {}, "parameters (about"),
     ],
 )
 def test_cli_refuses_options_it_could_not_train_with(
-    tmp_path: pathlib.Path, args: list[str], env: dict[str, str], message: str
+    tmp_path: pathlib.Path, args: list[str], env: dict[str, str | None], message: str
 ) -> None:
     from click.testing import CliRunner
 
