@@ -160,6 +160,10 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                 hint = " (the server does not serve it: ModelAdmin needs `ganserve serve --admin`)"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE and "Socket closed" in exc.details():
                 hint = " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
+            elif exc.code() is grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in (
+                exc.details() or ""
+            ):  # a TLS handshake answered in plaintext
+                hint = " (the server does not speak TLS: leave out --tls-ca for a plaintext one)"
             raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
         except OSError as exc:  # checked before the call, but a disk can still fill up
             raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None

@@ -244,8 +244,14 @@ class ServerConfig:
                     "characters, so no client could send it"
                 )
         for name in ("host", "metrics_host"):
-            if not getattr(self, name).strip("[]"):
+            value = getattr(self, name)
+            if not value.strip("[]"):
                 raise ValueError(f"{name} must be an address or host name, got an empty one")
+            if not value.isascii() or not value.isprintable():
+                raise ValueError(
+                    f"{name} {value!r} must be an address or an ASCII host name (IDNA-encode "
+                    "an international one)"
+                )
 
     def model(self, name: str) -> ModelConfig:
         """The settings of model ``name``, falling back to the server-wide backend."""

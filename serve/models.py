@@ -168,6 +168,7 @@ class ModelManager:
         def spawn() -> backends.Engine:
             engine = backends.create_engine(opened.path, opened.metadata, backend, options)
             try:
+                backends.check_classes(engine)
                 backends.warmup(engine, sizes)
             except BaseException:
                 engine.close()

@@ -97,6 +97,22 @@ def warmup(engine: Engine, batch_sizes: Iterable[int]) -> None:
             )
 
 
+def check_classes(engine: Engine) -> None:
+    """Run one image of the highest class metadata.json allows: a model with fewer classes
+    than its metadata says would otherwise load, warm up (on class 0) and then fail those
+    requests with INTERNAL."""
+    m = engine.metadata
+    if not m.conditional:
+        return
+    feeds = inputs.zero_feeds(m, 1)
+    feeds["label"][:] = m.num_classes - 1
+    run_checked(
+        engine,
+        feeds,
+        f"an image of class {m.num_classes - 1} (metadata.json: num_classes {m.num_classes})",
+    )
+
+
 def image_seconds(engine: Engine, batch_size: int, runs: int = 2) -> float:
     """Seconds per image of a warm engine at ``batch_size``: the fastest of ``runs`` calls.
     The batcher uses it to judge whether waiting images are worth a batch of their own."""

@@ -443,6 +443,16 @@ def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
     )
 
 
+def test_a_tls_call_to_a_plaintext_server_hints_at_plaintext(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    write_certificates(tmp_path, name="localhost")
+    target = f"localhost:{server.server.port}"
+    error = failed_cleanly(gan_client(target, "--tls-ca", str(tmp_path / "ca.crt"), "info"), 1)
+    assert error.startswith("Error: UNAVAILABLE: ")
+    assert "the server does not speak TLS: leave out --tls-ca" in error
+
+
 def test_tls_cert_without_tls_key_is_a_usage_error(
     server: ServerThread, tmp_path: pathlib.Path
 ) -> None:

@@ -197,6 +197,14 @@ def test_an_empty_host_is_refused(key: str) -> None:
         build_config({"model_repository": "m", key: ""})
 
 
+@pytest.mark.parametrize("key", ["host", "metrics_host"])
+@pytest.mark.parametrize("value", ["\udcff", "h\u00f6st", "a\nb"])
+def test_a_host_gRPC_or_the_metrics_server_cannot_encode_is_refused(key: str, value: str) -> None:
+    """These once reached a UnicodeEncodeError (or an IDNA error) traceback at bind."""
+    with pytest.raises(ValueError, match=f"{key} .* must be an address or an ASCII host name"):
+        build_config({"model_repository": "m", key: value})
+
+
 def test_both_ports_zero_is_allowed() -> None:
     """Port 0 means "any free port" for both, so the two cannot collide."""
     config = build_config({"model_repository": "models", "port": 0, "metrics_port": 0})

@@ -168,6 +168,19 @@ def test_metadata_not_matching_the_onnx_is_refused(repo: pathlib.Path) -> None:
         load(repo)
 
 
+@pytest.mark.parametrize("warmup", [True, False])
+def test_metadata_with_more_classes_than_the_model_is_refused(
+    repo: pathlib.Path, warmup: bool
+) -> None:
+    """Warm-up runs class 0 only: without the check, class 12 would load and then fail every
+    request for it with INTERNAL."""
+    edit_metadata(repo, num_classes=13, class_names=[str(c) for c in range(13)])
+    with pytest.raises(
+        ModelLoadError, match=r"an image of class 12 \(metadata\.json: num_classes 13\) failed"
+    ):
+        load(repo, warmup=warmup)
+
+
 def test_metadata_naming_another_folder_is_refused(repo: pathlib.Path) -> None:
     shutil.move(repo / "digits", repo / "other")
     with pytest.raises(ModelLoadError, match="metadata says model 'digits'"):
