@@ -34,6 +34,16 @@ _JSON_TYPES = {
 }
 
 
+def is_utf8(text: str) -> bool:
+    """False for a str holding lone surrogates: undecodable bytes of a file name
+    (``os.fsdecode``), or a ``\\udcff`` escape in JSON. Nothing can encode them as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_types(data: dict[str, Any]) -> None:
     """Raise ValueError naming the first field whose JSON type is wrong."""
 
@@ -139,6 +149,12 @@ class ModelMetadata:
         for field in ("noise_dim", "style_layers"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        for field, values in (("name", [self.name]), ("class_names", self.class_names)):
+            for value in values:
+                if not is_utf8(value):
+                    raise ValueError(
+                        f"{field} {value!r} is not valid UTF-8 text: gRPC could not send it"
+                    )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} entries but num_classes is "

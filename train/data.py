@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ganserve.serve.metadata import is_utf8
+
 DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
 LOGGER = logging.getLogger(__name__)
 HELDOUT_FRACTION = 0.2
@@ -94,6 +96,12 @@ def _finish(
     """(N, H, W, C) float in [0, 1] -> resized (train, held-out) datasets, 80/20 stratified."""
     from sklearn.model_selection import train_test_split
 
+    for class_name in class_names:  # a folder name the file system gave as undecodable bytes
+        if not is_utf8(class_name):
+            raise DataError(
+                f"{source}: class name {class_name!r} is not valid UTF-8 text; rename it "
+                "(served models name their classes over gRPC, which carries UTF-8 only)"
+            )
     _check_split(source, labels, class_names)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     if x.shape[-1] != size or x.shape[-2] != size:

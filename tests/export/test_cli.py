@@ -136,6 +136,9 @@ def test_tensorrt_auto_without_tensorrt_says_so_in_one_line(
             ["--verify-batch-sizes", "1,5000", "--max-batch", "8"],
             "'--verify-batch-sizes': each size must be in 1..--max-batch (8), got 5000",
         ),
+        # Undecodable bytes of the shell argument: exported, then no server could load it.
+        (["--name", "\udcff"], "is not printable UTF-8 text: clients send it over gRPC"),
+        (["--name", "a\tb"], "is not printable UTF-8 text"),
     ],
 )
 def test_bad_options_are_usage_errors(

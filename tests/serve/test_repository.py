@@ -87,6 +87,11 @@ def test_folders_that_only_look_like_versions_are_ignored_with_a_warning(
         ({"version": 1}, "field version must be a string, got an integer 1"),
         ({"training_metrics": []}, "field training_metrics must be a JSON object, got a list"),
         ({"latent_scheme": "pcg64-v9"}, "latent_scheme 'pcg64-v9' is not supported"),
+        # "\udcff" in JSON: a lone surrogate, which gRPC cannot send (GetModelInfo failed).
+        (
+            {"class_names": ["\udcff", *"123456789"]},
+            r"class_names '\\udcff' is not valid UTF-8 text",
+        ),
     ],
 )
 def test_metadata_of_the_wrong_type_names_the_field(

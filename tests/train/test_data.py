@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import re
 
@@ -285,6 +286,14 @@ def test_empty_class_folder_is_named(tmp_path: pathlib.Path) -> None:
     write_images(tmp_path / "data" / "a", 5, size=8)
     (tmp_path / "data" / "b").mkdir()
     with pytest.raises(DataError, match="data/b: empty class folder"):
+        load(str(tmp_path / "data"), 8)
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused(tmp_path: pathlib.Path) -> None:
+    """Such a name trained and exported, and then GetModelInfo failed with INTERNAL."""
+    write_images(tmp_path / "data" / "a", 5, size=8)
+    write_images(pathlib.Path(os.fsdecode(os.fsencode(tmp_path / "data") + b"/\xff")), 5, size=8)
+    with pytest.raises(DataError, match=r"class name '\\udcff' is not valid UTF-8 text; rename"):
         load(str(tmp_path / "data"), 8)
 
 
