@@ -5,6 +5,9 @@ cannot do TLS) run this. It asks grpc.health.v1.Health about "" on localhost:$GA
 (the server's own port variable; default 50051), over TLS when GANSERVE_HEALTH_CA is set, with
 a client certificate when GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY are set (mutual TLS),
 checking the certificate against GANSERVE_HEALTH_SERVER_NAME (default localhost).
+
+Exit status: 0 SERVING; 1 not serving or unreachable; 2 the probe's own settings are wrong (a
+missing certificate file, a GANSERVE_PORT that is not a port), with one line naming them.
 """
 
 from __future__ import annotations
