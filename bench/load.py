@@ -60,6 +60,7 @@ class Point:
     windows: int
     client_cpu: float  # cores used by this client process, 1.0 = one core busy
     server: dict[str, float] = dataclasses.field(default_factory=dict)
+    error_details: dict[str, str] = dataclasses.field(default_factory=dict)  # first per code
 
     def row(self) -> dict[str, object]:
         return {
@@ -85,6 +86,7 @@ class _Recorder:
         self.latency: list[float] = []
         self.images: list[int] = []
         self.codes: list[str] = []
+        self.first_errors: dict[str, str] = {}  # status code -> the first such call's details
 
     def __len__(self) -> int:
         return len(self.latency)
@@ -105,6 +107,9 @@ async def _timed(call: Call, i: int, recorder: _Recorder) -> None:
         code = (
             exc.code().name if hasattr(exc, "code") and callable(exc.code) else type(exc).__name__
         )
+        if code not in recorder.first_errors:
+            details = exc.details() if hasattr(exc, "details") and callable(exc.details) else None
+            recorder.first_errors[code] = str(details if details is not None else exc)
     recorder.add(time.perf_counter() - started, images, code)
 
 
@@ -229,6 +234,7 @@ async def measure(
             "max": max(ok_latency) * 1e3 if ok_latency else math.nan,
         },
         errors={c: n for c, n in codes.items() if c != "OK"},
+        error_details={c: recorder.first_errors.get(c, "") for c in codes if c != "OK"},
         stable=stable,
         windows=len(throughput),
         client_cpu=(cpu[-1] - cpu[-k - 1]) / elapsed,

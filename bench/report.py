@@ -51,6 +51,12 @@ def table(points: Sequence[Point]) -> str:
             )
             cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
         lines.append("  ".join(cells))
+    for point in points:  # what failed, once per status: a count alone says nothing to fix
+        for code, count in sorted(point.errors.items()):
+            detail = point.error_details.get(code, "")
+            lines.append(
+                f"{point.label}: {count} {code}" + (f" (first: {detail})" if detail else "")
+            )
     return "\n".join(lines)
 
 

@@ -201,6 +201,9 @@ def test_failed_calls_are_counted_by_status_not_raised() -> None:
         def code(self):
             return type("Code", (), {"name": "RESOURCE_EXHAUSTED"})()
 
+        def details(self):
+            return "queue is full"
+
     async def call(i: int) -> int:
         await asyncio.sleep(0.001)
         if i % 2:
@@ -216,7 +219,9 @@ def test_failed_calls_are_counted_by_status_not_raised() -> None:
         )
     )
     assert point.errors["RESOURCE_EXHAUSTED"] > 0 and point.requests_per_s > 0
-    assert "half refused" in report.table([point])
+    table = report.table([point])
+    n = point.errors["RESOURCE_EXHAUSTED"]
+    assert f"half refused: {n} RESOURCE_EXHAUSTED (first: queue is full)" in table
 
 
 def test_the_gpu_protocol_runs_end_to_end_with_the_cpu_standing_in(tmp_path: pathlib.Path) -> None:
