@@ -1,7 +1,10 @@
 """Asyncio load generation with perf_analyzer-style measurement windows.
 
 Two load modes: fixed concurrency (N calls always outstanding) and fixed request rate
-(constant or Poisson arrivals, capped in-flight). After a warm-up, windows are measured until
+(constant or Poisson arrivals, capped in-flight). At a fixed rate, latency runs from the call's
+start, as perf_analyzer times it, and the point also reports how late the client started calls
+after their scheduled arrivals (p99 send lag): open-loop figures are only as good as the
+client's timing, so it is shown, not assumed. After a warm-up, windows are measured until
 the last `stable_windows` agree within `tolerance` in throughput and p99 latency, or
 `max_windows` pass (the point is then reported unstable). Figures come from the stable windows
 together.
@@ -61,6 +64,8 @@ class Point:
     client_cpu: float  # cores used by this client process, 1.0 = one core busy
     server: dict[str, float] = dataclasses.field(default_factory=dict)
     error_details: dict[str, str] = dataclasses.field(default_factory=dict)  # first per code
+    # Fixed rate only: p99 of how late the client started calls after their scheduled arrivals.
+    send_lag_ms: float | None = None
 
     def row(self) -> dict[str, object]:
         return {
@@ -75,6 +80,7 @@ class Point:
             "stable": self.stable,
             "windows": self.windows,
             "client_cpu": round(self.client_cpu, 2),
+            **({} if self.send_lag_ms is None else {"send_lag_p99_ms": round(self.send_lag_ms, 3)}),
             **{f"server_{k}": round(v, 3) for k, v in self.server.items()},
         }
 
@@ -86,18 +92,21 @@ class _Recorder:
         self.latency: list[float] = []
         self.images: list[int] = []
         self.codes: list[str] = []
+        self.lag: list[float] = []  # fixed rate: call start - scheduled arrival
         self.first_errors: dict[str, str] = {}  # status code -> the first such call's details
 
     def __len__(self) -> int:
         return len(self.latency)
 
-    def add(self, latency: float, images: int, code: str) -> None:
+    def add(self, latency: float, images: int, code: str, lag: float = 0.0) -> None:
         self.latency.append(latency)
         self.images.append(images)
         self.codes.append(code)
+        self.lag.append(lag)
 
 
-async def _timed(call: Call, i: int, recorder: _Recorder) -> None:
+async def _timed(call: Call, i: int, recorder: _Recorder, scheduled: float | None = None) -> None:
+    """Run call(i) and record it, with how late it started after ``scheduled`` (fixed rate)."""
     started = time.perf_counter()
     try:
         images = await call(i)
@@ -110,7 +119,8 @@ async def _timed(call: Call, i: int, recorder: _Recorder) -> None:
         if code not in recorder.first_errors:
             details = exc.details() if hasattr(exc, "details") and callable(exc.details) else None
             recorder.first_errors[code] = str(details if details is not None else exc)
-    recorder.add(time.perf_counter() - started, images, code)
+    lag = 0.0 if scheduled is None else started - scheduled
+    recorder.add(time.perf_counter() - started, images, code, lag)
 
 
 def _cpu_seconds() -> float:
@@ -151,15 +161,13 @@ async def measure(
         rng = random.Random(seed)
         next_at = time.perf_counter()
         while not stop.is_set():
-            gap = rng.expovariate(rate) if poisson else 1.0 / rate
-            next_at += gap
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            next_at += rng.expovariate(rate) if poisson else 1.0 / rate
+            # Yields even when late, so the calls already started, and the windows, run too.
+            await asyncio.sleep(max(next_at - time.perf_counter(), 0.0))
             if len(tasks) >= max_in_flight:
                 recorder.add(0.0, 0, "CLIENT_SATURATED")  # offered load the client dropped
                 continue
-            task = asyncio.create_task(_timed(call, next(counter), recorder))
+            task = asyncio.create_task(_timed(call, next(counter), recorder, next_at))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -168,6 +176,26 @@ async def measure(
         if concurrency
         else [asyncio.create_task(arrivals())]
     )
+    try:
+        return await _windows(recorder, windows, scrape, label, concurrency, rate)
+    finally:
+        stop.set()
+        for driver in drivers:
+            driver.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+
+async def _windows(
+    recorder: _Recorder,
+    windows: Windows,
+    scrape: Scrape | None,
+    label: str,
+    concurrency: int | None,
+    rate: float | None,
+) -> Point:
+    """Warm up, then measure windows until the last ones agree; the point they make."""
     await asyncio.sleep(windows.warmup_s)
 
     marks: list[int] = [len(recorder)]
@@ -202,12 +230,6 @@ async def measure(
         ):
             stable = True
             break
-    stop.set()
-    for driver in drivers:
-        driver.cancel()
-    await asyncio.gather(*drivers, return_exceptions=True)
-    if tasks:
-        await asyncio.wait(tasks, timeout=10)
 
     k = min(windows.stable_windows, len(throughput))
     first, last = marks[-k - 1], marks[-1]
@@ -220,6 +242,12 @@ async def measure(
     ]
     pct = np.percentile(ok_latency, [50, 90, 95, 99]) * 1e3 if ok_latency else [math.nan] * 4
     server_figures = _server_figures(server[-k - 1], server[-1])
+    lags = [
+        lag
+        for lag, c in zip(recorder.lag[first:last], recorder.codes[first:last], strict=True)
+        if c != "CLIENT_SATURATED"
+    ]
+    send_lag = float(np.percentile(lags, 99)) * 1e3 if rate is not None and lags else None
     return Point(
         label=label,
         mode="concurrency" if concurrency else "rate",
@@ -239,6 +267,7 @@ async def measure(
         windows=len(throughput),
         client_cpu=(cpu[-1] - cpu[-k - 1]) / elapsed,
         server=server_figures,
+        send_lag_ms=send_lag,
     )
 
 

@@ -24,6 +24,7 @@ COLUMNS = [
     ("server_mean_batch", "batch", 6),
     ("server_mean_queue_ms", "queue ms", 8),
     ("client_cpu", "cli CPU", 7),
+    ("send_lag_p99_ms", "lag p99", 7),  # fixed rate: the client's own lateness
     ("stable", "stable", 6),
 ]
 

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import pathlib
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -100,6 +101,7 @@ def test_poisson_rate_mode_reports_a_point(server: ServerThread, tmp_path: pathl
     (row,) = json.loads(out.read_text())["points"]
     sane(row)
     assert row["mode"] == "rate" and row["load"] == 100
+    assert 0 <= row["send_lag_p99_ms"] < math.inf
 
 
 def test_unreachable_server_is_one_line(tmp_path: pathlib.Path) -> None:
@@ -222,6 +224,30 @@ def test_failed_calls_are_counted_by_status_not_raised() -> None:
     table = report.table([point])
     n = point.errors["RESOURCE_EXHAUSTED"]
     assert f"half refused: {n} RESOURCE_EXHAUSTED (first: queue is full)" in table
+
+
+def test_a_fixed_rate_reports_how_late_the_client_started_calls() -> None:
+    """Open-loop load is only as good as the client's timing: when the client falls behind
+    (here each call blocks its event loop for 10 ms while calls are due every 5 ms), its
+    send lag says so, while the calls themselves still take 10 ms."""
+    blocked_s = 0.010
+
+    async def call(i: int) -> int:
+        time.sleep(blocked_s)  # blocks the loop: this client cannot keep up
+        return 1
+
+    point = asyncio.run(
+        measure(
+            call,
+            label="late client",
+            rate=200,
+            windows=Windows(warmup_s=0.05, window_s=0.2, max_windows=3),
+        )
+    )
+    assert point.mode == "rate" and point.requests_per_s > 0
+    assert point.send_lag_ms is not None and point.send_lag_ms > 2 * blocked_s * 1e3
+    assert point.latency_ms["p50"] >= blocked_s * 1e3
+    assert "send_lag_p99_ms" in point.row()
 
 
 def test_the_gpu_protocol_runs_end_to_end_with_the_cpu_standing_in(tmp_path: pathlib.Path) -> None:
