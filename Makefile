@@ -6,8 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
 METRICS_PORT ?= 8000
-# torch is pinned (torch==2.13.0) and must be the CPU build: an unpinned one, or PyPI's Linux
-# wheel where the index serves it, pulls the multi-GB CUDA libraries (see the README).
+# torch is pinned (torch==2.13.0): an unpinned one may pull a newer CUDA build. PyPI's Linux
+# wheel bundles the multi-GB CUDA libraries; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# installs the CPU build from PyTorch's index first (see the README).
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: run test model proto lint clean bench soak
@@ -16,6 +18,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	touch $(STAMP)
 

@@ -406,9 +406,13 @@ def interpolate(
 @click.pass_obj
 @_rpc
 def info(client: GeneratorClient, model: str) -> None:
-    """Print a model's ModelInfo as JSON."""
+    """Print a model's ModelInfo as JSON, with the field names of the proto (and docs/api.md)."""
     response = client.model_info(model)
-    click.echo(json_format.MessageToJson(response, always_print_fields_with_no_presence=True))
+    click.echo(
+        json_format.MessageToJson(
+            response, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        )
+    )
 
 
 def _print_statuses(statuses: Any) -> None:

@@ -11,6 +11,7 @@ Turning that into uint8 pixels is the serving side's job, in one place for every
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import warnings
 from typing import Any
@@ -22,6 +23,16 @@ from onnx import numpy_helper
 
 from ganserve.serve import inputs
 from ganserve.serve.metadata import ModelMetadata
+
+
+def _not_torchvision_notice(record: logging.LogRecord) -> bool:
+    """torch's exporter warns, once per op, that torchvision's detection ops (nms, roi_align,
+    ...) are skipped when torchvision is missing; no generator uses them, and this project does
+    without torchvision, so the notice is noise on every export."""
+    return not record.getMessage().startswith("torchvision is not installed")
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_not_torchvision_notice)
 
 METADATA_PROP = "ganserve.metadata"
 

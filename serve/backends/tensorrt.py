@@ -15,7 +15,9 @@ import ctypes
 import dataclasses
 import logging
 import math
+import os
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,12 +120,23 @@ def plan_mismatch(extra: Mapping[str, Any], trt_version: str, gpus: Sequence[str
     return None
 
 
+def nvidia_device_visible() -> bool:
+    """Whether this machine shows any sign of an NVIDIA driver: its device nodes (WSL2's
+    /dev/dxg included) or its /proc entry. Only used to word a reason; the check that decides
+    is a CUDA device count."""
+    return sys.platform != "linux" or any(
+        os.path.exists(path) for path in ("/dev/nvidiactl", "/dev/dxg", "/proc/driver/nvidia")
+    )
+
+
 def runtime_unavailable() -> str | None:
     """None if TensorRT, cuda-python and at least one CUDA device are present, else why not."""
     # OSError too: the Python package imports its shared libraries, which may be missing.
     try:
         import tensorrt  # noqa: F401
     except (ImportError, OSError) as exc:
+        if not nvidia_device_visible():  # installing tensorrt would not help: say the real lack
+            return "no NVIDIA GPU is visible here (and the tensorrt package is not installed)"
         return f"the tensorrt package cannot be imported (pip install tensorrt): {exc}"
     try:
         cudart = import_cudart()

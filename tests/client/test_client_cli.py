@@ -190,8 +190,8 @@ def test_interpolate_to_png_writes_a_strip(server: ServerThread, tmp_path: pathl
 def test_info_prints_model_info_as_json(server: ServerThread) -> None:
     info = json.loads(succeeded(gan_client(server.target, "info")))
     assert info["name"] == "digits" and info["version"] == "2"
-    assert (info["numClasses"], info["height"], info["width"], info["channels"]) == (10, 32, 32, 1)
-    assert info["versions"] == ["2"] and info["truncationMode"] == "z-scale"
+    assert (info["num_classes"], info["height"], info["width"], info["channels"]) == (10, 32, 32, 1)
+    assert info["versions"] == ["2"] and info["truncation_mode"] == "z-scale"
 
 
 def test_models_lists_the_ready_model(server: ServerThread) -> None:

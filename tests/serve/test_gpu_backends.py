@@ -8,6 +8,7 @@ against the CPU engine) is skipped with the reason when the machine has none, as
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import pathlib
 import shutil
 import sys
@@ -100,6 +101,23 @@ def test_ort_gpu_backends_say_why_they_cannot_run_without_a_gpu(backend: Backend
 
 def test_cuda_unavailable_refuses_a_backend_that_is_not_onnxruntime_gpu() -> None:
     assert "not an ONNX Runtime GPU backend" in cuda.unavailable(Backend.ONNXRUNTIME_CPU)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="the tensorrt package is installed"
+)
+@pytest.mark.parametrize("driver", [True, False])
+def test_without_tensorrt_the_reason_names_the_real_lack(
+    monkeypatch: pytest.MonkeyPatch, driver: bool
+) -> None:
+    """On a machine with an NVIDIA driver, installing tensorrt is the fix; without one it
+    would not help, so the reason says there is no GPU instead."""
+    monkeypatch.setattr(tensorrt, "nvidia_device_visible", lambda: driver)
+    reason = tensorrt.runtime_unavailable()
+    if driver:
+        assert reason.startswith("the tensorrt package cannot be imported (pip install tensorrt)")
+    else:
+        assert reason == "no NVIDIA GPU is visible here (and the tensorrt package is not installed)"
 
 
 def test_tensorrt_unavailable_names_the_missing_plan() -> None:
