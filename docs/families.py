@@ -2,7 +2,8 @@
 
 Examples:
 
-    .venv/bin/python docs/families.py grid build/families/digits-gan.pt \
+\b
+    .venv/bin/python docs/families.py grid build/families/digits-gan.pt \\
         docs/img/families_gan_grid.png
     .venv/bin/python docs/families.py sweep build/families/digits-style.pt \\
         docs/img/families_stylegan_truncation.png
