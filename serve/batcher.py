@@ -19,7 +19,9 @@ the engine saves. Queue sizes and batch sizes count images.
 An engine call still running after ``engine_timeout_s`` fails its batch with DEADLINE_EXCEEDED.
 The instance stays out of the pool until its call returns (then it is closed) and, when the
 batcher can spawn engines, a fresh instance takes its place at once: a hung engine costs one
-batch, not the model.
+batch, not the model. Engine calls run on daemon threads, so a call that never returns
+cannot keep the process alive after the drain (a ThreadPoolExecutor's threads are joined at
+interpreter exit).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +101,71 @@ def parallel_threshold(config: BatchingConfig, image_s: float | None) -> int:
     return max(1, min(wanted, config.max_batch_size // 2))
 
 
+class EngineThreads(concurrent.futures.Executor):
+    """A fixed pool of daemon worker threads, started on first use, for `run_in_executor`.
+
+    Unlike ThreadPoolExecutor, nothing joins these threads at interpreter exit: a hung engine
+    call must not hold a drained server's process open until the pod is killed."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future, Callable, tuple] | None]
+        self._work = queue.SimpleQueue()
+        self._workers, self._name = workers, name
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        if kwargs:
+            raise TypeError("EngineThreads.submit takes positional arguments only")
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            if not self._threads:
+                for i in range(self._workers):
+                    thread = threading.Thread(
+                        target=self._serve, name=f"{self._name}_{i}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            self._work.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, as ThreadPoolExecutor does
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del item, future, fn, args  # drop the batch before waiting for the next
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking calls; idle threads end, busy ones when their call returns."""
+        with self._lock:
+            self._shut = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in self._threads:
+                self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
 class Batcher:
     """Queues requests for one model version and runs them in batches on its engines."""
 
@@ -130,9 +200,7 @@ class Batcher:
         # A thread to spare per instance: a hung call keeps its thread while its replacement
         # runs. Beyond that many hung calls, instances come back only when their calls return.
         self._spare_threads = len(engines)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2 * len(engines), thread_name_prefix=f"engine-{m.name}-{m.version}"
-        )
+        self._executor = EngineThreads(2 * len(engines), f"engine-{m.name}-{m.version}")
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = True

@@ -17,7 +17,7 @@ import pytest
 from conftest import BUNDLED_REPOSITORY
 from ganserve.serve import repository
 from ganserve.serve.backends import Backend
-from ganserve.serve.batcher import Batcher, Work
+from ganserve.serve.batcher import Batcher, EngineThreads, Work
 from ganserve.serve.config import BatchingConfig, ModelConfig, ServerConfig
 from ganserve.serve.errors import EngineTimeoutError, QueueFullError, ShuttingDownError
 from ganserve.serve.imaging import Encoding
@@ -384,3 +384,30 @@ def test_a_drain_during_a_multi_version_reload_closes_what_it_loaded(tmp_path):
     changes, loop_done, accepting = asyncio.run(scenario())
     assert [c.message for c in changes] == ["the server is draining; nothing was reloaded"]
     assert loop_done and not accepting, "the v1 batcher loaded in this reload was never closed"
+
+
+def test_engine_threads_return_results_and_errors_and_cancel_what_waits_at_shutdown() -> None:
+    """The batcher's executor: daemon threads (a hung engine call cannot hold the process open
+    at exit), results and exceptions handed back, queued calls cancelled by a shutdown."""
+    pool = EngineThreads(1, "engine-test")
+    gate = threading.Event()
+    running = pool.submit(gate.wait, 10)
+    deadline = time.monotonic() + 10
+    while not running.running():
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.005)
+    waiting = pool.submit(lambda: 1)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled() and not running.cancelled()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(lambda: 1)
+    gate.set()
+    assert running.result(10) is True  # a busy thread finishes its call
+
+    pool = EngineThreads(2, "engine-test")
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda x: 1 / x, 0).result(10)
+    assert pool.submit(lambda x: x + 1, 1).result(10) == 2
+    assert all(thread.daemon for thread in pool._threads) and len(pool._threads) == 2
+    pool.shutdown()
+    assert not any(thread.is_alive() for thread in pool._threads)

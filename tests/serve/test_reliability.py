@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import pathlib
 import random
 import shutil
@@ -214,6 +215,58 @@ def test_a_hung_engine_fails_its_batch_and_is_replaced_without_restart(
         control.release()  # the hung call returns at last; its instance is closed
         _until(lambda: not batcher._hung and len(batcher._free) == 1)
         assert stub.Generate(pb.GenerateRequest(seed=3, class_label=3), timeout=30).image
+
+
+# Loaded by the server process through PYTHONPATH: the first engine call made after the flag
+# file appears never returns (one call only: the flag is taken by renaming it).
+_HANG_HOOK = """
+import os, pathlib, threading
+from ganserve.serve.backends import cpu
+
+flag = pathlib.Path(os.environ["GANSERVE_TEST_HANG_FLAG"])
+run = cpu.OnnxCpuEngine.run
+
+
+def run_or_hang(self, feeds):
+    if threading.current_thread().name.startswith("engine-"):
+        try:
+            flag.rename(flag.with_suffix(".taken"))
+        except FileNotFoundError:
+            pass
+        else:
+            threading.Event().wait()
+    return run(self, feeds)
+
+
+cpu.OnnxCpuEngine.run = run_or_hang
+"""
+
+
+def test_an_engine_call_hung_for_good_does_not_keep_a_drained_server_alive(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hung call is failed and its instance replaced; on SIGTERM the drain ends and the
+    process exits 0 within its grace, although the hung call's thread never returns."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HANG_HOOK)
+    flag = tmp_path / "hang"
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("GANSERVE_TEST_HANG_FLAG", str(flag))
+    args = ["--engine-timeout", "0.5", "--drain-grace", "2", "--shutdown-delay", "0"]
+    with ganserve(BUNDLED_REPOSITORY, tmp_path / "server.log", *args) as server:
+        flag.touch()
+        with generator_stub(server.target) as stub:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert stub.Generate(pb.GenerateRequest(seed=2, class_label=2), timeout=30).image
+        assert flag.with_suffix(".taken").exists()  # the hook really hung a call
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)  # raises TimeoutExpired while the hung thread holds it open
+    assert server.process.returncode == 0
 
 
 def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
