@@ -7,6 +7,7 @@ log line, and the one translation of exceptions into gRPC status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -226,7 +227,11 @@ class _Call:
             # Account for the call before the caller can see its outcome, so a scrape that
             # follows a reply always includes it.
             self._servicer._finish(self, in_flight)
-            REQUEST_ID.reset(self._token)
+            # A stream cancelled between frames is abandoned by grpcio at its `yield` and
+            # closed later by asyncio's generator finaliser, in a context of its own: the
+            # call's context is gone with it, and there is nothing to restore.
+            with contextlib.suppress(ValueError):
+                REQUEST_ID.reset(self._token)
         if message is not None:
             await self.context.abort(
                 self.code, message, trailing_metadata=(("x-request-id", self.request_id),)
