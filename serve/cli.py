@@ -367,17 +367,26 @@ async def _serve(config: ServerConfig) -> None:
     server = GanServer(config)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
-    stopping: list[asyncio.Task[None]] = []
+    signalled: list[int] = []
 
     def on_stop(signum: int) -> None:
         name = signal.Signals(signum).name
-        if stopping:
+        if signalled:
             # An operator who asks twice does not want to wait out the delay and the grace.
             LOGGER.warning("received %s again: exiting now, without draining", name)
             logging.shutdown()
             os._exit(128 + signum)
+        signalled.append(signum)
+        if not starting.done():
+            # Nothing serves yet: stop loading (a long load, a TensorRT build, would outlast
+            # the pod's grace) and close the port. The load's thread is a daemon.
+            LOGGER.info("received %s while loading models: stopping", name)
+            starting.cancel()
+            return
         LOGGER.info("received %s: draining", name)
-        stopping.append(loop.create_task(server.stop()))
+        task = loop.create_task(server.stop())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def on_reload() -> None:
         LOGGER.info("received SIGHUP: reloading the model repository")
@@ -388,7 +397,14 @@ async def _serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
-    await server.start()
+    starting = loop.create_task(server.start())
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not signalled:  # not our signal: someone else cancels this task
+            raise
+        LOGGER.info("stopped before serving")
+        return
     await server.wait_stopped()
 
 

@@ -7,6 +7,7 @@ Names are under ``ganserve_``, in base units (seconds, bytes); per-model series 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import prometheus_client as prom
 
@@ -30,6 +31,8 @@ class ServerMetrics:
 
     def __init__(self, *, max_batch_size: int, registry: prom.CollectorRegistry | None = None):
         self.registry = r = registry or prom.CollectorRegistry()
+        # Called with (model, version) by forget_version: holders of cached children drop them.
+        self.forget_listeners: list[Callable[[str, str], None]] = []
 
         def histogram(name: str, doc: str, labels: tuple[str, ...] = MODEL, buckets=None):
             return prom.Histogram(name, doc, labels, registry=r, buckets=buckets or LATENCY_BUCKETS)
@@ -150,3 +153,5 @@ class ServerMetrics:
         for gauge in (self.queue_depth, self.in_flight, self.model_load_duration):
             with contextlib.suppress(KeyError):
                 gauge.remove(model, version)
+        for listener in self.forget_listeners:
+            listener(model, version)

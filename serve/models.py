@@ -17,7 +17,7 @@ import time
 
 from ganserve.serve import backends, repository
 from ganserve.serve.backends import Backend, EngineOptions, cpu
-from ganserve.serve.batcher import Batcher
+from ganserve.serve.batcher import Batcher, EngineThreads
 from ganserve.serve.config import ServerConfig
 from ganserve.serve.errors import ModelLoadError, ModelNotFoundError, shown
 from ganserve.serve.metadata import (
@@ -66,12 +66,14 @@ class ServedVersion:
 
 
 def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
-    """Sizes and mtimes of the files that define a version, to notice changes on reload."""
+    """Sizes and mtimes of the files that define a version, to notice changes on reload. A
+    file that cannot be read (missing, or an I/O error on a network mount) counts as changed:
+    loading it again says what is wrong."""
     out: list[int] = []
     for name in (MODEL_FILE, FP16_MODEL_FILE, METADATA_FILE, PLAN_FILE):
         try:
             stat = (path / name).stat()
-        except FileNotFoundError:
+        except OSError:
             out += [-1, -1]
         else:
             out += [stat.st_size, stat.st_mtime_ns]
@@ -90,6 +92,10 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._draining = False  # set by the shutdown: reloads load nothing more
+        # Loads run on a daemon thread: a SIGTERM during a long load (a TensorRT build) need
+        # not wait for it at exit.
+        self._loader = EngineThreads(1, "model-load")
+        self._reloads: set[asyncio.Task[list[Status]]] = set()
 
     # --- routing (event loop, hot path) ---
 
@@ -142,6 +148,9 @@ class ModelManager:
         started = time.monotonic()
         config = self._config
         opened = repository.open_version(config.model_repository, name, int(version))
+        # Before any file is read: a file replaced while this load runs differs from it, so
+        # the next reload loads the new one instead of keeping what was read here.
+        fingerprint = _fingerprint(opened.path)
         batching = config.batching
         model_config = config.model(name)
         model_file = FP16_MODEL_FILE if model_config.precision == "fp16" else MODEL_FILE
@@ -198,7 +207,7 @@ class ModelManager:
             if image_s
             else "",
         )
-        return ServedVersion(opened.metadata, backend, batcher, _fingerprint(opened.path))
+        return ServedVersion(opened.metadata, backend, batcher, fingerprint)
 
     def _warmup_sizes(self, backend: Backend) -> list[int]:
         batching = self._config.batching
@@ -242,7 +251,7 @@ class ModelManager:
             routes: dict[str, dict[str, ServedVersion]] = {}
             try:
                 for name, version in sorted(wanted):
-                    served = await loop.run_in_executor(None, self._load, name, version)
+                    served = await loop.run_in_executor(self._loader, self._load, name, version)
                     routes.setdefault(name, {})[version] = served
                     served.batcher.start()
             except BaseException:
@@ -255,86 +264,106 @@ class ModelManager:
         """Bring the served versions in line with the repository; return what changed.
 
         New or changed versions are loaded before they are routed to; a version that fails to
-        load is reported and whatever served before keeps serving.
+        load is reported and whatever served before keeps serving. A reload, once begun, runs
+        to its end even when its caller goes away (an admin call past its deadline): stopped
+        half-way, the versions it had loaded would be neither served nor closed.
         """
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return await asyncio.shield(task)
+
+    async def _reload(self) -> list[Status]:
         async with self._lock:
             if self._draining:
                 return [self._refuse_reload()]
-            loop = asyncio.get_running_loop()
-            changes: list[Status] = []
-            try:
-                wanted, errors = self._wanted()
-            except (ModelLoadError, OSError) as exc:  # the folder vanished or is unreadable
-                self._metrics.reloads.labels("failed").inc()
-                LOGGER.error("reload failed: %s", exc)
-                return [Status("", "", State.FAILED, str(exc))]
-            routes = {name: dict(versions) for name, versions in self._routes.items()}
-            # Forget failures of versions the repository no longer has.
-            self._failed = {k: m for k, m in self._failed.items() if k in wanted or k in errors}
-            for (name, version), message in errors.items():
-                changes.append(self._fail(name, version, message))
-            # A model whose folder lost every version (deleted, unmounted) keeps serving from
-            # memory: a reload never takes a model down because its files went missing.
-            listed = {name for name, _ in (*wanted, *errors)}
-            gone = sorted(set(routes) - listed)
-            root = self._config.model_repository
-            for name in gone:
-                for version in routes[name]:
-                    message = (
-                        f"{root / name} holds no version folders any more; still serving "
-                        f"version {version} from memory"
-                    )
-                    changes.append(self._fail(name, version, message))
-            # Old versions close only once the new routes are published: until then requests
-            # still reach them, and a closing batcher refuses them.
-            retiring: list[ServedVersion] = []
+            served_before = self._routes
             loaded: list[ServedVersion] = []
-            for (name, version), path in sorted(wanted.items()):
-                current = routes.get(name, {}).get(version)
-                if current is not None and current.fingerprint == _fingerprint(path):
-                    self._failed.pop((name, version), None)  # the served files are back
+            try:
+                return await self._reload_locked(loaded)
+            except Exception as exc:  # nothing half-done may stay behind
+                if self._routes is served_before:  # not published: what loaded serves nothing
+                    await asyncio.gather(*(v.batcher.close(0) for v in loaded))
+                self._metrics.reloads.labels("failed").inc()
+                LOGGER.exception("reload failed; the versions served before still serve")
+                return [Status("", "", State.FAILED, f"reload failed: {type(exc).__name__}: {exc}")]
+
+    async def _reload_locked(self, loaded: list[ServedVersion]) -> list[Status]:
+        """A reload, under the lock; each version it loads is appended to ``loaded`` at once."""
+        changes: list[Status] = []
+        try:
+            wanted, errors = self._wanted()
+        except (ModelLoadError, OSError) as exc:  # the folder vanished or is unreadable
+            self._metrics.reloads.labels("failed").inc()
+            LOGGER.error("reload failed: %s", exc)
+            return [Status("", "", State.FAILED, str(exc))]
+        routes = {name: dict(versions) for name, versions in self._routes.items()}
+        # Forget failures of versions the repository no longer has.
+        self._failed = {k: m for k, m in self._failed.items() if k in wanted or k in errors}
+        for (name, version), message in errors.items():
+            changes.append(self._fail(name, version, message))
+        # A model whose folder lost every version (deleted, unmounted) keeps serving from
+        # memory: a reload never takes a model down because its files went missing.
+        listed = {name for name, _ in (*wanted, *errors)}
+        gone = sorted(set(routes) - listed)
+        root = self._config.model_repository
+        for name in gone:
+            for version in routes[name]:
+                message = (
+                    f"{root / name} holds no version folders any more; still serving "
+                    f"version {version} from memory"
+                )
+                changes.append(self._fail(name, version, message))
+        # Old versions close only once the new routes are published: until then requests
+        # still reach them, and a closing batcher refuses them.
+        retiring: list[ServedVersion] = []
+        loop = asyncio.get_running_loop()
+        for (name, version), path in sorted(wanted.items()):
+            current = routes.get(name, {}).get(version)
+            if current is not None and current.fingerprint == _fingerprint(path):
+                self._failed.pop((name, version), None)  # the served files are back
+                continue
+            if self._draining:  # the shutdown began while earlier versions loaded
+                break
+            try:
+                served = await loop.run_in_executor(self._loader, self._load, name, version)
+            except Exception as exc:  # any load failure leaves the old version serving
+                changes.append(self._fail(name, version, str(exc)))
+                continue
+            loaded.append(served)
+            self._failed.pop((name, version), None)
+            served.batcher.start()
+            routes.setdefault(name, {})[version] = served
+            if current is not None:
+                retiring.append(current)
+            changes.append(Status(name, version, State.READY, backend=served.backend.value))
+        if self._draining:  # nothing loaded here may serve: the drain has closed the rest
+            await asyncio.gather(*(v.batcher.close(0) for v in loaded))
+            return [self._refuse_reload()]
+        for name in set(routes) - set(gone):
+            for version in list(routes[name]):
+                # A failed newer version never unloads the version that still serves, nor
+                # does a pinned version whose folder went missing (it serves from memory).
+                if (
+                    (name, version) in wanted
+                    or (name, version) in errors
+                    or self._only_survivor(routes, wanted, errors, name)
+                ):
                     continue
-                if self._draining:  # the shutdown began while earlier versions loaded
-                    break
-                try:
-                    served = await loop.run_in_executor(None, self._load, name, version)
-                except Exception as exc:  # any load failure leaves the old version serving
-                    changes.append(self._fail(name, version, str(exc)))
-                    continue
-                loaded.append(served)
-                self._failed.pop((name, version), None)
-                served.batcher.start()
-                routes.setdefault(name, {})[version] = served
-                if current is not None:
-                    retiring.append(current)
-                changes.append(Status(name, version, State.READY, backend=served.backend.value))
-            if self._draining:  # nothing loaded here may serve: the drain has closed the rest
-                await asyncio.gather(*(v.batcher.close(0) for v in loaded))
-                return [self._refuse_reload()]
-            for name in set(routes) - set(gone):
-                for version in list(routes[name]):
-                    # A failed newer version never unloads the version that still serves, nor
-                    # does a pinned version whose folder went missing (it serves from memory).
-                    if (
-                        (name, version) in wanted
-                        or (name, version) in errors
-                        or self._only_survivor(routes, wanted, errors, name)
-                    ):
-                        continue
-                    retiring.append(routes[name].pop(version))
-                    changes.append(Status(name, version, State.UNLOADED))
-                if not routes[name]:
-                    del routes[name]
-            self._routes = routes
-            for served in retiring:
-                self._retire(served)
-            self._publish_info()
-            self._metrics.reloads.labels("ok").inc()
-            LOGGER.info(
-                "reload: %s",
-                ", ".join(f"{c.name} v{c.version} {c.state.name}" for c in changes) or "no changes",
-            )
-            return changes
+                retiring.append(routes[name].pop(version))
+                changes.append(Status(name, version, State.UNLOADED))
+            if not routes[name]:
+                del routes[name]
+        self._routes = routes
+        for served in retiring:
+            self._retire(served)
+        self._publish_info()
+        self._metrics.reloads.labels("ok").inc()
+        LOGGER.info(
+            "reload: %s",
+            ", ".join(f"{c.name} v{c.version} {c.state.name}" for c in changes) or "no changes",
+        )
+        return changes
 
     def _only_survivor(self, routes: dict, wanted: dict, errors: dict, name: str) -> bool:
         """True when ``name`` would lose its last version although the repository still lists
@@ -361,7 +390,13 @@ class ModelManager:
         )
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        task.add_done_callback(lambda _: self._metrics.forget_version(name, version))
+        task.add_done_callback(lambda _: self._forget(name, version))
+
+    def _forget(self, name: str, version: str) -> None:
+        """Drop a retired version's gauges, unless the same version serves again (its files
+        changed and it was reloaded): the new instance reports under the same labels."""
+        if version not in self._routes.get(name, {}):
+            self._metrics.forget_version(name, version)
 
     def _publish_info(self) -> None:
         for versions in self._routes.values():

@@ -160,11 +160,13 @@ class GanServer:
                 self._metrics_http = _metrics_server(config, self.metrics.registry)
                 self.metrics_port = self._metrics_http.server_port
             await self.models.start()
-        except BaseException:
+            self.servicer.ready = True
+            await self._set_health(SERVING)
+        except BaseException:  # a failed load, or SIGTERM before serving: close what opened
+            self.servicer.ready = False
+            await self.models.close(0)
             await self._shutdown_transport(0)
             raise
-        self.servicer.ready = True
-        await self._set_health(SERVING)
         LOGGER.info(
             "serving %s on port %d%s (metrics on %s, %s event loop)",
             ", ".join(self.models.names()),

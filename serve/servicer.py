@@ -263,7 +263,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self._cache = cache
         self._access_log = access_log
         self._children: dict[tuple[str, str, str], _Series] = {}
+        metrics.forget_listeners.append(self._forget_series)
         self.ready = False
+
+    def _forget_series(self, model: str, version: str) -> None:
+        """A retired version's gauges left the registry: should the version serve again, its
+        calls must resolve new children, not update the removed ones unseen."""
+        for key in [k for k in self._children if k[1:] == (model, version)]:
+            del self._children[key]
 
     def _items_cap(self, m: ModelMetadata) -> int:
         """GenerateBatch items per call for model ``m``: the configured cap, and no more than

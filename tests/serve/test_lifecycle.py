@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -419,3 +420,132 @@ def test_a_retired_versions_gauges_are_dropped(start_server, tmp_path: pathlib.P
         assert sample(server, gauge, version="2") is not None
     assert sample(server, "ganserve_model_load_duration_seconds", version="1") is None
     assert sample(server, "ganserve_requests_total", version="1", code="OK") == 1  # counters stay
+
+
+def _bump(path: pathlib.Path) -> None:
+    """Change a file's mtime, as a redeploy of the same bytes would."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_version_reloaded_in_place_keeps_its_gauges(start_server, tmp_path: pathlib.Path) -> None:
+    """Version 1's files change and it is reloaded: the retired instance's clean-up must not
+    take the gauges the new instance of the same version reports under."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    manager = server.server.models
+    with admin(server) as client:
+        client.generate(1, 1)
+        _bump(repo / "digits" / "1" / "model.onnx")
+        changes = {(c.version, c.state) for c in client.reload_models().changes}
+        assert changes == {("1", admin_pb2.MODEL_STATE_READY)}
+        wait_until(lambda: not manager._retiring, "the old instance to close")
+        client.generate(2, 2)
+    for gauge in (
+        "ganserve_queue_depth",
+        "ganserve_inflight_requests",
+        "ganserve_model_load_duration_seconds",
+    ):
+        assert sample(server, gauge, version="1") is not None, gauge
+
+
+def test_a_version_that_serves_again_reports_its_gauges_again(
+    start_server, tmp_path: pathlib.Path
+) -> None:
+    """Version 2 is retired (its gauges dropped), then comes back: calls to it must report
+    under new gauges, not update the dropped ones where no scrape sees them."""
+    repo = copy_repository(tmp_path)
+    add_version(repo, 2)
+    server = start_server(repo)
+    manager = server.server.models
+    with admin(server) as client:
+        assert client.generate(1, 1).response.model_version == "2"
+        shutil.move(repo / "digits" / "2", tmp_path / "away")
+        client.reload_models()
+        wait_until(lambda: not manager._retiring, "version 2 to close")
+        assert sample(server, "ganserve_inflight_requests", version="2") is None
+        shutil.move(tmp_path / "away", repo / "digits" / "2")
+        client.reload_models()
+        assert client.generate(1, 1).response.model_version == "2"
+    assert sample(server, "ganserve_inflight_requests", version="2") is not None
+    assert sample(server, "ganserve_queue_depth", version="2") is not None
+
+
+def test_a_reload_whose_caller_went_away_still_serves_what_it_loaded(
+    start_server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin reload past its deadline: the reload runs to its end, so the version it
+    loaded serves (before, it was loaded, started and then neither served nor closed)."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    load = ModelManager._load
+
+    def slow_load(self: ModelManager, name: str, version: str):
+        time.sleep(1.0)
+        return load(self, name, version)
+
+    monkeypatch.setattr(ModelManager, "_load", slow_load)
+    add_version(repo, 2)
+    with admin(server) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.reload_models(timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: not server.server.models._reloads, "the reload to end")
+        assert client.generate(1, 1).response.model_version == "2"
+        served = {(s.version, s.state) for s in client.list_models()}
+        assert ("2", admin_pb2.MODEL_STATE_READY) in served
+
+
+def test_an_unreadable_file_or_a_failing_reload_is_reported_not_raised(
+    start_server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose stat fails with an OSError other than 'not found' (here a symlink loop;
+    EIO on a network mount alike) and an unexpected error inside a reload: each is a FAILED
+    status or a fresh load, never UNKNOWN with a traceback; the loaded version keeps serving."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    with admin(server) as client:
+        (repo / "digits" / "1" / "model.plan").symlink_to("model.plan")  # stat: ELOOP
+        # Unreadable counts as absent, as the plan was before: nothing changed, nothing raised.
+        assert list(client.reload_models().changes) == []
+
+        def broken(self: ModelManager):
+            raise RuntimeError("the repository listing broke")
+
+        monkeypatch.setattr(ModelManager, "_wanted", broken)
+        (change,) = client.reload_models().changes
+        assert change.state == admin_pb2.MODEL_STATE_FAILED
+        assert change.message == "reload failed: RuntimeError: the repository listing broke"
+        assert client.generate(1, 1).response.model_version == "1"
+    assert sample(server, "ganserve_repository_reloads_total", outcome="failed") == 1
+
+
+def test_a_file_replaced_while_its_version_loads_is_loaded_by_the_next_reload(
+    start_server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version's fingerprint is taken before its files are read: a file replaced during
+    the load differs from it, so the next reload loads the new file instead of calling the
+    stale model current."""
+    from ganserve.serve import backends
+
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    model = repo / "digits" / "1" / "model.onnx"
+    create = backends.create_engine
+    replaced: list[bool] = []
+
+    def create_then_replace(*args, **kwargs):
+        engine = create(*args, **kwargs)
+        if not replaced:  # the reload below has read the file: a redeploy replaces it now
+            replaced.append(True)
+            _bump(model)
+        return engine
+
+    with admin(server) as client:
+        _bump(model)
+        monkeypatch.setattr(backends, "create_engine", create_then_replace)
+        first = [(c.version, c.state) for c in client.reload_models().changes]
+        assert first == [("1", admin_pb2.MODEL_STATE_READY)] and replaced
+        monkeypatch.setattr(backends, "create_engine", create)
+        second = [(c.version, c.state) for c in client.reload_models().changes]
+        assert second == [("1", admin_pb2.MODEL_STATE_READY)]

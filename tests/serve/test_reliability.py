@@ -16,6 +16,7 @@ import pathlib
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import BUNDLED_REPOSITORY, ServerThread, control_engine, generator_stub, scrape
 from ganserve.bench import reliability
-from ganserve.bench.compare import ganserve
+from ganserve.bench.compare import BIN, free_port, ganserve
 from ganserve.client.client import GeneratorClient
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
@@ -268,6 +269,66 @@ def test_an_engine_call_hung_for_good_does_not_keep_a_drained_server_alive(
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)  # raises TimeoutExpired while the hung thread holds it open
     assert server.process.returncode == 0
+
+
+_SLOW_LOAD_HOOK = """
+import time
+from ganserve.serve.models import ModelManager
+
+load = ModelManager._load
+
+
+def slow_load(self, name, version):
+    time.sleep(60)  # a long load, as a TensorRT build on a cold node
+    return load(self, name, version)
+
+
+ModelManager._load = slow_load
+"""
+
+
+def test_sigterm_while_models_load_stops_at_once_without_waiting_for_the_load(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the process waited for the whole load (then even logged 'serving' after it
+    had stopped), outliving the pod's grace. Now the start is abandoned: the port closes and
+    the process exits 0 while the load still runs."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_LOAD_HOOK)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [str(BIN / "ganserve"), "serve", "--model-repository", str(BUNDLED_REPOSITORY)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1"]
+    command += ["--metrics-port", "0", "--log-level", "INFO"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        _until(lambda: _answers(port), timeout=60)  # the port is open, the load has begun
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)  # raises TimeoutExpired while the 60 s load holds it
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    text = log.read_text()
+    assert process.returncode == 0, text
+    assert "received SIGTERM while loading models: stopping" in text
+    assert "stopped before serving" in text and "serving digits" not in text
+
+
+def _answers(port: int) -> bool:
+    """Whether the port is open and health answers (NOT_SERVING while models load)."""
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            request = health_pb2.HealthCheckRequest()
+            health_pb2_grpc.HealthStub(ch).Check(request, timeout=1)
+    except grpc.RpcError:
+        return False
+    return True
 
 
 def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
