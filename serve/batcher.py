@@ -378,10 +378,14 @@ class Batcher:
         call = loop.run_in_executor(self._executor, self._compute, engine, batch)
         hung = False
         try:
-            results = await asyncio.wait_for(asyncio.shield(call), self._config.engine_timeout_s)
-        except TimeoutError:
-            hung = True
-            self._on_hang(engine, batch, call)
+            # asyncio.wait neither cancels the call at the timeout nor mistakes an engine that
+            # raises TimeoutError itself for a hung one.
+            done, _ = await asyncio.wait((call,), timeout=self._config.engine_timeout_s)
+            if not done:
+                hung = True
+                self._on_hang(engine, batch, call)
+                return
+            results = call.result()
         except Exception:
             LOGGER.exception(
                 "batch of %d for model %s v%s failed", len(batch), self.model, self.version

@@ -432,9 +432,11 @@ class ModelManager:
         ]
 
     async def close(self, grace_s: float) -> None:
+        """Drain every version, those a reload is retiring included, within one grace."""
+        deadline = time.monotonic() + grace_s
         await asyncio.gather(*self.stop_accepting_and_drain(grace_s))
         if self._retiring:
-            await asyncio.wait(self._retiring, timeout=grace_s)
+            await asyncio.wait(self._retiring, timeout=max(0.0, deadline - time.monotonic()))
 
     @staticmethod
     async def _close_all(routes: dict[str, dict[str, ServedVersion]], grace_s: float) -> None:

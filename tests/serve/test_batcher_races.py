@@ -19,7 +19,12 @@ from ganserve.serve import repository
 from ganserve.serve.backends import Backend
 from ganserve.serve.batcher import Batcher, EngineThreads, Work
 from ganserve.serve.config import BatchingConfig, ModelConfig, ServerConfig
-from ganserve.serve.errors import EngineTimeoutError, QueueFullError, ShuttingDownError
+from ganserve.serve.errors import (
+    EngineError,
+    EngineTimeoutError,
+    QueueFullError,
+    ShuttingDownError,
+)
 from ganserve.serve.imaging import Encoding
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager
@@ -411,3 +416,47 @@ def test_engine_threads_return_results_and_errors_and_cancel_what_waits_at_shutd
     assert all(thread.daemon for thread in pool._threads) and len(pool._threads) == 2
     pool.shutdown()
     assert not any(thread.is_alive() for thread in pool._threads)
+
+
+def test_an_engine_that_raises_timeout_error_itself_fails_its_batch_and_is_not_replaced():
+    """A backend's own TimeoutError (a socket, a driver call) is a failed batch, INTERNAL,
+    not a hang: the instance is not taken out of the pool nor replaced."""
+
+    class TimingOut(FakeEngine):
+        def run(self, feeds):
+            raise TimeoutError("the device did not answer")
+
+    engine, spawned = TimingOut(), []
+
+    async def scenario():
+        b = make([engine], spawn=lambda: spawned.append(1), engine_timeout_s=30, max_batch_size=4)
+        b.start()
+        with pytest.raises(EngineError, match="inference failed"):
+            await b.submit(work(1))
+        assert b._free == [engine] and not b._hung
+        await b.close(1)
+
+    asyncio.run(scenario())
+    assert spawned == []
+
+
+def test_requests_still_queued_when_the_drain_grace_runs_out_are_failed_not_lost():
+    """close(grace) with the engine busy past the grace: the queued calls get a clear
+    'server shut down' error, never an unresolved future that hangs until the deadline."""
+    engine = FakeEngine(gated=True)
+
+    async def scenario():
+        b = make([engine], max_batch_size=1)
+        b.start()
+        running = b.submit(work(1))
+        await until(engine.started.is_set, "the first batch to start")
+        queued = [b.submit(work(seed)) for seed in (2, 3)]
+        await b.close(0.05)
+        for future in queued:
+            assert future.done(), "a queued request was left unresolved"
+            with pytest.raises(ShuttingDownError, match="server shut down"):
+                future.result()
+        engine.gate.set()
+        await asyncio.wait_for(running, 10)  # the batch in the engine still completes
+
+    asyncio.run(scenario())
