@@ -4,14 +4,19 @@ real server on the bundled model."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
 
-from conftest import ServerThread, generator_stub, scrape
+from conftest import BUNDLED_REPOSITORY, ServerThread, generator_stub, scrape
 from ganserve.client import GeneratorClient, ImageEncoding
+from ganserve.serve import repository
+from ganserve.serve.backends import Backend, EngineOptions, create_engine
 from ganserve.serve.cache import ENTRY_OVERHEAD_BYTES, ResponseCache
+from ganserve.serve.imaging import to_uint8
+from ganserve.serve.inputs import feeds_for_seeds
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.v1 import admin_pb2, admin_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
@@ -30,13 +35,51 @@ def client(server: ServerThread) -> GeneratorClient:
         yield c
 
 
-def test_generate_batch_returns_images_in_request_order(client: GeneratorClient) -> None:
+@pytest.fixture(scope="module")
+def reference() -> Callable[[list[int], list[int]], np.ndarray]:
+    """The served version's images computed in process (the engine, not the server and its
+    cache): (seeds, labels) -> (N, H, W, C) uint8."""
+    version = repository.latest(BUNDLED_REPOSITORY, "digits")
+    engine = create_engine(
+        version.path, version.metadata, Backend.ONNXRUNTIME_CPU, EngineOptions(max_batch_size=64)
+    )
+
+    def images(seeds: list[int], labels: list[int]) -> np.ndarray:
+        feeds = feeds_for_seeds(version.metadata, seeds, labels)
+        return to_uint8(
+            np.concatenate(
+                [engine.run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(len(seeds))]
+            )
+        )
+
+    yield images
+    engine.close()
+
+
+def test_generate_batch_returns_images_in_request_order(
+    client: GeneratorClient, reference: Callable
+) -> None:
     items = [(s, s % 10) for s in (5, 1, 9, 2**64 - 1, 0)]
     batch = client.generate_batch(items, encoding=RAW)
     assert [(r.response.seed, r.response.class_label) for r in batch] == items
-    for (seed, label), image in zip(items, batch, strict=True):
+    expected = reference([s for s, _ in items], [c for _, c in items])
+    for (seed, label), image, pixels in zip(items, batch, expected, strict=True):
+        assert np.array_equal(image.pixels, pixels)  # computed one at a time, outside
         # Every field, not just the pixels: the items are built from shared fields.
         assert image.response == client.generate(seed, label, encoding=RAW).response
+
+
+def test_the_response_cache_tells_classes_apart(
+    client: GeneratorClient, reference: Callable
+) -> None:
+    """One seed asked for three classes, twice each, with the cache on: a key missing the
+    class would answer with the first class's image."""
+    seed, labels = 424242, [1, 2, 7]
+    expected = reference([seed] * 3, labels)
+    for _ in range(2):
+        for label, pixels in zip(labels, expected, strict=True):
+            assert np.array_equal(client.generate(seed, label, encoding=RAW).pixels, pixels)
+    assert len({p.tobytes() for p in expected}) == 3
 
 
 @pytest.mark.parametrize(

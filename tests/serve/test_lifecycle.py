@@ -292,6 +292,36 @@ def test_a_taken_port_is_one_line_naming_it_and_what_to_change(
 
 
 @pytest.mark.parametrize(
+    ("repository", "message"),
+    [
+        ("empty", "holds no <name>/<version>/ folders"),
+        ("broken", "model.onnx"),
+    ],
+)
+def test_a_repository_that_cannot_be_served_is_one_line_at_start(
+    tmp_path: pathlib.Path, repository: str, message: str
+) -> None:
+    """`ganserve serve` turns a load failure into one `Error:` line and exit 1."""
+    repo = tmp_path / "models"
+    repo.mkdir()
+    if repository == "broken":
+        shutil.copytree(BUNDLED_REPOSITORY / "digits" / "1", repo / "digits" / "1")
+        (repo / "digits" / "1" / "model.onnx").write_bytes(b"\x08\x07 not a model")
+    command = [sys.executable, "-m", "ganserve.serve.cli", "serve", "--model-repository"]
+    command += [str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1"]
+    done = subprocess.run(
+        [*command, "--metrics-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+
+
+@pytest.mark.parametrize(
     ("host", "address"),
     [
         ("127.0.0.1", "127.0.0.1:5"),

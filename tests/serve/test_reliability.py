@@ -354,6 +354,69 @@ def test_random_cancellations_and_deadlines_leave_nothing_behind(
         assert stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=30).image
 
 
+def test_the_server_counts_a_missed_deadline_and_a_cancel_apart(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Both reach the handler as a cancellation; the metrics (and access log) must say which:
+    DEADLINE_EXCEEDED when the caller's deadline passed, CANCELLED when the caller gave up."""
+    server = start_server()
+    control = control_engine(server)
+
+    def counted(code: str) -> float:
+        labels = f'code="{code}",method="Generate",model="digits",version="2"'
+        for line in scrape(server)["_text"].splitlines():
+            if line.startswith(f"ganserve_requests_total{{{labels}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    control.hold()  # nothing finishes: each call ends while it waits
+    try:
+        with generator_stub(server.target) as stub:
+            late = stub.Generate.future(pb.GenerateRequest(seed=1, class_label=1), timeout=1)
+            with pytest.raises(grpc.RpcError) as info:
+                late.result(30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _until(lambda: counted("DEADLINE_EXCEEDED") == 1)
+            abandoned = stub.Generate.future(pb.GenerateRequest(seed=2, class_label=2), timeout=30)
+            _until(lambda: scrape(server).get("ganserve_inflight_requests") == 1)
+            abandoned.cancel()
+            _until(lambda: counted("CANCELLED") == 1)
+        assert counted("DEADLINE_EXCEEDED") == 1
+    finally:
+        control.release()
+
+
+@pytest.mark.parametrize("method", ["GenerateBatch", "Interpolate"])
+def test_a_cancelled_call_with_many_images_never_runs_its_other_groups(
+    start_server: Callable[..., ServerThread], method: str
+) -> None:
+    """12 images at max batch 4 queue as 3 groups; the call is cancelled while its first group
+    is in the engine: the other two are dropped before the engine, not computed for nobody."""
+    server = start_server(max_batch_size=4)
+    control = control_engine(server)
+    batcher = server.server.models.resolve("digits").batcher
+    control.hold()
+    try:
+        with generator_stub(server.target) as stub:
+            if method == "GenerateBatch":
+                items = [pb.BatchItem(seed=s, class_label=1) for s in range(12)]
+                call = stub.GenerateBatch.future(pb.GenerateBatchRequest(items=items), timeout=30)
+            else:
+                request = pb.InterpolateRequest(seed_start=1, seed_end=2, class_label=1, frames=12)
+                call = stub.Interpolate(request, timeout=30)
+            assert control.entered.wait(30)
+            _until(lambda: batcher.queue_depth == 8)  # the other two groups wait
+            call.cancel()
+            # The handler, cancelled, cancels its waiting groups; the next batch drops them.
+            _until(lambda: all(r.future.done() for r in batcher._queue))
+    finally:
+        control.release()
+    _until(lambda: batcher.idle)
+    assert control.batches == [4]
+    dropped = 'ganserve_requests_dropped_total{model="digits",reason="cancelled",version="2"} 8.0'
+    assert dropped in scrape(server)["_text"]
+
+
 async def _chaos(target: str, calls: int) -> dict[str, int]:
     """Generate, GenerateBatch and Interpolate calls, some with random deadlines (0.5-100 ms),
     some cancelled at a random point, the rest left to finish."""

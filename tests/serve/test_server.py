@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from conftest import ServerThread, generator_stub, scrape
+from conftest import ServerThread, control_engine, generator_stub, scrape
 from ganserve.v1 import generator_pb2 as pb
 
 PNG = pb.IMAGE_ENCODING_PNG
@@ -71,16 +71,32 @@ def test_extreme_seeds_are_served(bundled_server: ServerThread, seed: int) -> No
 
 
 def test_image_is_the_same_in_any_batch(bundled_server: ServerThread) -> None:
-    """Alone, then amid 47 concurrent requests (so it lands in a real multi-request batch)."""
+    """Alone, then in one batch with 47 other requests: they wait together behind a batch held
+    in the engine, then run as one batch of 48."""
     alone = generate(bundled_server, seed=777, class_label=4, encoding=RAW).image
+    control = control_engine(bundled_server)
+    batcher = bundled_server.server.models.resolve("digits").batcher
     seeds = [*range(1000, 1047), 777]
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        responses = list(
-            pool.map(lambda s: generate(bundled_server, seed=s, class_label=4, encoding=RAW), seeds)
-        )
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(len(seeds) + 1) as pool:
+        try:
+            blocker = pool.submit(generate, bundled_server, seed=1, class_label=1)
+            assert control.entered.wait(30)
+            calls = [
+                pool.submit(generate, bundled_server, seed=s, class_label=4, encoding=RAW)
+                for s in seeds
+            ]
+            deadline = time.monotonic() + 30
+            while batcher.queue_depth < len(seeds):
+                assert time.monotonic() < deadline, "the requests never queued together"
+                time.sleep(0.005)
+        finally:
+            control.release()
+        blocker.result(30)
+        responses = [call.result(30) for call in calls]
+    assert control.batches[-1] == len(seeds)  # one batch, after the held one
     assert responses[-1].image == alone
-    batches = scrape(bundled_server)["ganserve_batch_size_sum"]
-    assert batches > 0
+    assert len({r.image for r in responses}) == len(seeds)
 
 
 def test_default_model_is_used_when_model_is_empty(bundled_server: ServerThread) -> None:

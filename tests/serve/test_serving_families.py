@@ -8,14 +8,16 @@ the model has style layers.
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
+import time
 from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
 
-from conftest import ServerThread
+from conftest import ServerThread, control_engine
 from ganserve.client.client import GeneratorClient, ImageEncoding
 
 FAMILIES = {
@@ -48,8 +50,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def client(repo: pathlib.Path, start_server_module: Callable[..., ServerThread]) -> GeneratorClient:
-    server = start_server_module(repo, default_model="gan", max_queue_delay_us=2000)
+def server(repo: pathlib.Path, start_server_module: Callable[..., ServerThread]) -> ServerThread:
+    return start_server_module(repo, default_model="gan", max_queue_delay_us=2000)
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> GeneratorClient:
     return GeneratorClient(server.target)
 
 
@@ -115,3 +121,51 @@ def test_style_mixing_is_refused_by_the_fully_connected_gan(client: GeneratorCli
         pixels(client, "gan", 5, 2, style_mix_seed=77)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "(gan) has no style layers" in info.value.details()
+
+
+def test_a_plain_request_batched_with_a_style_mixed_one_is_the_same_image(
+    server: ServerThread, client: GeneratorClient
+) -> None:
+    """Plain and style-mixed requests share a batch: the plain one mixes nothing (z_mix = z at
+    the last layer), whatever its batch-mates ask for."""
+    alone = pixels(client, "stylegan", 5, 2)
+    mixed_alone = pixels(client, "stylegan", 6, 2, style_mix_seed=77, style_mix_layer=0)
+    control = control_engine(server, "stylegan")
+    batcher = server.server.models.resolve("stylegan").batcher
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        try:
+            blocker = pool.submit(pixels, client, "stylegan", 1, 1)  # holds the engine
+            assert control.entered.wait(30)
+            plain = pool.submit(pixels, client, "stylegan", 5, 2)
+            mixed = pool.submit(
+                pixels, client, "stylegan", 6, 2, style_mix_seed=77, style_mix_layer=0
+            )
+            deadline = time.monotonic() + 30
+            while batcher.queue_depth < 2:  # both wait: they make the next batch together
+                assert time.monotonic() < deadline, "the two requests never queued"
+                time.sleep(0.005)
+        finally:
+            control.release()
+        blocker.result(30)
+        assert np.array_equal(plain.result(30), alone)
+        assert np.array_equal(mixed.result(30), mixed_alone)
+    assert control.batches[-1] == 2
+
+
+def test_the_response_cache_tells_style_mixes_apart(
+    repo: pathlib.Path, start_server: Callable[..., ServerThread], client: GeneratorClient
+) -> None:
+    """With the cache on, one seed and class asked plain, then mixed at the first layer, then at
+    the last, then with another mix seed: a key missing the mix seed or layer would
+    answer a later call with an earlier call's image. Each must be the image the server
+    without a cache computes."""
+    cached = start_server(repo, default_model="gan", cache_bytes=1 << 20)
+    last = client.model_info("stylegan").style_layers - 1
+    asks = [{}, {"style_mix_seed": 77}, {"style_mix_seed": 77, "style_mix_layer": last}]
+    asks.append({"style_mix_seed": 78})
+    with GeneratorClient(cached.target) as other:
+        got = [pixels(other, "stylegan", 5, 2, **kw) for kw in asks]
+    expected = [pixels(client, "stylegan", 5, 2, **kw) for kw in asks]
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert len({e.tobytes() for e in expected}) == len(asks)  # four different images
