@@ -102,7 +102,9 @@ def parallel_threshold(config: BatchingConfig, image_s: float | None) -> int:
 
 
 class EngineThreads(concurrent.futures.Executor):
-    """A fixed pool of daemon worker threads, started on first use, for `run_in_executor`.
+    """A pool of up to ``workers`` daemon threads for `run_in_executor`, each started only when
+    no thread is idle (as ThreadPoolExecutor does: with spare threads started up front, batches
+    wandered over more threads and `GenerateBatch(64)` ran ~15 % slower).
 
     Unlike ThreadPoolExecutor, nothing joins these threads at interpreter exit: a hung engine
     call must not hold a drained server's process open until the pod is killed."""
@@ -112,6 +114,7 @@ class EngineThreads(concurrent.futures.Executor):
         self._work = queue.SimpleQueue()
         self._workers, self._name = workers, name
         self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)  # released by a thread each time it waits for work
         self._lock = threading.Lock()
         self._shut = False
 
@@ -123,29 +126,28 @@ class EngineThreads(concurrent.futures.Executor):
         with self._lock:
             if self._shut:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            if not self._threads:
-                for i in range(self._workers):
-                    thread = threading.Thread(
-                        target=self._serve, name=f"{self._name}_{i}", daemon=True
-                    )
-                    thread.start()
-                    self._threads.append(thread)
             future: concurrent.futures.Future = concurrent.futures.Future()
             self._work.put((future, fn, args))
+            if not self._idle.acquire(timeout=0) and len(self._threads) < self._workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
         return future
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
             future, fn, args = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller, as ThreadPoolExecutor does
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            if future.set_running_or_notify_cancel():  # else it was cancelled while queued
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # handed to the caller, as ThreadPoolExecutor does
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
             del item, future, fn, args  # drop the batch before waiting for the next
+            self._idle.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking calls; idle threads end, busy ones when their call returns."""

@@ -413,7 +413,7 @@ def test_engine_threads_return_results_and_errors_and_cancel_what_waits_at_shutd
     with pytest.raises(ZeroDivisionError):
         pool.submit(lambda x: 1 / x, 0).result(10)
     assert pool.submit(lambda x: x + 1, 1).result(10) == 2
-    assert all(thread.daemon for thread in pool._threads) and len(pool._threads) == 2
+    assert all(thread.daemon for thread in pool._threads) and 1 <= len(pool._threads) <= 2
     pool.shutdown()
     assert not any(thread.is_alive() for thread in pool._threads)
 
