@@ -262,33 +262,26 @@ def test_a_taken_port_is_one_line_naming_it_and_what_to_change(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ganserve.serve.cli",
-                "serve",
-                "--model-repository",
-                str(BUNDLED_REPOSITORY),
-                "--host",
-                "127.0.0.1",
-                "--metrics-host",
-                "127.0.0.1",
-                flag,
-                str(port),
-                other_port,
-                "0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        args = ["--model-repository", str(BUNDLED_REPOSITORY), flag, str(port), other_port, "0"]
+        error = serve_fails(*args)
+    assert named.format(port=port) in error and flag in error, error
+
+
+def serve_fails(*args: str) -> str:
+    """Run `ganserve serve` on loopback with ``args``; it must exit 1 with one `Error:` line
+    and no traceback. Returns that line."""
+    loopback = ["--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ganserve.serve.cli", "serve", *loopback, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, done.stderr
-    assert named.format(port=port) in errors[0], errors[0]
-    assert flag in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.mark.parametrize(
@@ -307,18 +300,8 @@ def test_a_repository_that_cannot_be_served_is_one_line_at_start(
     if repository == "broken":
         shutil.copytree(BUNDLED_REPOSITORY / "digits" / "1", repo / "digits" / "1")
         (repo / "digits" / "1" / "model.onnx").write_bytes(b"\x08\x07 not a model")
-    command = [sys.executable, "-m", "ganserve.serve.cli", "serve", "--model-repository"]
-    command += [str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1"]
-    done = subprocess.run(
-        [*command, "--metrics-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], done.stderr
+    args = ["--model-repository", str(repo), "--port", "0", "--metrics-port", "0"]
+    assert message in serve_fails(*args)
 
 
 @pytest.mark.parametrize(
