@@ -19,7 +19,7 @@ import numpy as np
 
 from ganserve.serve import imaging
 from ganserve.serve import inputs as model_inputs
-from ganserve.serve.batcher import Work
+from ganserve.serve.batcher import Work, missed_deadline
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.errors import InvalidArgumentError, UnavailableError, to_status
 from ganserve.serve.logs import ACCESS_LOGGER, REQUEST_ID, request_id
@@ -215,7 +215,7 @@ class _Call:
         try:
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 # gRPC cancels the handler both when the client cancels and at its deadline.
-                expired = self.deadline is not None and time.monotonic() >= self.deadline
+                expired = missed_deadline(self.deadline, time.monotonic())
                 self.code = (
                     grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 )

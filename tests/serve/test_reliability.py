@@ -372,16 +372,22 @@ def test_the_server_counts_a_missed_deadline_and_a_cancel_apart(
     control.hold()  # nothing finishes: each call ends while it waits
     try:
         with generator_stub(server.target) as stub:
-            late = stub.Generate.future(pb.GenerateRequest(seed=1, class_label=1), timeout=1)
-            with pytest.raises(grpc.RpcError) as info:
-                late.result(30)
-            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            _until(lambda: counted("DEADLINE_EXCEEDED") == 1)
-            abandoned = stub.Generate.future(pb.GenerateRequest(seed=2, class_label=2), timeout=30)
+            # gRPC's deadline timer may fire a little before the deadline the server computes;
+            # 16 calls: about one in eight was counted as a cancel before that was allowed for.
+            late = [
+                stub.Generate.future(pb.GenerateRequest(seed=i, class_label=1), timeout=1)
+                for i in range(16)
+            ]
+            for call in late:
+                with pytest.raises(grpc.RpcError) as info:
+                    call.result(30)
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _until(lambda: counted("DEADLINE_EXCEEDED") == len(late))
+            abandoned = stub.Generate.future(pb.GenerateRequest(seed=99, class_label=2), timeout=30)
             _until(lambda: scrape(server).get("ganserve_inflight_requests") == 1)
             abandoned.cancel()
             _until(lambda: counted("CANCELLED") == 1)
-        assert counted("DEADLINE_EXCEEDED") == 1
+        assert counted("DEADLINE_EXCEEDED") == len(late)
     finally:
         control.release()
 
