@@ -281,13 +281,16 @@ class Batcher:
         now = time.monotonic()
         for request in self._queue:
             if request.future.done():
-                expired = missed_deadline(request.deadline, now)
-                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(
-                    len(request.works)
-                )
+                self._dropped(request, now).inc(len(request.works))
         self._queue = live
         self._queued = sum(len(r.works) for r in live)
         self._m_depth.set(self._queued)
+
+    def _dropped(self, request: _Request, now: float):
+        """The dropped counter for a request whose handler is gone: by deadline or cancel."""
+        if missed_deadline(request.deadline, now):
+            return self._m_dropped_deadline
+        return self._m_dropped_cancelled
 
     def _enqueue(self, request: _Request) -> None:
         self._queue.append(request)
@@ -365,11 +368,9 @@ class Batcher:
             request = self._queue.popleft()
             count = len(request.works)
             self._queued -= count
-            expired = request.deadline is not None and request.deadline <= now
             if request.future.done():  # the handler is gone: gRPC cancels it at the deadline
-                expired = missed_deadline(request.deadline, now)
-                (self._m_dropped_deadline if expired else self._m_dropped_cancelled).inc(count)
-            elif expired:
+                self._dropped(request, now).inc(count)
+            elif request.deadline is not None and request.deadline <= now:
                 self._m_dropped_deadline.inc(count)
                 request.future.set_exception(
                     DeadlineExceededError("deadline passed while the request was queued")
