@@ -219,6 +219,15 @@ def test_a_hung_engine_fails_its_batch_and_is_replaced_without_restart(
         assert stub.Generate(pb.GenerateRequest(seed=3, class_label=3), timeout=30).image
 
 
+def _load_in_servers(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """Make server processes started by this test run ``source`` first, as sitecustomize."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(source)
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)
+
+
 # Loaded by the server process through PYTHONPATH: the first engine call made after the flag
 # file appears never returns (one call only: the flag is taken by renaming it).
 _HANG_HOOK = """
@@ -249,13 +258,8 @@ def test_an_engine_call_hung_for_good_does_not_keep_a_drained_server_alive(
 ) -> None:
     """The hung call is failed and its instance replaced; on SIGTERM the drain ends and the
     process exits 0 within its grace, although the hung call's thread never returns."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_HANG_HOOK)
+    _load_in_servers(tmp_path, monkeypatch, _HANG_HOOK)
     flag = tmp_path / "hang"
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
-    )
     monkeypatch.setenv("GANSERVE_TEST_HANG_FLAG", str(flag))
     args = ["--engine-timeout", "0.5", "--drain-grace", "2", "--shutdown-delay", "0"]
     with ganserve(BUNDLED_REPOSITORY, tmp_path / "server.log", *args) as server:
@@ -293,12 +297,7 @@ def test_sigterm_while_models_load_stops_at_once_without_waiting_for_the_load(
     """Before, the process waited for the whole load (then even logged 'serving' after it
     had stopped), outliving the pod's grace. Now the start is abandoned: the port closes and
     the process exits 0 while the load still runs."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SLOW_LOAD_HOOK)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
-    )
+    _load_in_servers(tmp_path, monkeypatch, _SLOW_LOAD_HOOK)
     port = free_port()
     log = tmp_path / "server.log"
     command = [str(BIN / "ganserve"), "serve", "--model-repository", str(BUNDLED_REPOSITORY)]
