@@ -31,7 +31,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from ganserve.client.arguments import check_target
+from ganserve.client.arguments import check_target, metadata_value
 from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding
 from ganserve.v1 import admin_pb2
 
@@ -122,12 +122,10 @@ def _read_token(token_file: pathlib.Path | None) -> str | None:
     token = token.strip()
     if not token:
         raise click.BadParameter(f"{source} is empty")
-    if not all(" " <= c <= "~" for c in token):
-        raise click.BadParameter(
-            f"the token in {source} holds characters gRPC metadata cannot carry "
-            "(printable ASCII only)"
-        )
-    return token
+    try:
+        return metadata_value(f"the token in {source}", token)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _pem(path: pathlib.Path | None, key: pathlib.Path | None = None) -> bytes | None:
