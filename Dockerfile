@@ -72,10 +72,13 @@ RUN apt-get update \
         python3.11 python3.11-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-# GPU builder: the serving install with the gpu extra (onnxruntime-gpu, tensorrt, cuda-python,
-# nvidia-ml-py). onnxruntime and onnxruntime-gpu share the `onnxruntime` package folder, so the
-# CPU wheel is removed and the GPU wheel reinstalled over it; the build fails unless CUDA is
-# then among the providers.
+# GPU builder: the serving install with the gpu extra (onnxruntime-gpu, tensorrt-cu12,
+# cuda-python, nvidia-ml-py; all CUDA 12 builds, like CUDA_IMAGE). onnxruntime and
+# onnxruntime-gpu share the `onnxruntime` package folder, so the CPU wheel is removed and the GPU
+# wheel reinstalled over it. The build fails unless CUDA is then among the providers and every
+# library the CUDA provider links (libcudart, cuBLAS, cuDNN, ...) is in the image: a provider
+# built for another CUDA major would otherwise fail only when a model loads on a GPU.
+# (libcuda.so.1 is the driver's, mounted by the NVIDIA container runtime at run time.)
 FROM cuda-python AS builder-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=source /src /src
@@ -87,6 +90,11 @@ RUN python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --force-reinstall --no-deps "onnxruntime-gpu==${ORT_GPU}" \
     && /opt/venv/bin/python -c "import onnxruntime as ort, sys; \
 sys.exit('CUDAExecutionProvider' not in ort.get_available_providers())" \
+    && PROVIDER="$(/opt/venv/bin/python -c "import onnxruntime, pathlib; \
+print(next(pathlib.Path(onnxruntime.__file__).parent.glob('capi/libonnxruntime_providers_cuda.so')))")" \
+    && MISSING="$(ldd "$PROVIDER" | grep 'not found' | grep -v 'libcuda\.so\.1' || true)" \
+    && if [ -n "$MISSING" ]; then echo "the CUDA provider needs libraries this base lacks:"; \
+        echo "$MISSING"; exit 1; fi \
     && /opt/venv/bin/ganserve serve --help >/dev/null
 
 # GPU runtime.

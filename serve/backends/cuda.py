@@ -79,7 +79,7 @@ def _tensorrt_library_problem() -> str | None:
         pass
     if ctypes.util.find_library("nvinfer") or ctypes.util.find_library("nvinfer_10"):
         return None
-    return "TensorRT is not installed (pip install tensorrt, or NVIDIA's libnvinfer packages)"
+    return "TensorRT is not installed (pip install tensorrt-cu12, or NVIDIA's libnvinfer packages)"
 
 
 @functools.cache

@@ -137,7 +137,7 @@ def runtime_unavailable() -> str | None:
     except (ImportError, OSError) as exc:
         if not nvidia_device_visible():  # installing tensorrt would not help: say the real lack
             return "no NVIDIA GPU is visible here (and the tensorrt package is not installed)"
-        return f"the tensorrt package cannot be imported (pip install tensorrt): {exc}"
+        return f"the tensorrt package cannot be imported (pip install tensorrt-cu12): {exc}"
     try:
         cudart = import_cudart()
     except (ImportError, OSError) as exc:

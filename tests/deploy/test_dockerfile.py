@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import dockerfile_lint as lint
 import pytest
@@ -47,6 +48,24 @@ def test_serving_targets_have_the_expected_bases_and_installs() -> None:
     assert '"/src[gpu]"' in gpu_install and "pip uninstall -y onnxruntime" in gpu_install
     cpu_install = " ".join(i.args for i in stage("builder-cpu").all("RUN"))
     assert "pip install /src" in cpu_install and "[" not in cpu_install  # no extras at all
+
+
+def test_the_gpu_extra_pins_builds_for_the_gpu_images_cuda_major() -> None:
+    """PyPI's onnxruntime-gpu from 1.27, unsuffixed tensorrt from 10.16 and cuda-python 13 are
+    CUDA 13 builds; on the CUDA 12 base their libraries (libcudart.so.13, ...) are missing, and
+    ONNX Runtime still lists the CUDA provider, so only a model load on a GPU would fail."""
+    major = int(re.match(r"nvidia/cuda:(\d+)\.", stage(stage("gpu").base).base)[1])
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["gpu"]
+    pins = {re.match(r"[a-z0-9-]+", d)[0]: d for d in extra}
+    assert major == 12, "a new CUDA major: change the gpu extra's pins and this test with it"
+    assert pins["onnxruntime-gpu"].endswith(",<1.27")
+    assert pins["tensorrt-cu12"].endswith(",<11")  # TensorRT 10: ORT's provider links .so.10
+    assert pins["cuda-python"].endswith(",<13")
+    assert "tensorrt" not in pins
+    gpu_install = " ".join(i.args for i in stage("builder-gpu").all("RUN"))
+    assert "libonnxruntime_providers_cuda.so" in gpu_install and "not found" in gpu_install
 
 
 @pytest.mark.parametrize("name", SERVING)

@@ -115,7 +115,9 @@ def test_without_tensorrt_the_reason_names_the_real_lack(
     monkeypatch.setattr(tensorrt, "nvidia_device_visible", lambda: driver)
     reason = tensorrt.runtime_unavailable()
     if driver:
-        assert reason.startswith("the tensorrt package cannot be imported (pip install tensorrt)")
+        assert reason.startswith(
+            "the tensorrt package cannot be imported (pip install tensorrt-cu12)"
+        )
     else:
         assert reason == "no NVIDIA GPU is visible here (and the tensorrt package is not installed)"
 
