@@ -54,8 +54,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the configured bearer token (constant-time comparison)."""
 
     def __init__(self, token: str, on_failure: Callable[[], None] | None = None) -> None:
-        self._expected = token.encode()
+        self.token = token
         self._on_failure = on_failure
+
+    @property
+    def token(self) -> str:
+        return self._expected.decode()
+
+    @token.setter
+    def token(self, token: str) -> None:  # swapped whole: a call sees the old or the new one
+        self._expected = token.encode()
 
     async def intercept_service(
         self,

@@ -389,7 +389,7 @@ async def _serve(config: ServerConfig) -> None:
         task.add_done_callback(tasks.discard)
 
     def on_reload() -> None:
-        LOGGER.info("received SIGHUP: reloading the model repository")
+        LOGGER.info("received SIGHUP: reloading the model repository and credential files")
         task = loop.create_task(server.reload())
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -188,6 +188,8 @@ class ServerConfig:
         drain_grace_s: Then, how long accepted requests may take to finish.
         tls: TLS settings, or None for plaintext.
         auth_token: Bearer token every RPC but health checks must carry; None disables auth.
+        auth_token_file: The file ``auth_token`` was read from, if any: the server reads it
+            again when it changes (`ganserve.serve.credentials`).
         engine_cache_dir: Writable folder for TensorRT engine caches.
         log_format: Text or JSON log lines.
         event_loop: uvloop, asyncio's own loop, or auto (uvloop when installed).
@@ -215,6 +217,7 @@ class ServerConfig:
     drain_grace_s: float = 10.0
     tls: TlsConfig | None = None
     auth_token: str | None = None
+    auth_token_file: pathlib.Path | None = None
     engine_cache_dir: pathlib.Path | None = None
     log_format: LogFormat = LogFormat.TEXT
     event_loop: EventLoop = EventLoop.AUTO
@@ -236,13 +239,9 @@ class ServerConfig:
         if self.drain_grace_s < 0:
             raise ValueError(f"drain_grace_s must be >= 0, got {self.drain_grace_s}")
         if self.auth_token is not None:
-            if len(self.auth_token) < 16:
-                raise ValueError("auth_token must be at least 16 characters")
-            if not all(" " <= c <= "~" for c in self.auth_token):
-                raise ValueError(
-                    "auth_token must be printable ASCII: gRPC metadata cannot carry other "
-                    "characters, so no client could send it"
-                )
+            check_token(self.auth_token)
+        if self.auth_token_file is not None and self.auth_token is None:
+            raise ValueError("auth_token_file is set but no auth_token was read from it")
         for name in ("host", "metrics_host"):
             value = getattr(self, name)
             if not value.strip("[]"):
@@ -374,7 +373,18 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
     return out
 
 
-def _read_token(path: pathlib.Path) -> str:
+def check_token(token: str) -> None:
+    """ValueError unless ``token`` is one a client can send and an attacker cannot guess."""
+    if len(token) < 16:
+        raise ValueError("auth_token must be at least 16 characters")
+    if not all(" " <= c <= "~" for c in token):
+        raise ValueError(
+            "auth_token must be printable ASCII: gRPC metadata cannot carry other "
+            "characters, so no client could send it"
+        )
+
+
+def read_token(path: pathlib.Path) -> str:
     """The token in ``path``, stripped; ValueError names the file and what is wrong."""
     try:
         with path.open("rb") as f:
@@ -399,7 +409,8 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
     if token_file and settings.get("auth_token"):
         raise ValueError("set auth_token or auth_token_file, not both")
     if token_file:
-        settings["auth_token"] = _read_token(pathlib.Path(token_file))
+        settings["auth_token"] = read_token(pathlib.Path(token_file))
+        settings["auth_token_file"] = pathlib.Path(token_file)
     tls_values = {TLS_KEYS[k]: settings.pop(k) for k in list(TLS_KEYS) if k in settings}
     tls_values = {k: pathlib.Path(v) for k, v in tls_values.items() if v}
     tls = None

@@ -142,6 +142,13 @@ class ServerMetrics:
             "Calls refused for a missing or wrong bearer token.",
             registry=r,
         )
+        self.credential_reloads = prom.Counter(
+            "ganserve_credential_reloads",
+            "TLS key pairs and bearer tokens read again after their files changed, by outcome "
+            "(failed: the old one stays in use).",
+            ("credential", "outcome"),
+            registry=r,
+        )
         self.health = prom.Gauge(
             "ganserve_serving", "1 while the server reports SERVING, else 0.", registry=r
         )

@@ -2,7 +2,7 @@
 
 server = GanServer(config)
 await server.start()   # port open at once with health NOT_SERVING; SERVING once warm
-await server.reload()  # what SIGHUP and ModelAdmin/ReloadModels do
+await server.reload()  # what SIGHUP does: models, TLS and token files
 await server.stop()    # NOT_SERVING, keep serving for shutdown_delay_s, then refuse new
                        # work with UNAVAILABLE and drain within drain_grace_s, then exit
 """
@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from ganserve.serve import accept, loops
 from ganserve.serve.admin import ModelAdminServicer
-from ganserve.serve.auth import BearerTokenInterceptor
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.config import ServerConfig
+from ganserve.serve.credentials import Credentials
 from ganserve.serve.gpu_metrics import register_gpu_metrics
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, Status
@@ -65,18 +65,6 @@ def _metrics_server(config: ServerConfig, registry: prom.CollectorRegistry) -> W
     return http
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    tls = config.tls
-    if tls is None:
-        return None
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
 class GanServer:
     """One ganserve process: gRPC (Generator, ModelAdmin, health, reflection) and /metrics."""
 
@@ -85,6 +73,8 @@ class GanServer:
         self.metrics = ServerMetrics(max_batch_size=config.batching.max_batch_size)
         register_gpu_metrics(self.metrics.registry)  # no-op without NVML and a GPU
         self.models = ModelManager(config, self.metrics)
+        self.credentials = Credentials(config, self.metrics)
+        self._watch: asyncio.Task | None = None
         self.health = health_aio.HealthServicer()
         cache = ResponseCache(config.cache_bytes, self.metrics) if config.cache_bytes else None
         self.servicer = GeneratorServicer(
@@ -112,11 +102,7 @@ class GanServer:
     async def start(self) -> None:
         """Open the port (NOT_SERVING), load and warm every model, then report SERVING."""
         config = self.config
-        interceptors = []
-        if config.auth_token:
-            interceptors.append(
-                BearerTokenInterceptor(config.auth_token, self.metrics.auth_failures.inc)
-            )
+        interceptors = [self.credentials.interceptor] if self.credentials.interceptor else []
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -138,7 +124,7 @@ class GanServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), registrar)
         address = grpc_address(config.host, config.port)
-        credentials = _credentials(config)
+        credentials = self.credentials.server_credentials()
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(address)
@@ -162,6 +148,8 @@ class GanServer:
             await self.models.start()
             self.servicer.ready = True
             await self._set_health(SERVING)
+            if self.credentials.watched():
+                self._watch = asyncio.get_running_loop().create_task(self.credentials.watch())
         except BaseException:  # a failed load, or SIGTERM before serving: close what opened
             self.servicer.ready = False
             await self.models.close(0)
@@ -196,6 +184,8 @@ class GanServer:
         self.accepts.start()
 
     async def reload(self) -> list[Status]:
+        """The model repository, and the TLS and token files (SIGHUP; ModelAdmin: models only)."""
+        self.credentials.refresh()
         return await self.models.reload()
 
     async def stop(self, grace_s: float | None = None, delay_s: float | None = None) -> None:
@@ -218,6 +208,8 @@ class GanServer:
         LOGGER.info("stopped after draining for %.2fs", time.monotonic() - started)
 
     async def _shutdown_transport(self, grace_s: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._server is not None:
             # Handlers whose batches finished only have their responses left to write.
             await self._server.stop(grace_s)

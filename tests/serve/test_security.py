@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import ipaddress
 import pathlib
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -23,7 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import BUNDLED_REPOSITORY as BUNDLED
 from conftest import ServerThread
 from ganserve.client.client import GeneratorClient
+from ganserve.serve import credentials
 from ganserve.serve.config import TlsConfig
+from ganserve.serve.server import GanServer
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
 
@@ -462,6 +465,139 @@ def test_tls_and_auth_together_need_both(
         target, token=TOKEN, root_certificates=pki.ca.read_bytes(), retry=None
     ) as client:
         assert client.generate(46, 7).response.model == "digits"
+
+
+# --- rotation: certificates and tokens read again when their files change -----------------------
+
+
+class SecretVolume:
+    """Files laid out as Kubernetes mounts a Secret: each name a symlink into ``..data``, itself
+    a symlink to a timestamped folder, swapped in one rename on update."""
+
+    def __init__(self, folder: pathlib.Path, names: tuple[str, ...]) -> None:
+        self.folder, self.generation = folder, 0
+        folder.mkdir()
+        for name in names:
+            (folder / name).symlink_to(pathlib.Path("..data") / name)
+
+    def write(self, files: dict[str, bytes]) -> None:
+        self.generation += 1
+        target = self.folder / f"..{self.generation}"
+        target.mkdir()
+        for name, data in files.items():
+            (target / name).write_bytes(data)
+        (self.folder / "..data_tmp").symlink_to(target.name)
+        (self.folder / "..data_tmp").replace(self.folder / "..data")
+
+
+def _pem_pair(made: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> dict[str, bytes]:
+    cert, key = made
+    return {
+        "tls.crt": cert.public_bytes(serialization.Encoding.PEM),
+        "tls.key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
+
+
+def _handshake(server: ServerThread, ca: bytes) -> pb.GenerateResponse:
+    """One call on a fresh connection (a local subchannel pool: no connection reused)."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    options = (("grpc.use_local_subchannel_pool", 1),)
+    target = f"localhost:{server.server.port}"
+    with grpc.secure_channel(target, credentials, options=options) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        return stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=FAIL_TIMEOUT_S)
+
+
+def _refresh(server: ServerThread) -> list[str]:
+    async def refresh(server: GanServer) -> list[str]:
+        return server.credentials.refresh()
+
+    return server.call(refresh)
+
+
+def test_a_renewed_certificate_is_served_from_the_next_handshake(
+    start_server: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    """cert-manager renews into the mounted Secret; the server presents the new certificate
+    without a restart, and refuses a pair that does not match, keeping the old one."""
+    old_ca, new_ca = _issue("old CA", None), _issue("new CA", None)
+    pem = {
+        n: c.public_bytes(serialization.Encoding.PEM)
+        for n, (c, _) in {"old": old_ca, "new": new_ca}.items()
+    }
+    volume = SecretVolume(tmp_path / "tls", ("tls.crt", "tls.key"))
+    volume.write(_pem_pair(_issue("localhost", old_ca, server=True)))
+    server = start_server(
+        tls=TlsConfig(cert_file=volume.folder / "tls.crt", key_file=volume.folder / "tls.key")
+    )
+    assert _handshake(server, pem["old"]).model == "digits"
+    assert _refresh(server) == []  # nothing changed
+
+    mismatched = _pem_pair(_issue("localhost", new_ca, server=True))
+    mismatched["tls.key"] = _pem_pair(_issue("localhost", new_ca, server=True))["tls.key"]
+    volume.write(mismatched)
+    assert _refresh(server) == []
+    assert _refresh(server) == []  # refused once: not read again until it changes again
+    assert _handshake(server, pem["old"]).model == "digits"
+    assert (
+        scrape(server, "ganserve_credential_reloads_total", credential="tls", outcome="failed") == 1
+    )
+
+    volume.write(_pem_pair(_issue("localhost", new_ca, server=True)))
+    assert _refresh(server) == ["tls"]
+    assert _handshake(server, pem["new"]).model == "digits"
+    expect_status(grpc.StatusCode.UNAVAILABLE, lambda: _handshake(server, pem["old"]))
+    assert scrape(server, "ganserve_credential_reloads_total", credential="tls", outcome="ok") == 1
+
+
+def test_a_rotated_token_replaces_the_old_one(
+    start_server: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    volume = SecretVolume(tmp_path / "auth", ("token",))
+    volume.write({"token": f"{TOKEN}\n".encode()})
+    server = start_server(auth_token=TOKEN, auth_token_file=volume.folder / "token")
+    new = "n3w-token-0123456789abcdef"
+    with grpc.insecure_channel(server.target) as channel:
+        assert _generate(channel, TOKEN).model == "digits"
+        volume.write({"token": b"short\n"})  # refused: the old token stays valid
+        assert _refresh(server) == []
+        assert _generate(channel, TOKEN).model == "digits"
+        volume.write({"token": f"{new}\n".encode()})
+        assert _refresh(server) == ["token"]
+        expect_status(grpc.StatusCode.UNAUTHENTICATED, lambda: _generate(channel, TOKEN))
+        assert _generate(channel, new).model == "digits"
+    assert (
+        scrape(server, "ganserve_credential_reloads_total", credential="token", outcome="ok") == 1
+    )
+    failed = scrape(
+        server, "ganserve_credential_reloads_total", credential="token", outcome="failed"
+    )
+    assert failed == 1
+
+
+def test_credential_files_are_polled_without_a_signal(
+    start_server: Callable[..., ServerThread],
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(credentials, "POLL_S", 0.05)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server = start_server(auth_token=TOKEN, auth_token_file=token_file)
+    new = "n3w-token-0123456789abcdef"
+    rewritten = tmp_path / "token.new"
+    rewritten.write_text(new)
+    rewritten.replace(token_file)
+    with grpc.insecure_channel(server.target) as channel:
+        deadline = time.monotonic() + TIMEOUT_S
+        while server.server.credentials.interceptor.token != new:
+            assert time.monotonic() < deadline, "the token file was not read again"
+            time.sleep(0.05)
+        assert _generate(channel, new).model == "digits"
 
 
 # --- request limits -----------------------------------------------------------------------------
