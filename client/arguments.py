@@ -161,6 +161,17 @@ def metadata_value(name: str, value: object) -> str:
     return value
 
 
+def server_name(value: object) -> str:
+    """A DNS name or address to check the server's certificate against."""
+    name = text("server_name", value)
+    if not name or not name.isascii() or not all(c.isalnum() or c in ".-:[]" for c in name):
+        raise ValueError(
+            f"server_name {value!r} is not a host name or address (IDNA-encode an "
+            "international name)"
+        )
+    return name
+
+
 def duration(seconds: float) -> str:
     """A google.protobuf.Duration in JSON, as gRPC parses it: decimal seconds, at most 9
     fractional digits, an "s" suffix, no exponent and no bare trailing point (not "1e-05s")."""

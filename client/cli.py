@@ -31,6 +31,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
+from ganserve.client import arguments
 from ganserve.client.arguments import check_target, metadata_value
 from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding
 from ganserve.v1 import admin_pb2
@@ -197,6 +198,12 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--tls-ca", type=_existing, default=None, help="PEM CA bundle: use TLS.")
 @click.option("--tls-cert", type=_existing, default=None, help="PEM client certificate (mTLS).")
 @click.option("--tls-key", type=_existing, default=None, help="PEM client key (mTLS).")
+@click.option(
+    "--server-name",
+    default=None,
+    help="Name the server's certificate must carry, when not the --target host (a "
+    "port-forward to localhost, say). TLS only.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -206,10 +213,20 @@ def main(
     tls_ca: pathlib.Path | None,
     tls_cert: pathlib.Path | None,
     tls_key: pathlib.Path | None,
+    server_name: str | None,
 ) -> None:
     """Call a ganserve server."""
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if server_name is not None:
+        if tls_ca is None and tls_cert is None:
+            raise click.UsageError(
+                "--server-name checks the server's TLS certificate: add --tls-ca"
+            )
+        try:
+            arguments.server_name(server_name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--server-name'") from None
     ctx.obj = ctx.with_resource(
         GeneratorClient(
             target,
@@ -218,6 +235,7 @@ def main(
             root_certificates=_pem(tls_ca),
             client_certificate=_pem(tls_cert, tls_key),
             client_key=tls_key.read_bytes() if tls_key else None,
+            server_name=server_name,
         )
     )
 

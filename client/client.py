@@ -138,6 +138,8 @@ class GeneratorClient:
         token: Bearer token, sent as ``authorization`` metadata.
         root_certificates: PEM CA bundle for TLS; with it the channel is secure.
         client_certificate, client_key: PEM client certificate and key for mutual TLS.
+        server_name: The name the server's certificate must carry, when it is not the target's
+            host (a port-forward to ``localhost``, an address); TLS only.
         request_id: Sent as ``x-request-id`` on every call, to find the calls in server logs.
 
     ``token`` and ``request_id`` travel as gRPC metadata, so they must be printable ASCII.
@@ -153,9 +155,15 @@ class GeneratorClient:
         root_certificates: bytes | None = None,
         client_certificate: bytes | None = None,
         client_key: bytes | None = None,
+        server_name: str | None = None,
         request_id: str | None = None,
     ) -> None:
         check_target(target)
+        tls = root_certificates is not None or client_certificate is not None
+        if server_name is not None:
+            arguments.server_name(server_name)
+            if not tls:
+                raise ValueError("server_name is the name a TLS certificate carries: it needs TLS")
         if token is not None:
             arguments.metadata_value("token", token)
         if request_id is not None:
@@ -170,7 +178,9 @@ class GeneratorClient:
         ]
         if retry:
             options.append(("grpc.service_config", retry.service_config()))
-        if root_certificates is not None or client_certificate is not None:
+        if server_name is not None:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if tls:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=root_certificates,
                 private_key=client_key,

@@ -294,6 +294,21 @@ def test_metadata_grpc_cannot_send_is_refused_by_the_constructor(
         GeneratorClient(server.target, **fields)
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"server_name": "ganserve.serving.svc"}, "it needs TLS"),
+        ({"server_name": "x y", "root_certificates": b"pem"}, "is not a host name or address"),
+        ({"server_name": 5, "root_certificates": b"pem"}, "server_name must be a str"),
+    ],
+)
+def test_a_server_name_gRPC_cannot_use_is_refused_by_the_constructor(
+    server: ServerThread, fields: dict, message: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        GeneratorClient(server.target, **fields)
+
+
 def test_metadata_errors_do_not_echo_the_token(server: ServerThread) -> None:
     with pytest.raises(ValueError) as info:
         GeneratorClient(server.target, token="s3cret-\u00e9")

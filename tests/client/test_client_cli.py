@@ -446,6 +446,39 @@ def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
     )
 
 
+def test_server_name_checks_the_certificate_under_another_name(
+    start_server_module: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    """Through a port-forward the target is localhost, but the certificate names the Service."""
+    write_certificates(tmp_path)  # names ganserve.serving.svc only
+    tls = TlsConfig(cert_file=tmp_path / "tls.crt", key_file=tmp_path / "tls.key")
+    target = f"localhost:{start_server_module(tls=tls).server.port}"
+    ca = ["--tls-ca", str(tmp_path / "ca.crt")]
+    error = failed_cleanly(gan_client(target, *ca, "info"), 1)
+    assert error.startswith("Error: UNAVAILABLE: ")
+    ok = gan_client(target, *ca, "--server-name", "ganserve.serving.svc", "info")
+    assert '"name": "digits"' in succeeded(ok)
+    wrong = gan_client(target, *ca, "--server-name", "other.serving.svc", "info")
+    assert failed_cleanly(wrong, 1).startswith("Error: UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server-name", "ganserve.serving.svc"], "checks the server's TLS certificate"),
+        (["--tls-ca", "CA", "--server-name", "a b"], "is not a host name or address"),
+        (["--tls-ca", "CA", "--server-name", ""], "is not a host name or address"),
+    ],
+)
+def test_a_server_name_without_tls_or_malformed_is_refused(
+    tmp_path: pathlib.Path, args: list[str], message: str
+) -> None:
+    write_certificates(tmp_path)
+    args = [str(tmp_path / "ca.crt") if a == "CA" else a for a in args]
+    result = CliRunner().invoke(main, ["--target", "127.0.0.1:9", *args, "info"])
+    assert message in failed_cleanly(result, 2)
+
+
 def test_a_tls_call_to_a_plaintext_server_hints_at_plaintext(
     server: ServerThread, tmp_path: pathlib.Path
 ) -> None:

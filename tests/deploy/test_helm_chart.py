@@ -13,7 +13,8 @@ import json
 import os
 import pathlib
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dockerfile_lint
@@ -37,10 +38,11 @@ from chart_render import (
 )
 from click.testing import CliRunner
 
-from conftest import ROOT, write_certificates
+from conftest import ROOT, ServerThread, write_certificates
+from ganserve.client import cli as client_cli
 from ganserve.serve import cli
 from ganserve.serve.backends import Backend
-from ganserve.serve.config import FILE_KEYS
+from ganserve.serve.config import FILE_KEYS, TlsConfig
 from ganserve.serve.metrics import ServerMetrics
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas known.
@@ -228,6 +230,8 @@ def test_pod_labels_join_the_chart_labels(chart: helm.Chart) -> None:
 
 BAD_VALUES = {
     "negative-replicas": ({"replicaCount": -1}, "/replicaCount"),
+    "digest-not-sha256": ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
+    "tag-with-a-fraction": ({"image": {"tag": 1.5}}, "/image/tag"),
     "unknown-backend": ({"config": {"backend": "bogus"}}, "/config/backend"),
     "unknown-model-backend": ({"models": {"digits": {"backend": "bogus"}}}, "/models/digits"),
     "unknown-config-key": ({"config": {"max_batch": 8}}, "max_batch"),
@@ -430,6 +434,10 @@ REFUSED = {
         {"extraEnv": [{"name": "GANSERVE_SHUTDOWN_DELAY", "value": "600"}]},
         "set config.shutdown_delay instead",
     ),
+    "env-sets-the-token": (
+        {"extraEnv": [{"name": "GANSERVE_AUTH_TOKEN", "value": "0123456789abcdef-t"}]},
+        "set auth.existingSecret (or auth.token) instead",
+    ),
     # Kubernetes or Prometheus would reject the objects.
     "service-ports-collide": (
         {"service": {"port": 8000, "metricsPort": 8000}},
@@ -540,6 +548,29 @@ def test_values_that_cannot_work_fail_with_a_message(
     # `helm install` and `helm template` stop here; `helm lint` only logs a template's `fail`.
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_extra_env_refuses_exactly_the_servers_settings_and_names_a_real_value(
+    chart: helm.Chart,
+) -> None:
+    """Every `ganserve serve` variable is refused, with advice the schema then accepts (a
+    config key or a value the chart has); variables the server does not read pass."""
+    template = (CHART / "templates" / "_validate.tpl").read_text()
+    listed = set(re.search(r"\$configKeys := list (.*?) }}", template)[1].replace('"', "").split())
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    assert listed == set(schema["config"]["properties"])
+    server = {p.envvar for p in cli.serve.params if p.envvar} | {"GANSERVE_AUTH_TOKEN"}
+    for name in sorted(server - {"GANSERVE_LOG_LEVEL"}):
+        with pytest.raises(helm.HelmRenderError) as info:
+            render(chart, {"extraEnv": [{"name": name, "value": "1"}]})
+        instead = re.search(r"set (\S+)(?: \(or \S+\))? instead", str(info.value))[1]
+        top, _, key = instead.partition(".")
+        assert top in schema, (name, instead)
+        if top == "config" and key:
+            assert key in schema["config"]["properties"], (name, instead)
+    for name in ("GANSERVE_LOG_LEVEL", "GANSERVE_TARGET", "OTHER"):
+        objects, _ = render(chart, {"extraEnv": [{"name": name, "value": "1"}]})
+        assert {"name": name, "value": "1"} in container(objects)["env"]
 
 
 @pytest.mark.parametrize(
@@ -775,6 +806,68 @@ def test_notes_say_how_to_call_the_service(chart: helm.Chart) -> None:
     _, notes = render(chart, FULL)
     assert "--tls-ca ca.crt" in notes and "--token-file token" in notes
     assert f"dns:///{RELEASE}-ganserve-headless.{NAMESPACE}.svc:{GRPC_PORT}" in notes
+
+
+def test_the_notes_client_commands_work_against_mutual_tls_and_a_token(
+    chart: helm.Chart,
+    start_server: Callable[..., ServerThread],
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gan-client lines NOTES prints, run as printed (through a port-forward to localhost)
+    against a server with the chart's TLS name, client certificates and token."""
+    _, notes = render(chart, FULL)
+    write_certificates(tmp_path, name=f"{RELEASE}-ganserve.{NAMESPACE}.svc")
+    shutil.copy(tmp_path / "tls.crt", tmp_path / "client.crt")
+    shutil.copy(tmp_path / "tls.key", tmp_path / "client.key")
+    (tmp_path / "token").write_text(TOKEN)
+    tls = TlsConfig(
+        cert_file=tmp_path / "tls.crt",
+        key_file=tmp_path / "tls.key",
+        client_ca_file=tmp_path / "ca.crt",
+    )
+    port = start_server(tls=tls, auth_token=TOKEN).server.port
+    monkeypatch.chdir(tmp_path)
+    commands = [line.split()[1:] for line in notes.splitlines() if "  gan-client " in line]
+    assert len(commands) == 2
+    for argv in commands:
+        argv = [a.replace(f"localhost:{GRPC_PORT}", f"localhost:{port}") for a in argv]
+        result = CliRunner().invoke(client_cli.main, argv)
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "seven.png").is_file()
+
+
+def test_notes_name_the_port_a_headless_name_resolves_to(chart: helm.Chart) -> None:
+    """A headless name resolves to pod IPs: clients reach the container's port, whatever
+    service.port is."""
+    values = {"service": {"port": 443, "headless": {"enabled": True}}}
+    objects, notes = render(chart, values)
+    (port,) = objects[f"Service/{RELEASE}-ganserve-headless"]["spec"]["ports"]
+    assert port["port"] == GRPC_PORT and port["targetPort"] == "grpc"
+    assert f"dns:///{RELEASE}-ganserve-headless.{NAMESPACE}.svc:{GRPC_PORT}" in notes
+    assert f"call {RELEASE}-ganserve.{NAMESPACE}.svc:443" in notes
+
+
+def test_notes_read_a_secret_key_holding_dots(chart: helm.Chart) -> None:
+    values = {"auth": {"enabled": True, "existingSecret": "api", "secretKey": "api.token"}}
+    _, notes = render(chart, values)
+    assert "jsonpath='{.data.api\\.token}'" in notes
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ({"tag": 20240101}, "ganserve:20240101"),  # --set or a values file turns it into a number
+        ({"tag": "v1.2"}, "ganserve:v1.2"),
+        (
+            {"repository": "r.example/ganserve", "digest": "sha256:" + "a" * 64},
+            "r.example/ganserve@sha256:" + "a" * 64,
+        ),
+    ],
+)
+def test_images_by_numeric_tag_or_digest(chart: helm.Chart, image: dict, expected: str) -> None:
+    objects, _ = render(chart, {"image": image})
+    assert container(objects)["image"] == expected
 
 
 def test_readme_documents_every_top_level_value(chart: helm.Chart) -> None:

@@ -43,9 +43,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The image: the CPU target's tag, or the GPU target's (tag + gpu.tagSuffix). */}}
 {{- define "ganserve.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- /* A tag of digits arrives as a number (--set: int64; a values file: float64). */}}
+{{- if kindIs "float64" $tag }}{{ $tag = int64 $tag }}{{ end }}
+{{- $tag = toString $tag }}
 {{- if .Values.gpu.enabled }}{{ $tag = printf "%s%s" $tag .Values.gpu.tagSuffix }}{{ end }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
 {{- end }}
 
 {{/* Where the pieces are mounted in the container. */}}

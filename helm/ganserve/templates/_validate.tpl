@@ -38,15 +38,21 @@ would silently ignore, naming the values and what to change. deployment.yaml inc
 {{- fail "gpu.engineCache.existingClaim is set but gpu.enabled is false, so nothing would mount it: set gpu.enabled true, or remove gpu.engineCache.existingClaim" }}
 {{- end }}
 {{- end }}
-{{- /* GANSERVE_* variables beat the config file; the chart's values would be ignored. */}}
-{{- $chartOwned := dict "GANSERVE_CONFIG" "config" "GANSERVE_PORT" "ports.grpc" "GANSERVE_METRICS_PORT" "ports.metrics" "GANSERVE_MODEL_REPOSITORY" "modelRepository" "GANSERVE_ENGINE_CACHE_DIR" "gpu.engineCache" "GANSERVE_AUTH_TOKEN_FILE" "auth" }}
+{{- /* GANSERVE_* variables of `ganserve serve` beat the config file: the chart's values would be
+ignored. Others (GANSERVE_LOG_LEVEL, gan-client's GANSERVE_TARGET) pass. The config keys are
+the schema's config properties (a test keeps the two lists and the server's flags in step). */}}
+{{- $chartOwned := dict "GANSERVE_CONFIG" "config" "GANSERVE_PORT" "ports.grpc" "GANSERVE_METRICS_PORT" "ports.metrics" "GANSERVE_MODEL_REPOSITORY" "modelRepository" "GANSERVE_ENGINE_CACHE_DIR" "gpu.engineCache" "GANSERVE_AUTH_TOKEN_FILE" "auth" "GANSERVE_AUTH_TOKEN" "auth.existingSecret (or auth.token)" }}
+{{- $configKeys := list "access_log" "admin" "backend" "cache_bytes" "concurrent_accepts" "default_model" "drain_grace" "engine_timeout" "event_loop" "host" "instances" "intra_op_threads" "log_format" "max_batch_size" "max_items_per_call" "max_queue_delay_us" "max_queue_size" "max_request_bytes" "metrics_host" "parallel_batch_us" "preferred_batch_sizes" "shutdown_delay" "warmup" }}
 {{- range $env := $v.extraEnv }}
 {{- $name := $env.name | default "" }}
-{{- if and (hasPrefix "GANSERVE_" $name) (ne $name "GANSERVE_LOG_LEVEL") }}
-{{- $instead := printf "config.%s" (trimPrefix "GANSERVE_" $name | lower) }}
-{{- if or (hasPrefix "GANSERVE_TLS_" $name) (hasPrefix "GANSERVE_HEALTH_" $name) }}{{ $instead = "tls" }}{{ end }}
-{{- $instead = get $chartOwned $name | default $instead }}
-{{- fail (printf "extraEnv sets %s, which would override the chart's setting of it: set %s instead (of the GANSERVE_ variables only GANSERVE_LOG_LEVEL belongs in extraEnv)" $name $instead) }}
+{{- $key := trimPrefix "GANSERVE_" $name | lower }}
+{{- $instead := "" }}
+{{- if hasKey $chartOwned $name }}{{ $instead = get $chartOwned $name }}
+{{- else if or (hasPrefix "GANSERVE_TLS_" $name) (hasPrefix "GANSERVE_HEALTH_" $name) }}{{ $instead = "tls" }}
+{{- else if and (hasPrefix "GANSERVE_" $name) (has $key $configKeys) }}{{ $instead = printf "config.%s" $key }}
+{{- end }}
+{{- if $instead }}
+{{- fail (printf "extraEnv sets %s, which would override the chart's setting of it: set %s instead" $name $instead) }}
 {{- end }}
 {{- end }}
 
