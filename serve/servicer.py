@@ -200,6 +200,9 @@ class _Call:
         remaining = context.time_remaining()
         self.deadline = None if remaining is None else self.started + remaining
         self.request_id = request_id(context)
+        # Read now: a stream abandoned at its `yield` is closed after grpcio frees the call,
+        # and reading the peer then crashes the process (SIGSEGV in cygrpc).
+        self.peer = context.peer() if servicer._access_log else ""
         self.served: ServedVersion | None = None
         self.items = 1
         self.code = grpc.StatusCode.OK
@@ -323,7 +326,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                     "version": version,
                     "code": code,
                     "duration_ms": round(seconds * 1e3, 3),
-                    "peer": call.context.peer(),
+                    "peer": call.peer,
                     "items": call.items,
                 },
             )
