@@ -34,6 +34,7 @@ from click.core import ParameterSource
 from ganserve.serve import logs, loops
 from ganserve.serve.backends import Backend
 from ganserve.serve.config import (
+    MAX_DRAIN_S,
     BatchingConfig,
     EventLoop,
     LogFormat,
@@ -218,7 +219,7 @@ def _option(*decls: str, env: str, **kwargs: Any):
     "shutdown_delay_s",
     env="SHUTDOWN_DELAY",
     default=S.shutdown_delay_s,
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, MAX_DRAIN_S),
     help="On SIGTERM, seconds to keep serving after health turns NOT_SERVING.",
 )
 @_option(
@@ -226,7 +227,7 @@ def _option(*decls: str, env: str, **kwargs: Any):
     "drain_grace_s",
     env="DRAIN_GRACE",
     default=S.drain_grace_s,
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, MAX_DRAIN_S),
     help="Then, seconds for accepted work to finish.",
 )
 @_option(

@@ -234,10 +234,13 @@ class ServerConfig:
         _check_range("max_items_per_call", self.max_items_per_call, 1, 65536)
         _check_range("max_request_bytes", self.max_request_bytes, 1024, 2**30)
         _check_range("concurrent_accepts", self.concurrent_accepts, 0, 1024)
-        if self.shutdown_delay_s < 0:
-            raise ValueError(f"shutdown_delay_s must be >= 0, got {self.shutdown_delay_s}")
-        if self.drain_grace_s < 0:
-            raise ValueError(f"drain_grace_s must be >= 0, got {self.drain_grace_s}")
+        # Bounded, like the chart's schema: a delay of 1e300 s is finite but SIGTERM would
+        # never end it.
+        for name in ("shutdown_delay_s", "drain_grace_s"):
+            if not 0 <= getattr(self, name) <= MAX_DRAIN_S:
+                raise ValueError(
+                    f"{name} must be in 0..{MAX_DRAIN_S} seconds, got {getattr(self, name)}"
+                )
         if self.auth_token is not None:
             check_token(self.auth_token)
         if self.auth_token_file is not None and self.auth_token is None:
@@ -258,6 +261,7 @@ class ServerConfig:
 
 
 MAX_TOKEN_FILE_BYTES = 4096
+MAX_DRAIN_S = 3600
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
