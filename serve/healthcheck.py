@@ -13,6 +13,7 @@ missing certificate file, a GANSERVE_PORT that is not a port), with one line nam
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 
 import grpc
@@ -37,6 +38,26 @@ def _pem(variable: str) -> bytes | None:
         raise ProbeError(f"{variable}={path}: {exc.strerror}") from None
 
 
+def _check_pem(ca: bool, pair: bool) -> None:
+    """gRPC only says it cannot create a handshaker, and that reads as an unhealthy server:
+    name the file that is not PEM instead."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    variable = "GANSERVE_HEALTH_CA"
+    try:
+        if ca:
+            context.load_verify_locations(cafile=os.environ[variable])
+        if pair:
+            variable = "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY"
+            context.load_cert_chain(
+                os.environ["GANSERVE_HEALTH_CERT"], os.environ.get("GANSERVE_HEALTH_KEY")
+            )
+    except (ssl.SSLError, OSError) as exc:
+        what = "a PEM CA bundle" if "CA" in variable else "a PEM certificate and its key"
+        raise ProbeError(
+            f"{variable}: not {what} ({getattr(exc, 'reason', None) or exc})"
+        ) from None
+
+
 def check() -> bool:
     """True when the server on this host reports SERVING."""
     port = os.environ.get("GANSERVE_PORT", "50051")
@@ -47,9 +68,9 @@ def check() -> bool:
     if ca is None:
         channel = grpc.insecure_channel(target)
     else:
-        credentials = grpc.ssl_channel_credentials(
-            ca, _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")
-        )
+        key, cert = _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")
+        _check_pem(ca is not None, cert is not None)
+        credentials = grpc.ssl_channel_credentials(ca, key, cert)
         name = os.environ.get("GANSERVE_HEALTH_SERVER_NAME", "localhost")
         channel = grpc.secure_channel(
             target, credentials, [("grpc.ssl_target_name_override", name)]

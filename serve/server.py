@@ -156,11 +156,11 @@ class GanServer:
             await self._shutdown_transport(0)
             raise
         LOGGER.info(
-            "serving %s on port %d%s (metrics on %s, %s event loop)",
+            "serving %s on port %d%s (%s, %s event loop)",
             ", ".join(self.models.names()),
             self.port,
             " with TLS" if credentials else "",
-            self.metrics_port or "off",
+            f"metrics on {self.metrics_port}" if self.metrics_port else "metrics off",
             loops.loop_name(asyncio.get_running_loop()),
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tomllib
 import dockerfile_lint as lint
 import pytest
 
-from conftest import ROOT, ServerThread
+from conftest import ROOT, ServerThread, write_certificates
 from ganserve.serve.config import ServerConfig
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -242,11 +243,23 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     [
         ("50051", {"GANSERVE_HEALTH_CA": "/nonexistent/ca.crt"}, "GANSERVE_HEALTH_CA=/nonexistent"),
         ("http", {}, "GANSERVE_PORT='http' is not a port"),
+        ("50051", {"GANSERVE_HEALTH_CA": "/etc/hostname"}, "GANSERVE_HEALTH_CA: not a PEM CA"),
+        (
+            "50051",
+            {
+                "GANSERVE_HEALTH_CA": "{ca}",
+                "GANSERVE_HEALTH_CERT": "/etc/hostname",
+                "GANSERVE_HEALTH_KEY": "/etc/hostname",
+            },
+            "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY: not a PEM certificate and its key",
+        ),
     ],
 )
 def test_a_misconfigured_healthcheck_says_which_setting(
-    port: str, variables: dict[str, str], message: str
+    port: str, variables: dict[str, str], message: str, tmp_path: pathlib.Path
 ) -> None:
+    write_certificates(tmp_path)
+    variables = {k: v.format(ca=tmp_path / "ca.crt") for k, v in variables.items()}
     result = run_healthcheck(lint.healthcheck_argv(stage("cpu")), port, **variables)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr
