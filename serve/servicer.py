@@ -472,10 +472,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             call.items = frames = request.frames
             served = self._enter(call, request.model, request.model_version)
             m = served.metadata
-            if not 2 <= frames <= self._max_items:
-                raise InvalidArgumentError(
-                    f"frames {frames} is out of range: use 2..{self._max_items}"
-                )
+            # The cap GetModelInfo reports as max_items_per_call, as for GenerateBatch.
+            cap = self._items_cap(m)
+            if not 2 <= frames <= cap:
+                raise InvalidArgumentError(f"frames {frames} is out of range: use 2..{cap}")
             label = validate_label(
                 m, request.HasField("class_label"), request.class_label, "class_label"
             )

@@ -266,3 +266,9 @@ def test_a_batch_whose_response_would_not_fit_is_refused_up_front(
         info.value.details()
     )
     assert "send 1..48 per call" in info.value.details()
+    # Interpolate's frames are capped by the same figure GetModelInfo reports (proto contract).
+    with GeneratorClient(server.target) as c:
+        assert len(list(c.interpolate(1, 2, 48, 1))) == 48
+        with pytest.raises(grpc.RpcError) as info:
+            list(c.interpolate(1, 2, 49, 1))
+    assert "frames 49 is out of range: use 2..48" in info.value.details()
