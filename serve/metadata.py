@@ -74,6 +74,10 @@ def _check_types(data: dict[str, Any]) -> None:
         or not all(type(b) in (int, float) and math.isfinite(b) for b in bounds)
     ):
         raise wrong("value_range", "a list of two finite numbers")
+    if [float(b) for b in bounds] != [-1.0, 1.0]:
+        # The server maps [-1, 1] to 0..255 (serve/imaging.py); another range would come out
+        # wrong with no error.
+        raise wrong("value_range", "[-1, 1], the only output range the server converts")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -74,6 +74,7 @@ def test_folders_that_only_look_like_versions_are_ignored_with_a_warning(
         ({"class_names": [1, 2]}, "field class_names must be a list of strings"),
         ({"value_range": 5}, "field value_range must be a list of two finite numbers"),
         ({"value_range": [0, "1"]}, "field value_range must be a list of two finite numbers"),
+        ({"value_range": [0, 1]}, r"field value_range must be \[-1, 1\], the only output range"),
         ({"latent_dim": 64.5}, "field latent_dim must be an integer in 0..1048576, got a number"),
         ({"latent_dim": "64"}, "field latent_dim must be an integer .*, got a string '64'"),
         ({"latent_dim": 10**10}, "field latent_dim must be an integer in 0..1048576"),
