@@ -152,6 +152,11 @@ class ServerMetrics:
         self.health = prom.Gauge(
             "ganserve_serving", "1 while the server reports SERVING, else 0.", registry=r
         )
+        # The process's memory, CPU and file descriptors, and the interpreter's collector, as
+        # the default registry exports them.
+        prom.ProcessCollector(registry=r)
+        prom.GCCollector(registry=r)
+        prom.PlatformCollector(registry=r)
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop a retired version's gauges, which would otherwise report its last queue depth,

@@ -110,6 +110,11 @@ class ModelManager:
         """Served versions of ``name``, oldest first."""
         return sorted(self._routes.get(name, {}).values(), key=lambda v: int(v.metadata.version))
 
+    def served_name(self, name: str) -> str | None:
+        """The model ``name`` (or the default, for "") routes to, if one by that name serves."""
+        name = name or self._default or ""
+        return name if name in self._routes else None
+
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         """The version serving (name or default, version or newest); NOT_FOUND names options."""
         versions = self._routes.get(name or self._default or "")

@@ -21,7 +21,12 @@ from ganserve.serve import imaging
 from ganserve.serve import inputs as model_inputs
 from ganserve.serve.batcher import Work, missed_deadline
 from ganserve.serve.cache import ResponseCache
-from ganserve.serve.errors import InvalidArgumentError, UnavailableError, to_status
+from ganserve.serve.errors import (
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnavailableError,
+    to_status,
+)
 from ganserve.serve.logs import ACCESS_LOGGER, REQUEST_ID, request_id
 from ganserve.serve.metadata import ModelMetadata
 from ganserve.serve.metrics import ServerMetrics
@@ -191,6 +196,9 @@ class _Series:
         return self._m.cache_misses.labels(*self._key[1:])
 
 
+UNSERVED_VERSION = "_unserved"
+
+
 class _Call:
     """One RPC: request id, deadline, status mapping, metrics and the access log line."""
 
@@ -204,6 +212,7 @@ class _Call:
         # and reading the peer then crashes the process (SIGSEGV in cygrpc).
         self.peer = context.peer() if servicer._access_log else ""
         self.served: ServedVersion | None = None
+        self.unserved = ("_unknown", "")  # the labels of a call that reached no version
         self.items = 1
         self.code = grpc.StatusCode.OK
 
@@ -285,7 +294,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         """Route the call (inside its `async with`, so errors become statuses)."""
         if not self.ready:
             raise UnavailableError("server is starting: models are still loading")
-        served = self._models.resolve(name, version)
+        try:
+            served = self._models.resolve(name, version)
+        except ModelNotFoundError:
+            # A served model with a version it does not serve: counted under the model, with
+            # a fixed version label (the client's would make the label set unbounded).
+            model = self._models.served_name(name)
+            if model is not None:
+                call.unserved = (model, UNSERVED_VERSION)
+            raise
         call.served = served
         self._series(call.method, *served.key).in_flight.inc()
         return served
@@ -305,7 +322,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
 
     def _finish(self, call: _Call, in_flight: bool) -> None:
         seconds = time.monotonic() - call.started
-        model, version = call.served.key if call.served else ("_unknown", "")
+        model, version = call.served.key if call.served else call.unserved
         series = self._series(call.method, model, version)
         if in_flight:
             series.in_flight.dec()

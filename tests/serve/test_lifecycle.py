@@ -398,8 +398,9 @@ def test_a_changed_fp16_model_is_reloaded(start_server, tmp_path: pathlib.Path) 
 
 
 def test_every_answer_is_counted_under_the_model_it_named(start_server) -> None:
-    """Unparsable bytes (refused before any handler) and bad counts for a served model were
-    missing from ganserve_requests_total, or counted under model="_unknown"."""
+    """Unparsable bytes (refused before any handler), bad counts and unserved versions of a
+    served model were missing from ganserve_requests_total, or counted under
+    model="_unknown"."""
     server = start_server()
     with grpc.insecure_channel(server.target) as channel:
         raw = channel.unary_unary("/ganserve.v1.Generator/Generate")
@@ -408,11 +409,20 @@ def test_every_answer_is_counted_under_the_model_it_named(start_server) -> None:
         stub = generator_pb2_grpc.GeneratorStub(channel)
         with pytest.raises(grpc.RpcError):
             stub.GenerateBatch(pb.GenerateBatchRequest(model="digits", items=[]), timeout=30)
+        for version in ("9", "abc", "7"):  # a version the model does not serve
+            with pytest.raises(grpc.RpcError):
+                stub.Generate(pb.GenerateRequest(model_version=version, seed=1), timeout=30)
+        with pytest.raises(grpc.RpcError):
+            stub.Generate(pb.GenerateRequest(model="nope", seed=1), timeout=30)
     code = "INVALID_ARGUMENT"
     counted = {"method": "Generate", "model": "_unknown", "code": code}
     assert sample(server, "ganserve_requests_total", **counted) == 1
     batch = {"method": "GenerateBatch", "model": "digits", "version": "2", "code": code}
     assert sample(server, "ganserve_requests_total", **batch) == 1
+    unserved = {"method": "Generate", "model": "digits", "version": "_unserved"}
+    assert sample(server, "ganserve_requests_total", **unserved, code="NOT_FOUND") == 3
+    unknown = {"method": "Generate", "model": "_unknown", "version": ""}
+    assert sample(server, "ganserve_requests_total", **unknown, code="NOT_FOUND") == 1
 
 
 def test_a_retired_versions_gauges_are_dropped(start_server, tmp_path: pathlib.Path) -> None:

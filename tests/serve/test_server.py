@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import re
 import threading
 import time
 
@@ -14,8 +15,9 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerThread, control_engine, generator_stub, scrape
+from conftest import ROOT, ServerThread, control_engine, generator_stub, scrape
 from ganserve.v1 import generator_pb2 as pb
 
 PNG = pb.IMAGE_ENCODING_PNG
@@ -204,6 +206,24 @@ def test_metrics_endpoint_counts_requests_and_batches(bundled_server: ServerThre
         "inference_duration_seconds",
     ):
         assert f"ganserve_{histogram}_bucket" in text
+
+
+def test_metrics_md_documents_exactly_what_the_server_exports(
+    bundled_server: ServerThread,
+) -> None:
+    """Every family a real scrape holds is in docs/metrics.md, and every name documented there
+    is exported (the GPU gauges only with NVML and a GPU)."""
+    text = scrape(bundled_server)["_text"]
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+        if not family.name.endswith("_created")  # prometheus_client's creation timestamps
+    }
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`((?:ganserve|process|python)_[a-z_]+)", doc))
+    assert sorted(exported - documented) == []
+    assert sorted(n for n in documented - exported if "_gpu_" not in n) == []
+    assert "process_resident_memory_bytes" in exported  # the process collector is registered
 
 
 def test_drain_flips_health_finishes_accepted_work_and_refuses_new(start_server) -> None:
