@@ -15,12 +15,16 @@ from ganserve.v1 import generator_pb2
 
 
 def check_target(target: str) -> None:
-    """Raise ValueError for a target gRPC cannot dial: empty, not UTF-8, or a host:port whose
-    port is out of range (gRPC would wrap 99999 around to another port, 99999 - 65536, instead
-    of failing). Other target forms pass unchecked."""
+    """Raise ValueError for a target gRPC cannot dial: empty, not UTF-8, a host without a
+    port (gRPC would dial 443), or a host:port whose port is out of range (gRPC would wrap
+    99999 around to another port, 99999 - 65536, instead of failing). Other target forms
+    pass unchecked."""
     if not target.strip():
         raise ValueError("the target is empty; give host:port")
     text("target", target)
+    if re.fullmatch(r"\[[^\]]*\]|[^:/\[\]]+", target):
+        # gRPC would dial port 443 in silence.
+        raise ValueError(f"the target {target!r} has no port; give host:port")
     match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
     if match and not (len(match[2]) <= 5 and 1 <= int(match[2]) <= 65535):
         raise ValueError(

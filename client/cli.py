@@ -272,7 +272,10 @@ _truncation = click.option(
     help="Style mixing (StyleGAN-style models): a second seed for the later style layers.",
 )
 @click.option(
-    "--mix-layer", type=click.IntRange(0), default=0, help="First style layer from --mix-seed."
+    "--mix-layer",
+    type=click.IntRange(0, 2**31 - 1),
+    default=0,
+    help="First style layer from --mix-seed.",
 )
 @click.option("--raw", is_flag=True, help="Ask for raw uint8 pixels instead of PNG on the wire.")
 @click.option(

@@ -11,6 +11,7 @@ import contextvars
 import json
 import logging
 import random
+import re
 import time
 from typing import Any
 
@@ -19,12 +20,21 @@ from ganserve.serve.config import LogFormat
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
+MAX_REQUEST_ID = 128
+# What ids look like (UUIDs, hex, base64, trace ids): anything else, spaces and brackets
+# included, could forge a text log line, so it is replaced.
+_NOT_ID = re.compile(r"[^A-Za-z0-9._:/+=@-]")
+
+
 def request_id(context: Any) -> str:
-    """The caller's ``x-request-id`` (the first, if several), or a fresh random one."""
+    """The caller's ``x-request-id`` (the first, if several; at most 128 characters, others
+    than ``A-Za-z0-9._:/+=@-`` made ``_``), or a fresh random one."""
     metadata = context.invocation_metadata() or ()
-    return next((v for k, v in metadata if k == "x-request-id" and v), None) or (
-        f"{random.getrandbits(64):016x}"
-    )
+    sent = next((v for k, v in metadata if k == "x-request-id" and v), None)
+    if sent is None:
+        return f"{random.getrandbits(64):016x}"
+    sent = sent[:MAX_REQUEST_ID]
+    return _NOT_ID.sub("_", sent) if _NOT_ID.search(sent) else sent
 
 
 def request_id_metadata(context: Any) -> tuple[tuple[str, str], ...]:

@@ -341,11 +341,15 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
         (["--target", "[::1]:70000"], "port 70000 is not in 1..65535"),
         (["--target", "127.0.0.1:" + "9" * 5000], "port 999999999999... is not in 1..65535"),
         (["--target", " "], "the target is empty; give host:port"),
+        (["--target", "127.0.0.1"], "the target '127.0.0.1' has no port; give host:port"),
+        (["--target", "[::1]"], "has no port"),
+        (["--target", "ganserve.serving.svc"], "has no port"),
         (["--target", "\udcff:50051"], "target must be valid UTF-8 text"),
     ],
 )
 def test_connection_options_gRPC_would_misread_are_refused(args: list[str], message: str) -> None:
-    """gRPC wraps port 99999 around to another port and fails an infinite deadline at once."""
+    """gRPC wraps port 99999 around to another port, dials 443 for a target without a port,
+    and fails an infinite deadline at once."""
     result = CliRunner().invoke(main, [*args, "info"])
     error = failed_cleanly(result, 2)
     assert message in error

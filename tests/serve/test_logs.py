@@ -41,6 +41,24 @@ def test_access_log_writes_one_json_line_per_request_with_the_request_id(start_s
     assert record["duration_ms"] > 0 and record["peer"].startswith("ipv4:127.0.0.1")
 
 
+def test_a_request_id_is_bounded_and_cannot_forge_a_log_line(bundled_server) -> None:
+    """A client's id is written on every log line about its call: a 5,000-character id, or
+    one with spaces and brackets ('a] Generate digits v2 OK 0.1ms [b'), once went in whole."""
+    cases = {
+        "a] Generate digits v2 OK 0.1ms [b": "a__Generate_digits_v2_OK_0.1ms__b",
+        "x" * 5000: "x" * 128,
+        "0af7651916cd43dd8448eb211c80319c": "0af7651916cd43dd8448eb211c80319c",
+    }
+    with generator_stub(bundled_server.target) as stub:
+        for sent, kept in cases.items():
+            _, call = stub.Generate.with_call(
+                pb.GenerateRequest(seed=1, class_label=1),
+                timeout=30,
+                metadata=[("x-request-id", sent)],
+            )
+            assert dict(call.trailing_metadata())["x-request-id"] == kept
+
+
 def test_access_log_is_off_by_default(bundled_server, caplog) -> None:
     with (
         caplog.at_level(logging.INFO, logger="ganserve.access"),
