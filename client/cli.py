@@ -22,6 +22,7 @@ import os
 import pathlib
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -312,12 +313,35 @@ def generate(
         style_mix_seed=mix_seed,
         style_mix_layer=mix_layer,
     )
-    result.save(output)
+    _save(output, result.save)
     r = result.response
     click.echo(
         f"{output}: {r.width}x{r.height}x{r.channels} from {r.model} v{r.model_version} "
         f"(seed {r.seed}, class {r.class_label})"
     )
+
+
+def _save(output: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
+    """Write through a temporary file beside ``output``, renamed over it once whole: a save
+    that fails (a disk full, a format's size limit such as WebP's 16383 pixels) leaves a file
+    already there as it was."""
+    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix)
+    os.close(fd)
+    temp = pathlib.Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(temp)
+        temp.chmod(0o666 & ~umask)  # as a plain open() would have made it
+        temp.replace(output)
+    except (OSError, ValueError) as exc:  # Pillow's encoders raise both
+        temp.unlink(missing_ok=True)
+        raise click.ClickException(
+            f"cannot save {output}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _grid(images: list[GeneratedImage], columns: int) -> Image.Image:
@@ -364,7 +388,7 @@ def batch(
         model_version=model_version,
         truncation=truncation,
     )
-    _grid(images, min(columns, len(images))).save(output)
+    _save(output, _grid(images, min(columns, len(images))).save)
     click.echo(
         f"{output}: {len(images)} images from {images[0].response.model} "
         f"v{images[0].response.model_version}"
@@ -414,9 +438,14 @@ def interpolate(
     )
     if output.suffix.lower() == ".gif":
         pictures = [f.to_pil() for f in walk]
-        pictures[0].save(output, save_all=True, append_images=pictures[1:], duration=80, loop=0)
+        _save(
+            output,
+            lambda path: pictures[0].save(
+                path, save_all=True, append_images=pictures[1:], duration=80, loop=0
+            ),
+        )
     else:
-        _grid(walk, len(walk)).save(output)
+        _save(output, _grid(walk, len(walk)).save)
     click.echo(f"{output}: {len(walk)} frames from seed {seed_start} to {seed_end}")
 
 

@@ -450,6 +450,28 @@ def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
     )
 
 
+def test_a_save_that_fails_leaves_the_file_already_there(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """A 1024-image row is over WebP's 16383 pixels: Pillow fails after the call, and the file
+    it had opened was left empty."""
+    keep = tmp_path / "keep.webp"
+    succeeded(gan_client(server.target, "generate", "--seed", "1", "--class", "1", "-o", str(keep)))
+    before = keep.read_bytes()
+    row = ["batch", "--seeds", "0-1023", "--class", "1", "--columns", "1024", "-o", str(keep)]
+    error = failed_cleanly(gan_client(server.target, *row), 1)
+    assert error.startswith(f"Error: cannot save {keep}: ") and "16383" in error
+    assert keep.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.webp"]  # no temporary left
+    assert oct(keep.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_server_name_checks_the_certificate_under_another_name(
     start_server_module: Callable[..., ServerThread], tmp_path: pathlib.Path
 ) -> None:
