@@ -100,6 +100,10 @@ def validate_style_mix(
 ) -> tuple[int | None, int]:
     """(style_mix_seed or None, style_mix_layer), checked against the model's style layers."""
     if not has_seed:
+        if layer:  # 0 is the field's default: nothing was asked for
+            raise InvalidArgumentError(
+                f"style_mix_layer {layer} needs style_mix_seed: set both to mix styles, or neither"
+            )
         return None, 0
     layers = metadata.style_layers
     if not layers:

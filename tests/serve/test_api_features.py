@@ -175,6 +175,15 @@ def test_style_mixing_on_a_model_without_style_layers_is_invalid(client: Generat
     )
 
 
+@pytest.mark.parametrize("layer", [-5, 1, 99])
+def test_a_style_mix_layer_without_a_seed_is_invalid(client: GeneratorClient, layer: int) -> None:
+    """It was ignored in silence; the caller meant to mix and got a plain image."""
+    with pytest.raises(grpc.RpcError) as info:
+        client.generate(seed=1, class_label=1, style_mix_layer=layer)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"style_mix_layer {layer} needs style_mix_seed" in info.value.details()
+
+
 def test_repeated_requests_hit_the_cache(server: ServerThread, client: GeneratorClient) -> None:
     def counts() -> tuple[float, float]:
         m = scrape(server)
