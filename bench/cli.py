@@ -270,6 +270,11 @@ async def _run(
                     f"{info.num_classes or 'no'} classes: every call would fail "
                     f"(leave it out to use the model's)"
                 )
+            if rpc == "batch" and items > info.max_items_per_call:
+                raise ValueError(
+                    f"--items {items} is over model {info.name!r}'s max_items_per_call "
+                    f"({info.max_items_per_call}): every call would fail"
+                )
             call = (
                 targets.ganserve_batch(
                     ch, encoding=encoding, num_classes=classes, items=items, model=model

@@ -161,6 +161,7 @@ def test_reliability_and_compare_settings_are_refused_first(
     [
         (["--num-classes", "0"], "--num-classes 0 does not fit model 'digits', which has 10"),
         (["--num-classes", "11"], "--num-classes 11 does not fit model 'digits'"),
+        (["--rpc", "batch", "--items", "4096"], "--items 4096 is over model 'digits'"),
         (["--metrics-url", "http://127.0.0.1:1/metrics"], "cannot scrape metrics from http"),
     ],
 )
