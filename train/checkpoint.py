@@ -31,8 +31,13 @@ def save(payload: dict[str, Any], path: pathlib.Path) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk surfaces from torch as RuntimeError
+        tmp.unlink(missing_ok=True)  # a truncated file, as large as the disk allowed
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CheckpointError(f"cannot write {path}: {reason}") from None
 
 
 def load(path: pathlib.Path) -> dict[str, Any]:

@@ -150,7 +150,7 @@ _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10
 @click.option("--keep-last", type=click.IntRange(1), default=3)
 @click.option(
     "--eval-per-class",
-    type=click.IntRange(0),
+    type=click.IntRange(0, 2000),
     default=100,
     help="Generated samples per class for evaluation (0 = skip).",
 )

@@ -81,7 +81,7 @@ def _write_json(path: pathlib.Path, payload: dict) -> None:
 )
 @click.option("--data", default="digits", help="The data the model was trained on.")
 @click.option(
-    "--per-class", type=click.IntRange(10, 10_000), default=100, help="Generated samples per class."
+    "--per-class", type=click.IntRange(10, 2000), default=100, help="Generated samples per class."
 )
 @click.option(
     "--cache-dir",

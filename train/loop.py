@@ -34,7 +34,7 @@ from ganserve.train.losses import (
     r1_penalty,
 )
 from ganserve.train.metrics import DigitClassifier, evaluate
-from ganserve.train.monitor import RunMonitor
+from ganserve.train.monitor import RunMonitor, run_checkpoints
 from ganserve.train.networks import (
     Architecture,
     GeneratorConfig,
@@ -147,6 +147,21 @@ class TrainingStopped(ValueError):
 MAX_PARAMETERS = 4_000_000_000
 
 
+def _step_of(path: pathlib.Path) -> int:
+    return int(path.stem.removeprefix("ckpt_"))
+
+
+def _check_resume_data(ckpt: dict[str, Any], data: ImageDataset) -> None:
+    saved = ckpt.get("dataset") or {}
+    fingerprint = saved.get("fingerprint")
+    if fingerprint is not None and fingerprint != data.fingerprint():
+        raise ValueError(
+            f"--resume: the checkpoint was trained on {saved.get('name', '?')} "
+            f"({fingerprint[:8]}), this run's data is {data.name} ({data.fingerprint()[:8]}); "
+            "resume on the same data, or start a new run"
+        )
+
+
 def check_outputs(
     out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
 ) -> None:
@@ -169,7 +184,15 @@ def check_outputs(
         raise ValueError(f"cannot create the run folder {run_dir}: a file is in the way") from None
     except OSError as exc:
         raise ValueError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-    previous = sorted(run_dir.glob("ckpt_*.pt"))
+    if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
+    try:
+        probe = run_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write in the run folder {run_dir}: {exc.strerror}") from None
+    previous = run_checkpoints(run_dir)
     if resume is None and (previous or (run_dir / "log.jsonl").exists()):
         go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
         raise ValueError(
@@ -276,6 +299,16 @@ def train(
     if resume is not None:
         ckpt = checkpoint.load(resume)
         _check_resume(ckpt, gen_config, cfg)
+        _check_resume_data(ckpt, data)
+        if lead and run_dir is not None:
+            later = [p.name for p in run_checkpoints(run_dir) if _step_of(p) > ckpt["step"]]
+            if later:
+                # The rotation would delete this run's own checkpoints as the oldest.
+                raise ValueError(
+                    f"--resume: the run folder {run_dir} holds checkpoints past step "
+                    f"{ckpt['step']} ({later[0]} .. {later[-1]}), from the line of training "
+                    "this resume leaves; pick another --run-dir, or move them away"
+                )
         G.load_state_dict(ckpt["generator"])
         G_ema.load_state_dict(ckpt["generator_ema"])
         D.load_state_dict(ckpt["discriminator"])
@@ -283,6 +316,11 @@ def train(
         opt_d.load_state_dict(ckpt["optimizer_d"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         batch_gen.set_state(ckpt["rng"]["batch"])
+        if world > 1:
+            # Only rank 0's batch stream was saved: every rank would draw the same batches.
+            # Each goes on from it with a stream of its own (exact resume is one process's).
+            drawn = int(torch.randint(2**62, (1,), generator=batch_gen))
+            batch_gen.manual_seed(drawn + rank)
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])

@@ -75,7 +75,7 @@ class RunMonitor:
         """Write ckpt_<step>.pt, keep the last K, and copy to best.pt when the metric improves."""
         path = self.run_dir / f"ckpt_{step:06d}.pt"
         checkpoint.save(payload, path)
-        for old in sorted(self.run_dir.glob("ckpt_*.pt"))[: -self.keep_last]:
+        for old in run_checkpoints(self.run_dir)[: -self.keep_last]:
             old.unlink()
         value = payload.get("metrics", {}).get(self.metric)
         if value is not None and value > self.best:
@@ -85,6 +85,13 @@ class RunMonitor:
 
     def close(self) -> None:
         self._log.close()
+
+
+def run_checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The run folder's ckpt_<step>.pt files, oldest step first (by number: ckpt_1000000.pt
+    sorts before ckpt_999999.pt as text)."""
+    found = [(p.stem.removeprefix("ckpt_"), p) for p in run_dir.glob("ckpt_*.pt")]
+    return [p for step, p in sorted((int(s), p) for s, p in found if s.isdigit())]
 
 
 def tile_grid(images: np.ndarray, columns: int) -> Image.Image:

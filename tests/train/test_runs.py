@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import signal
@@ -18,6 +19,7 @@ from ganserve.train import checkpoint, loop
 from ganserve.train.data import ImageDataset, load_digits_split
 from ganserve.train.loop import TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
+from ganserve.train.monitor import run_checkpoints
 from ganserve.train.networks import GeneratorConfig
 
 GEN = GeneratorConfig(width=8, latent_dim=16, embed_dim=8)
@@ -143,6 +145,57 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: pathlib.Path
     run(tmp_path, 15, resume=tmp_path / "run" / "ckpt_000010.pt")  # continuing it is fine
 
 
+def test_resuming_from_an_older_checkpoint_of_the_run_is_refused(tmp_path: pathlib.Path) -> None:
+    """The rotation once deleted the checkpoint it had just written (the oldest step in the
+    folder) and the resume's own source, keeping the abandoned line's later ones."""
+    run(tmp_path, 20)  # keeps ckpt_000015 and ckpt_000020
+    with pytest.raises(
+        ValueError, match=r"holds checkpoints past step 15 \(ckpt_000020.pt .. ckpt_000020.pt\)"
+    ):
+        run(tmp_path, 30, resume=tmp_path / "run" / "ckpt_000015.pt")
+    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt_*")) == [
+        "ckpt_000015.pt",
+        "ckpt_000020.pt",
+    ]
+    run(tmp_path, 25, name="branch", resume=tmp_path / "run" / "ckpt_000015.pt")  # elsewhere
+    assert (tmp_path / "branch" / "ckpt_000025.pt").is_file()
+
+
+def test_checkpoints_rotate_by_step_number_not_name(tmp_path: pathlib.Path) -> None:
+    """ckpt_1000000.pt sorts before ckpt_999999.pt as text: the newest were deleted."""
+    for step in (999_998, 999_999, 1_000_000, 1_000_001):
+        (tmp_path / f"ckpt_{step:06d}.pt").touch()
+    (tmp_path / "ckpt_other.pt").touch()
+    assert [p.name for p in run_checkpoints(tmp_path)] == [
+        "ckpt_999998.pt",
+        "ckpt_999999.pt",
+        "ckpt_1000000.pt",
+        "ckpt_1000001.pt",
+    ]
+
+
+def test_resume_refuses_other_data(tmp_path: pathlib.Path) -> None:
+    run(tmp_path, 5, name="a")
+    data, heldout = load_digits_split(32)
+    other = dataclasses.replace(data, images=data.images.flip(-1))
+    config = TrainConfig(steps=10, batch_size=16, keep_last=2, eval_per_class=0)
+    with pytest.raises(ValueError, match=r"--resume: the checkpoint was trained on .*resume on"):
+        train(GEN, config, other, heldout, tmp_path / "b.pt", resume=tmp_path / "a.pt")
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_partial_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(obj: object, f: object) -> None:
+        pathlib.Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(checkpoint.CheckpointError, match=r"cannot write .*x.pt: \[enforce"):
+        checkpoint.save({}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_training(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -155,6 +208,9 @@ def test_outputs_that_cannot_be_written_are_refused_before_training(
         train(GEN, config, data, heldout, tmp_path / "afile" / "x.pt")
     with pytest.raises(ValueError, match=r"cannot create the run folder .*afile: a file is in"):
         train(GEN, config, data, heldout, tmp_path / "x.pt", run_dir=tmp_path / "afile")
+    for run_dir in (tmp_path / "y.pt", tmp_path / "y.pt" / "inner"):  # --out would be a folder
+        with pytest.raises(ValueError, match=r"the run folder .* cannot be --out .*y.pt or inside"):
+            train(GEN, config, data, heldout, tmp_path / "y.pt", run_dir=run_dir)
 
 
 def test_only_the_built_in_digits_are_judged_by_the_digits_classifier() -> None:
