@@ -133,7 +133,9 @@ def to_fp16(src: pathlib.Path, dst: pathlib.Path) -> None:
     model = onnx.load(str(src))
     _float_constants_as_tensors(model.graph)
     try:
-        model = float16.convert_float_to_float16(model, keep_io_types=True)
+        with warnings.catch_warnings():  # "the float32 number -4.14e-08 will be truncated"
+            warnings.simplefilter("ignore", UserWarning)
+            model = float16.convert_float_to_float16(model, keep_io_types=True)
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -124,6 +124,12 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
     staged = publish.stage(config.repository, config.name, version, force=config.force)
     try:
         notes = _build(staged.folder, generator, metadata, config, trt_reason)
+    except OSError as exc:  # a full disk, say
+        publish.discard(staged)
+        raise ExportError(
+            f"cannot write the export under {config.repository}, nothing written: "
+            f"{exc.strerror or exc}"
+        ) from exc
     except BaseException:  # a refusal, a crash or Ctrl-C: nothing is left behind
         publish.discard(staged)
         raise

@@ -219,6 +219,25 @@ def test_failed_export_removes_the_folders_it_made(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_one_export_error_and_leaves_nothing(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(generator, path, **kwargs):
+        path.write_bytes(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", full)
+    repo = tmp_path / "repo"
+    with pytest.raises(ExportError, match="nothing written: No space left on device"):
+        export_checkpoint(tiny_checkpoint, ExportConfig(repository=repo, name="m"))
+    assert list(repo.rglob("*")) in ([], [repo / "m"])
+
+
+def test_a_name_no_file_system_takes_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"name 'aaaaaaaaaaaaaaaaaaaa'... is over 200 bytes"):
+        ExportConfig(repository=pathlib.Path("r"), name="a" * 300)
+
+
 @pytest.mark.parametrize("sizes", [(100_000_000,), (1, 9), (0,)])
 def test_verify_batch_sizes_must_be_within_max_batch(sizes: tuple[int, ...]) -> None:
     with pytest.raises(
