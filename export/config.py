@@ -61,13 +61,13 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name {self.name!r} is not a valid folder name")
-        if len(self.name.encode()) > 200:  # file systems allow 255 bytes; staging adds a suffix
-            raise ValueError(f"name {self.name[:20]!r}... is over 200 bytes; use a shorter one")
         # Lone surrogates (undecodable bytes of a shell argument) are not printable either.
         if not self.name.isprintable():
             raise ValueError(
                 f"name {self.name!r} is not printable UTF-8 text: clients send it over gRPC"
             )
+        if len(self.name.encode()) > 200:  # file systems allow 255 bytes; staging adds a suffix
+            raise ValueError(f"name {self.name[:20]!r}... is over 200 bytes; use a shorter one")
         if self.version is not None and self.version < 1:
             raise ValueError(f"version must be >= 1, got {self.version}")
         if not 17 <= self.opset <= 23:

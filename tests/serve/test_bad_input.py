@@ -129,8 +129,11 @@ def test_generate_answers_every_request_by_the_contract(
     )
     if psi is not None:
         request.truncation = psi
-    # The bundled DCGAN has no style layers: any style_mix_seed is refused.
+    # The bundled DCGAN has no style layers: any style_mix_seed is refused, and a layer
+    # without a seed is refused on any model.
     mixing = [(INVALID, "style_mix_seed")] if mix is not None else []
+    if mix is None and mix_layer:
+        mixing = [(INVALID, "style_mix_layer")]
     problems = _model_problems(model, version) or (
         _label_problems(label, "class_label") + _common_problems(enc, psi) + mixing
     )
