@@ -38,24 +38,29 @@ def _pem(variable: str) -> bytes | None:
         raise ProbeError(f"{variable}={path}: {exc.strerror}") from None
 
 
-def _check_pem(ca: bool, pair: bool) -> None:
+def _check_pem(pair: bool) -> None:
     """gRPC only says it cannot create a handshaker, and that reads as an unhealthy server:
     name the file that is not PEM instead."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    variable = "GANSERVE_HEALTH_CA"
     try:
-        if ca:
-            context.load_verify_locations(cafile=os.environ[variable])
-        if pair:
-            variable = "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY"
-            context.load_cert_chain(
-                os.environ["GANSERVE_HEALTH_CERT"], os.environ.get("GANSERVE_HEALTH_KEY")
-            )
+        context.load_verify_locations(cafile=os.environ["GANSERVE_HEALTH_CA"])
     except (ssl.SSLError, OSError) as exc:
-        what = "a PEM CA bundle" if "CA" in variable else "a PEM certificate and its key"
+        raise ProbeError(f"GANSERVE_HEALTH_CA: not a PEM CA bundle ({_reason(exc)})") from None
+    if not pair:
+        return
+    try:
+        context.load_cert_chain(
+            os.environ["GANSERVE_HEALTH_CERT"], os.environ.get("GANSERVE_HEALTH_KEY")
+        )
+    except (ssl.SSLError, OSError) as exc:
         raise ProbeError(
-            f"{variable}: not {what} ({getattr(exc, 'reason', None) or exc})"
+            "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY: not a PEM certificate and its key "
+            f"({_reason(exc)})"
         ) from None
+
+
+def _reason(exc: Exception) -> object:
+    return getattr(exc, "reason", None) or exc
 
 
 def check() -> bool:
@@ -69,7 +74,7 @@ def check() -> bool:
         channel = grpc.insecure_channel(target)
     else:
         key, cert = _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")
-        _check_pem(ca is not None, cert is not None)
+        _check_pem(cert is not None)
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
         name = os.environ.get("GANSERVE_HEALTH_SERVER_NAME", "localhost")
         channel = grpc.secure_channel(

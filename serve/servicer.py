@@ -206,6 +206,10 @@ UNSERVED_VERSION = "_unserved"
 class _Call:
     """One RPC: request id, deadline, status mapping, metrics and the access log line."""
 
+    # The labels of a call that reached no version (set per call only when it names a
+    # served model): a class default, so the request path does not pay for it.
+    unserved = ("_unknown", "")
+
     def __init__(self, servicer: GeneratorServicer, method: str, context: grpc.aio.ServicerContext):
         self._servicer, self.method, self.context = servicer, method, context
         self.started = time.monotonic()
@@ -216,7 +220,6 @@ class _Call:
         # and reading the peer then crashes the process (SIGSEGV in cygrpc).
         self.peer = context.peer() if servicer._access_log else ""
         self.served: ServedVersion | None = None
-        self.unserved = ("_unknown", "")  # the labels of a call that reached no version
         self.items = 1
         self.code = grpc.StatusCode.OK
 

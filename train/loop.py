@@ -34,7 +34,7 @@ from ganserve.train.losses import (
     r1_penalty,
 )
 from ganserve.train.metrics import DigitClassifier, evaluate
-from ganserve.train.monitor import RunMonitor, run_checkpoints
+from ganserve.train.monitor import RunMonitor, checkpoint_step, run_checkpoints
 from ganserve.train.networks import (
     Architecture,
     GeneratorConfig,
@@ -145,10 +145,6 @@ class TrainingStopped(ValueError):
 
 # Parameters of G and D together beyond which training is refused (~64 GB with Adam's states).
 MAX_PARAMETERS = 4_000_000_000
-
-
-def _step_of(path: pathlib.Path) -> int:
-    return int(path.stem.removeprefix("ckpt_"))
 
 
 def _check_resume_data(ckpt: dict[str, Any], data: ImageDataset) -> None:
@@ -301,7 +297,7 @@ def train(
         _check_resume(ckpt, gen_config, cfg)
         _check_resume_data(ckpt, data)
         if lead and run_dir is not None:
-            later = [p.name for p in run_checkpoints(run_dir) if _step_of(p) > ckpt["step"]]
+            later = [p.name for p in run_checkpoints(run_dir) if checkpoint_step(p) > ckpt["step"]]
             if later:
                 # The rotation would delete this run's own checkpoints as the oldest.
                 raise ValueError(

@@ -87,11 +87,17 @@ class RunMonitor:
         self._log.close()
 
 
+def checkpoint_step(path: pathlib.Path) -> int | None:
+    """The step of a ckpt_<step>.pt file, or None for another name."""
+    step = path.stem.removeprefix("ckpt_")
+    return int(step) if path.stem.startswith("ckpt_") and step.isdigit() else None
+
+
 def run_checkpoints(run_dir: pathlib.Path) -> list[pathlib.Path]:
     """The run folder's ckpt_<step>.pt files, oldest step first (by number: ckpt_1000000.pt
     sorts before ckpt_999999.pt as text)."""
-    found = [(p.stem.removeprefix("ckpt_"), p) for p in run_dir.glob("ckpt_*.pt")]
-    return [p for step, p in sorted((int(s), p) for s, p in found if s.isdigit())]
+    found = [(checkpoint_step(p), p) for p in run_dir.glob("ckpt_*.pt")]
+    return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
 
 
 def tile_grid(images: np.ndarray, columns: int) -> Image.Image:
