@@ -451,11 +451,12 @@ def interpolate(
 
 @main.command()
 @_model
+@_version
 @click.pass_obj
 @_rpc
-def info(client: GeneratorClient, model: str) -> None:
+def info(client: GeneratorClient, model: str, model_version: str) -> None:
     """Print a model's ModelInfo as JSON, with the field names of the proto (and docs/api.md)."""
-    response = client.model_info(model)
+    response = client.model_info(model, model_version=model_version)
     click.echo(
         json_format.MessageToJson(
             response, always_print_fields_with_no_presence=True, preserving_proto_field_name=True

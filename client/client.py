@@ -287,9 +287,13 @@ class GeneratorClient:
             yield GeneratedImage(frame)
 
     def model_info(
-        self, model: str = "", *, timeout: float | None = None
+        self, model: str = "", *, model_version: str = "", timeout: float | None = None
     ) -> generator_pb2.ModelInfo:
-        request = generator_pb2.GetModelInfoRequest(model=arguments.text("model", model))
+        """What ``model`` (at ``model_version``; default: the newest) takes and returns."""
+        request = generator_pb2.GetModelInfoRequest(
+            model=arguments.text("model", model),
+            model_version=arguments.text("model_version", model_version),
+        )
         return self._stub.GetModelInfo(request, **self._kwargs(timeout))
 
     def list_models(self, *, timeout: float | None = None) -> Sequence[admin_pb2.ModelStatus]:

@@ -59,6 +59,7 @@ class ServedVersion:
     backend: Backend
     batcher: Batcher
     fingerprint: tuple[int, ...]
+    precision: str = "fp32"  # of the engine: ModelInfo.precision
 
     @property
     def key(self) -> tuple[str, str]:
@@ -212,7 +213,11 @@ class ModelManager:
             if image_s
             else "",
         )
-        return ServedVersion(opened.metadata, backend, batcher, fingerprint)
+        if backend is Backend.TENSORRT:  # the plan's own, as export-gan built it
+            precision = str(opened.metadata.extra.get("tensorrt", {}).get("precision", "fp32"))
+        else:
+            precision = model_config.precision
+        return ServedVersion(opened.metadata, backend, batcher, fingerprint, precision)
 
     def _warmup_sizes(self, backend: Backend) -> list[int]:
         batching = self._config.batching

@@ -534,7 +534,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         async with _Call(self, "GetModelInfo", context) as call:
-            served = self._enter(call, request.model, "")
+            served = self._enter(call, request.model, request.model_version)
             m = served.metadata
             return pb.ModelInfo(
                 name=m.name,
@@ -552,4 +552,5 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 truncation_mode=m.truncation_mode,
                 architecture=m.architecture,
                 style_layers=m.style_layers,
+                precision=served.precision,
             )

@@ -192,6 +192,11 @@ def test_info_prints_model_info_as_json(server: ServerThread) -> None:
     assert info["name"] == "digits" and info["version"] == "2"
     assert (info["num_classes"], info["height"], info["width"], info["channels"]) == (10, 32, 32, 1)
     assert info["versions"] == ["2"] and info["truncation_mode"] == "z-scale"
+    assert info["precision"] == "fp32"
+    pinned = json.loads(succeeded(gan_client(server.target, "info", "--model-version", "2")))
+    assert pinned == info
+    unserved = failed_cleanly(gan_client(server.target, "info", "--model-version", "7"), 1)
+    assert "NOT_FOUND: " in unserved and "version '7'" in unserved
 
 
 def test_models_lists_the_ready_model(server: ServerThread) -> None:

@@ -227,6 +227,28 @@ def test_pinned_versions_are_served_side_by_side(start_server, tmp_path: pathlib
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_model_info_describes_the_version_asked_for(start_server, tmp_path: pathlib.Path) -> None:
+    """Versions of one model may differ (here in class names): GetModelInfo used to describe
+    the newest whatever the client was about to call."""
+    repo = copy_repository(tmp_path)
+    add_version(repo, 2)
+    path = repo / "digits" / "2" / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["class_names"] = [f"digit {i}" for i in range(10)]
+    path.write_text(json.dumps(meta))
+    server = start_server(repo, models={"digits": ModelConfig(versions=(1, 2))})
+    with admin(server) as client:
+        newest, old = client.model_info(), client.model_info(model_version="1")
+        with pytest.raises(grpc.RpcError) as info:
+            client.model_info(model_version="3")
+    assert (newest.version, newest.class_names[3]) == ("2", "digit 3")
+    assert (old.version, old.class_names[3]) == ("1", "3")
+    assert list(old.versions) == list(newest.versions) == ["1", "2"]
+    assert old.precision == newest.precision == "fp32"
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "version '3'" in info.value.details()
+
+
 def test_a_failed_version_deleted_from_the_repository_is_forgotten(
     start_server,
     tmp_path: pathlib.Path,
@@ -391,6 +413,7 @@ def test_a_changed_fp16_model_is_reloaded(start_server, tmp_path: pathlib.Path) 
     )
     server = start_server(repo, models={"digits": ModelConfig(precision="fp16")})
     with admin(server) as client:
+        assert client.model_info().precision == "fp16"
         (repo / "digits" / "2" / "model.fp16.onnx").write_bytes(b"\x08\x07 not a model")
         changes = {(c.version, c.state) for c in client.reload_models().changes}
         assert changes == {("2", admin_pb2.MODEL_STATE_FAILED)}

@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bganserve/v1/generator.proto\x12\x0bganserve.v1\"\x8e\x02\n\x0fGenerateRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x1b\n\x0estyle_mix_seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0fstyle_mix_layer\x18\x08 \x01(\x05\x42\x0e\n\x0c_class_labelB\r\n\x0b_truncationB\x11\n\x0f_style_mix_seed\"\xc9\x01\n\x10GenerateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x13\n\x0b\x63lass_label\x18\x07 \x01(\x05\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatent_dim\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x10\n\x08versions\x18\x0b \x03(\t\x12\x1a\n\x12max_items_per_call\x18\x0c \x01(\x05\x12\x17\n\x0ftruncation_mode\x18\r \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x0e \x01(\t\x12\x14\n\x0cstyle_layers\x18\x0f \x01(\x05\"C\n\tBatchItem\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_class_label\"\xb9\x01\n\x14GenerateBatchRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ganserve.v1.BatchItem\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_truncation\"F\n\x15GenerateBatchResponse\x12-\n\x06images\x18\x01 \x03(\x0b\x32\x1d.ganserve.v1.GenerateResponse\"\xf0\x01\n\x12InterpolateRequest\x12\x12\n\nseed_start\x18\x01 \x01(\x04\x12\x10\n\x08seed_end\x18\x02 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x08 \x01(\x02H\x01\x88\x01\x01\x42\x0e\n\x0c_class_labelB\r\n\x0b_truncation\"\xc0\x01\n\x10InterpolateFrame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\t\n\x01t\x18\x02 \x01(\x02\x12\r\n\x05image\x18\x03 \x01(\x0c\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x07 \x01(\x05\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t*E\n\rImageEncoding\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x00\x12\x1c\n\x18IMAGE_ENCODING_RAW_UINT8\x10\x01\x32\xc7\x02\n\tGenerator\x12G\n\x08Generate\x12\x1c.ganserve.v1.GenerateRequest\x1a\x1d.ganserve.v1.GenerateResponse\x12H\n\x0cGetModelInfo\x12 .ganserve.v1.GetModelInfoRequest\x1a\x16.ganserve.v1.ModelInfo\x12V\n\rGenerateBatch\x12!.ganserve.v1.GenerateBatchRequest\x1a\".ganserve.v1.GenerateBatchResponse\x12O\n\x0bInterpolate\x12\x1f.ganserve.v1.InterpolateRequest\x1a\x1d.ganserve.v1.InterpolateFrame0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bganserve/v1/generator.proto\x12\x0bganserve.v1\"\x8e\x02\n\x0fGenerateRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x1b\n\x0estyle_mix_seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0fstyle_mix_layer\x18\x08 \x01(\x05\x42\x0e\n\x0c_class_labelB\r\n\x0b_truncationB\x11\n\x0f_style_mix_seed\"\xc9\x01\n\x10GenerateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x13\n\x0b\x63lass_label\x18\x07 \x01(\x05\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\";\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xc8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatent_dim\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x10\n\x08versions\x18\x0b \x03(\t\x12\x1a\n\x12max_items_per_call\x18\x0c \x01(\x05\x12\x17\n\x0ftruncation_mode\x18\r \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x0e \x01(\t\x12\x14\n\x0cstyle_layers\x18\x0f \x01(\x05\x12\x11\n\tprecision\x18\x10 \x01(\t\"C\n\tBatchItem\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_class_label\"\xb9\x01\n\x14GenerateBatchRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ganserve.v1.BatchItem\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_truncation\"F\n\x15GenerateBatchResponse\x12-\n\x06images\x18\x01 \x03(\x0b\x32\x1d.ganserve.v1.GenerateResponse\"\xf0\x01\n\x12InterpolateRequest\x12\x12\n\nseed_start\x18\x01 \x01(\x04\x12\x10\n\x08seed_end\x18\x02 \x01(\x04\x12\x18\n\x0b\x63lass_label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x17\n\ntruncation\x18\x08 \x01(\x02H\x01\x88\x01\x01\x42\x0e\n\x0c_class_labelB\r\n\x0b_truncation\"\xc0\x01\n\x10InterpolateFrame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\t\n\x01t\x18\x02 \x01(\x02\x12\r\n\x05image\x18\x03 \x01(\x0c\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.ganserve.v1.ImageEncoding\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x07 \x01(\x05\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t*E\n\rImageEncoding\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x00\x12\x1c\n\x18IMAGE_ENCODING_RAW_UINT8\x10\x01\x32\xc7\x02\n\tGenerator\x12G\n\x08Generate\x12\x1c.ganserve.v1.GenerateRequest\x1a\x1d.ganserve.v1.GenerateResponse\x12H\n\x0cGetModelInfo\x12 .ganserve.v1.GetModelInfoRequest\x1a\x16.ganserve.v1.ModelInfo\x12V\n\rGenerateBatch\x12!.ganserve.v1.GenerateBatchRequest\x1a\".ganserve.v1.GenerateBatchResponse\x12O\n\x0bInterpolate\x12\x1f.ganserve.v1.InterpolateRequest\x1a\x1d.ganserve.v1.InterpolateFrame0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ganserve.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEENCODING']._serialized_start=1638
-  _globals['_IMAGEENCODING']._serialized_end=1707
+  _globals['_IMAGEENCODING']._serialized_start=1680
+  _globals['_IMAGEENCODING']._serialized_end=1749
   _globals['_GENERATEREQUEST']._serialized_start=45
   _globals['_GENERATEREQUEST']._serialized_end=315
   _globals['_GENERATERESPONSE']._serialized_start=318
   _globals['_GENERATERESPONSE']._serialized_end=519
   _globals['_GETMODELINFOREQUEST']._serialized_start=521
-  _globals['_GETMODELINFOREQUEST']._serialized_end=557
-  _globals['_MODELINFO']._serialized_start=560
-  _globals['_MODELINFO']._serialized_end=869
-  _globals['_BATCHITEM']._serialized_start=871
-  _globals['_BATCHITEM']._serialized_end=938
-  _globals['_GENERATEBATCHREQUEST']._serialized_start=941
-  _globals['_GENERATEBATCHREQUEST']._serialized_end=1126
-  _globals['_GENERATEBATCHRESPONSE']._serialized_start=1128
-  _globals['_GENERATEBATCHRESPONSE']._serialized_end=1198
-  _globals['_INTERPOLATEREQUEST']._serialized_start=1201
-  _globals['_INTERPOLATEREQUEST']._serialized_end=1441
-  _globals['_INTERPOLATEFRAME']._serialized_start=1444
-  _globals['_INTERPOLATEFRAME']._serialized_end=1636
-  _globals['_GENERATOR']._serialized_start=1710
-  _globals['_GENERATOR']._serialized_end=2037
+  _globals['_GETMODELINFOREQUEST']._serialized_end=580
+  _globals['_MODELINFO']._serialized_start=583
+  _globals['_MODELINFO']._serialized_end=911
+  _globals['_BATCHITEM']._serialized_start=913
+  _globals['_BATCHITEM']._serialized_end=980
+  _globals['_GENERATEBATCHREQUEST']._serialized_start=983
+  _globals['_GENERATEBATCHREQUEST']._serialized_end=1168
+  _globals['_GENERATEBATCHRESPONSE']._serialized_start=1170
+  _globals['_GENERATEBATCHRESPONSE']._serialized_end=1240
+  _globals['_INTERPOLATEREQUEST']._serialized_start=1243
+  _globals['_INTERPOLATEREQUEST']._serialized_end=1483
+  _globals['_INTERPOLATEFRAME']._serialized_start=1486
+  _globals['_INTERPOLATEFRAME']._serialized_end=1678
+  _globals['_GENERATOR']._serialized_start=1752
+  _globals['_GENERATOR']._serialized_end=2079
 # @@protoc_insertion_point(module_scope)

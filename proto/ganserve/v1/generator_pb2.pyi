@@ -57,13 +57,15 @@ class GenerateResponse(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., class_label: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "model_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "num_classes", "height", "width", "channels", "class_names", "max_batch_size", "backend", "versions", "max_items_per_call", "truncation_mode", "architecture", "style_layers")
+    __slots__ = ("name", "version", "latent_dim", "num_classes", "height", "width", "channels", "class_names", "max_batch_size", "backend", "versions", "max_items_per_call", "truncation_mode", "architecture", "style_layers", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class ModelInfo(_message.Message):
     TRUNCATION_MODE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     STYLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -94,7 +97,8 @@ class ModelInfo(_message.Message):
     truncation_mode: str
     architecture: str
     style_layers: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., max_items_per_call: _Optional[int] = ..., truncation_mode: _Optional[str] = ..., architecture: _Optional[str] = ..., style_layers: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., max_items_per_call: _Optional[int] = ..., truncation_mode: _Optional[str] = ..., architecture: _Optional[str] = ..., style_layers: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class BatchItem(_message.Message):
     __slots__ = ("seed", "class_label")
