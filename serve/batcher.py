@@ -1,7 +1,8 @@
 """Dynamic batching for one model version.
 
-A batch closes when it holds ``max_batch_size`` requests or when its oldest request has waited
-``max_queue_delay_us``, whichever comes first. A batch is formed only when an engine instance
+A batch closes when it holds ``max_batch_size`` requests, when its oldest request has waited
+``max_queue_delay_us``, or when waiting longer would make a queued request miss its deadline,
+whichever comes first. A batch is formed only when an engine instance
 is free, so requests arriving while every instance is busy are batched together, and the next
 batch is collected while the current ones run. With several instances, a free one starts a
 batch while another batch runs only once the waiting images are worth ``parallel_batch_us``
@@ -203,6 +204,10 @@ class Batcher:
         self._preferred = sorted(set(config.preferred_batch_sizes))
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued = 0  # images in the queue
+        # The earliest client deadline in the queue (may be of a request already taken: that
+        # only closes a batch early). A batch closes in time for it: this long before it.
+        self._earliest = math.inf
+        self._lead_s = DEADLINE_SLACK_S + config.max_batch_size * (image_s or 0.0)
         self._arrived = asyncio.Event()  # set when the queue grows
         self._instances = asyncio.Semaphore(len(engines))
         self._busy = 0  # batches in the engines
@@ -294,6 +299,8 @@ class Batcher:
 
     def _enqueue(self, request: _Request) -> None:
         self._queue.append(request)
+        if request.deadline is not None and request.deadline < self._earliest:
+            self._earliest = request.deadline
         self._queued += len(request.works)
         self._m_depth.set(self._queued)
         self._arrived.set()
@@ -315,7 +322,8 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Request]:
-        """Wait for work, then close a batch at max size or the oldest request's delay."""
+        """Wait for work, then close a batch at max size, the oldest request's delay, or in
+        time for the earliest deadline waiting."""
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
@@ -326,9 +334,10 @@ class Batcher:
         # No extra yield here: handlers that became ready together ran before this wake-up,
         # and under load the queue fills while the engines are busy.
         max_size = self._config.max_batch_size
-        close_at = self._queue[0].enqueued + self._delay
+        delay_ends = self._queue[0].enqueued + self._delay
         while self._queued < max_size:
-            remaining = close_at - time.monotonic()
+            # A request that arrived meanwhile may have the earliest deadline yet.
+            remaining = min(delay_ends, self._earliest - self._lead_s) - time.monotonic()
             if remaining <= 0:
                 break
             if not await self._arrived_within(remaining):
@@ -379,6 +388,10 @@ class Batcher:
                 batch.append(request)
                 images += count
         self._m_depth.set(self._queued)
+        # Once per batch, over what still waits (at most a queue's worth of requests).
+        self._earliest = min(
+            (r.deadline for r in self._queue if r.deadline is not None), default=math.inf
+        )
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:

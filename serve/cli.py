@@ -132,7 +132,8 @@ def _option(*decls: str, env: str, **kwargs: Any):
     env="MAX_QUEUE_DELAY_US",
     default=B.max_queue_delay_us,
     type=click.IntRange(0, 10_000_000),
-    help="Longest a request waits for its batch to fill (microseconds).",
+    help="Longest a request waits for its batch to fill (microseconds); a batch closes "
+    "sooner when a waiting call's deadline would pass otherwise.",
 )
 @_option(
     "--parallel-batch-us",

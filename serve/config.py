@@ -47,7 +47,8 @@ class BatchingConfig:
 
     Args:
         max_batch_size: A batch closes as soon as it holds this many images.
-        max_queue_delay_us: ...or when its oldest request has waited this long (microseconds).
+        max_queue_delay_us: ...or when its oldest request has waited this long (microseconds),
+            or sooner when a waiting request's deadline would pass otherwise.
             0 batches whatever is queued when an engine instance is free (Triton's default).
         max_queue_size: Images waiting beyond this many (a multi-image call counts each) are
             refused with RESOURCE_EXHAUSTED.

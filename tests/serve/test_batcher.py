@@ -170,6 +170,28 @@ def test_expired_and_cancelled_requests_never_reach_the_engine(real_engine: Onnx
     assert engine.batches == [1, 1]
 
 
+def test_batcher_closes_a_batch_in_time_for_a_queued_deadline(real_engine: OnnxEngine) -> None:
+    """A queue delay longer than a call's deadline used to hold the call until the deadline had
+    passed, and it failed unserved; the batch now closes in time for it. The second call,
+    arriving while the first waits, has the earlier deadline: the batch closes for it too."""
+    engine = RecordingEngine(real_engine)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_size=8, max_queue_delay_us=10_000_000)
+        batcher.start()
+        patient = batcher.submit(Work(0, 0, Encoding.PNG), deadline=time.monotonic() + 60)
+        await asyncio.sleep(0.05)
+        hurried = batcher.submit(Work(1, 1, Encoding.PNG), deadline=time.monotonic() + 2)
+        await asyncio.gather(patient, hurried)
+        late = batcher.submit(Work(2, 2, Encoding.PNG))  # no deadline: waits out the delay
+        await asyncio.sleep(0.2)
+        assert not late.done()
+        await batcher.close(0)
+
+    run(scenario())
+    assert engine.batches == [2]
+
+
 def test_failing_batch_fails_its_own_requests_and_batcher_recovers(
     real_engine: OnnxEngine,
 ) -> None:
