@@ -22,11 +22,14 @@ def check_target(target: str) -> None:
     if not target.strip():
         raise ValueError("the target is empty; give host:port")
     text("target", target)
-    if re.fullmatch(r"\[[^\]]*\]|[^:/\[\]]+", target):
+    if re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]+):?", target):
         # gRPC would dial port 443 in silence.
         raise ValueError(f"the target {target!r} has no port; give host:port")
+    if re.fullmatch(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", target):
+        # An IPv6 address alone: gRPC reads no port in it and dials 443.
+        raise ValueError(f"the target {target!r} has no port; write an IPv6 host as [addr]:port")
     match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
-    if match and not (len(match[2]) <= 5 and 1 <= int(match[2]) <= 65535):
+    if match and not (len(match[2].lstrip("0")) <= 5 and 1 <= int(match[2]) <= 65535):
         raise ValueError(
             f"port {match[2][:12]}{'...' if len(match[2]) > 12 else ''} is not in 1..65535"
         )

@@ -29,6 +29,7 @@ from typing import Any
 import click
 import grpc
 import numpy as np
+from click.core import ParameterSource
 from google.protobuf import json_format
 from PIL import Image
 
@@ -147,6 +148,9 @@ def _pem(path: pathlib.Path | None, key: pathlib.Path | None = None) -> bytes | 
     return path.read_bytes()
 
 
+ADMIN_COMMANDS = ("models", "reload")  # ModelAdmin's, served only with `ganserve serve --admin`
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a failed RPC, or a failed write of its images, into one line, not a traceback."""
 
@@ -156,8 +160,12 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
             hint = ""
-            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # only ModelAdmin can be off
-                hint = " (the server does not serve it: ModelAdmin needs `ganserve serve --admin`)"
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                ctx = click.get_current_context(silent=True)
+                if ctx is not None and ctx.info_name in ADMIN_COMMANDS:  # only these can be off
+                    hint = " (the server does not serve ModelAdmin: start it with `--admin`)"
+                else:
+                    hint = " (the server has no ganserve Generator service: is --target right?)"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE and "Socket closed" in exc.details():
                 hint = " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in (
@@ -186,7 +194,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     "--timeout",
     type=FiniteFloat(0, 1e9, min_open=True),
     default=30.0,
-    help="Deadline of each call in seconds.",
+    help="Deadline of each call in seconds (`reload` waits at least 120 s unless it is given).",
 )
 @click.option(
     "--token-file",
@@ -480,11 +488,14 @@ def models(client: GeneratorClient) -> None:
 
 
 @main.command()
-@click.pass_obj
+@click.pass_context
 @_rpc
-def reload(client: GeneratorClient) -> None:
+def reload(ctx: click.Context) -> None:
     """Ask the server to re-scan its model repository."""
-    response = client.reload_models()
+    client: GeneratorClient = ctx.obj
+    # Loads take time: the library's 120 s floor, unless --timeout was given.
+    given = ctx.parent.get_parameter_source("timeout") is not ParameterSource.DEFAULT
+    response = client.reload_models(timeout=client.timeout if given else None)
     if not response.changes:
         click.echo("no changes")
     _print_statuses(response.changes)

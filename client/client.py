@@ -159,6 +159,18 @@ class GeneratorClient:
         request_id: str | None = None,
     ) -> None:
         check_target(target)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        for name, pem in (
+            ("root_certificates", root_certificates),
+            ("client_certificate", client_certificate),
+            ("client_key", client_key),
+        ):
+            if pem is not None and not (isinstance(pem, bytes) and pem):
+                raise TypeError(f"{name} must be non-empty PEM bytes, got {type(pem).__name__}")
+        # gRPC aborts the whole process (a failed CHECK) on half a pair.
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("client_certificate and client_key go together: give both or neither")
         tls = root_certificates is not None or client_certificate is not None
         if server_name is not None:
             arguments.server_name(server_name)

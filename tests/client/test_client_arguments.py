@@ -309,6 +309,26 @@ def test_a_server_name_gRPC_cannot_use_is_refused_by_the_constructor(
         GeneratorClient(server.target, **fields)
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"client_key": b"k"}, "client_certificate and client_key go together"),
+        ({"client_certificate": b"c", "root_certificates": b"r"}, "go together"),
+        ({"client_certificate": "c", "client_key": b"k"}, "client_certificate must be non-empty"),
+        ({"client_certificate": b"c", "client_key": b""}, "client_key must be non-empty PEM"),
+        ({"root_certificates": "pem"}, "root_certificates must be non-empty PEM bytes, got str"),
+        ({"retry": 3}, "retry must be a RetryPolicy or None, got 3"),
+    ],
+)
+def test_credentials_gRPC_cannot_use_are_refused_by_the_constructor(
+    server: ServerThread, fields: dict, message: str
+) -> None:
+    """Half a client pair aborted the whole process inside gRPC (a failed CHECK), a key alone
+    made a plaintext channel, and a str or a bad retry failed inside gRPC unnamed."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        GeneratorClient(server.target, **fields)
+
+
 def test_metadata_errors_do_not_echo_the_token(server: ServerThread) -> None:
     with pytest.raises(ValueError) as info:
         GeneratorClient(server.target, token="s3cret-\u00e9")

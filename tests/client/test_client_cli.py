@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
 import socket
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -349,6 +351,9 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
         (["--target", "127.0.0.1"], "the target '127.0.0.1' has no port; give host:port"),
         (["--target", "[::1]"], "has no port"),
         (["--target", "ganserve.serving.svc"], "has no port"),
+        (["--target", "localhost:"], "the target 'localhost:' has no port"),
+        (["--target", "[::1]:"], "has no port"),
+        (["--target", "::1"], "write an IPv6 host as [addr]:port"),
         (["--target", "\udcff:50051"], "target must be valid UTF-8 text"),
     ],
 )
@@ -638,3 +643,49 @@ def test_client_does_not_retry_final_errors(
         time.sleep(0.01)
     time.sleep(0.1)
     assert requests_total(server, code) - before == calls
+
+
+@pytest.fixture
+def bare_grpc_server() -> Iterator[tuple[grpc.Server, str]]:
+    """A gRPC server with no services: every method is UNIMPLEMENTED (not a ganserve)."""
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield server, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        (["models"], "(the server does not serve ModelAdmin: start it with `--admin`)"),
+        (["info"], "(the server has no ganserve Generator service: is --target right?)"),
+    ],
+)
+def test_an_unimplemented_service_is_named(
+    bare_grpc_server: tuple[grpc.Server, str], command: list[str], hint: str
+) -> None:
+    """Every UNIMPLEMENTED used to blame ModelAdmin, also for Generate against a non-ganserve."""
+    error = failed_cleanly(gan_client(bare_grpc_server[1], *command), 1)
+    assert error.startswith("Error: UNIMPLEMENTED") and error.rstrip().endswith(hint)
+
+
+def test_reload_keeps_a_timeout_that_was_given(bare_grpc_server: tuple[grpc.Server, str]) -> None:
+    """`reload` gets at least 120 s by default (loads take time), but --timeout, when given,
+    is its deadline too, as the help says."""
+    server, target = bare_grpc_server
+    release = threading.Event()
+
+    def slow_reload(request: bytes, context: grpc.ServicerContext) -> bytes:
+        release.wait(30)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "ganserve.v1.ModelAdmin", {"ReloadModels": grpc.unary_unary_rpc_method_handler(slow_reload)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    try:
+        result = CliRunner().invoke(main, ["--target", target, "--timeout", "0.5", "reload"])
+    finally:
+        release.set()
+    assert failed_cleanly(result, 1).startswith("Error: DEADLINE_EXCEEDED")
