@@ -23,6 +23,7 @@ import platform
 import sys
 
 import click
+from click.core import ParameterSource
 
 from ganserve.bench import report, targets
 from ganserve.bench.load import Point, Windows, measure
@@ -48,9 +49,19 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 def _output_file(
     ctx: click.Context, param: click.Parameter, value: pathlib.Path | None
 ) -> pathlib.Path | None:
-    """An output whose folder exists: checked before minutes of measuring, not after."""
-    if value is not None and not value.parent.is_dir():
+    """An output that can be written: checked before minutes of measuring, not after."""
+    if value is None:
+        return value
+    if not value.parent.is_dir():
         raise click.BadParameter(f"folder {value.parent} does not exist")
+    existed = value.exists()
+    try:  # opened, not os.access: that says yes to root, and to /proc, where nothing is made
+        with value.open("a"):
+            pass
+        if not existed:
+            value.unlink()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {value}: {exc.strerror}") from None
     return value
 
 
@@ -120,12 +131,15 @@ def _write(
     title: str,
     extra: dict | None = None,
 ) -> None:
-    if json_path:
-        report.write_json(points, json_path, extra)
-    if csv_path:
-        report.write_csv(points, csv_path)
-    if plot_path:
-        report.plot(points, plot_path, title)
+    try:
+        if json_path:
+            report.write_json(points, json_path, extra)
+        if csv_path:
+            report.write_csv(points, csv_path)
+        if plot_path:
+            report.plot(points, plot_path, title)
+    except OSError as exc:  # checked before the run, but a disk can fill up meanwhile
+        raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
 @click.group(context_settings={"show_default": True})
@@ -144,7 +158,12 @@ def main() -> None:
     default="generate",
     help="Generate (unary) or GenerateBatch (--items images a call).",
 )
-@click.option("--items", type=click.IntRange(1, 4096), default=64, help="Images per batch call.")
+@click.option(
+    "--items",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Images per GenerateBatch call (--rpc batch only) [default: 64].",
+)
 @click.option("--encoding", type=click.Choice(["raw", "png"]), default="raw")
 @click.option("--model", default="", help="Model name (Triton needs it).")
 @click.option(
@@ -213,6 +232,11 @@ def run(
 ) -> None:
     if rate is not None and concurrency is not None:
         raise click.UsageError("give --concurrency or --rate, not both")
+    if poisson and rate is None:
+        raise click.UsageError("--poisson shapes the arrivals of --rate: add --rate")
+    if items is not None and rpc != "batch":
+        raise click.UsageError("--items is the images of one GenerateBatch call: add --rpc batch")
+    items = 64 if items is None else items
     if server == "triton" and (rpc != "generate" or not model):
         raise click.UsageError("--server triton needs --model and takes --rpc generate only")
     windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
@@ -239,6 +263,9 @@ def run(
         raise click.ClickException(f"{code}: {details}".strip(": ")) from None
     click.echo(report.table(points))
     _write(points, json_path, csv_path, plot_path, f"gan-bench: {server} {rpc} {encoding}")
+    empty = [p.label for p in points if not p.requests_per_s]
+    if empty:  # a script must see it: the table alone would pass for a (slow) result
+        raise click.ClickException(f"no call succeeded at {', '.join(empty)}: see the error codes")
 
 
 async def _run(
@@ -284,9 +311,11 @@ async def _run(
                     ch, encoding=encoding, num_classes=classes, model=model
                 )
             )
-            name = f"ganserve {info.name} {rpc} {encoding}"
+            shape = f"batch({items})" if rpc == "batch" else rpc
+            name = f"ganserve {info.name} {shape} {encoding}"
         else:
-            call = targets.triton_infer(ch, model=model, num_classes=num_classes or 10)
+            classes = 10 if num_classes is None else num_classes
+            call = targets.triton_infer(ch, model=model, num_classes=classes)
             name = f"triton {model}"
         scrape = targets.ganserve_scraper(metrics_url) if metrics_url else None
         points = []
@@ -301,13 +330,14 @@ async def _run(
             points.append(
                 await measure(
                     call,
-                    label=f"{name} @{rate:g}/s",
+                    label=f"{name} @{rate:g}/s {'poisson' if poisson else 'constant'}",
                     rate=rate,
                     poisson=poisson,
                     windows=windows,
                     scrape=scrape,
                 )
             )
+            _echo_point(points[-1])
         return points
     finally:
         await ch.close()
@@ -362,6 +392,9 @@ def compare(
     )
 
     windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
+    given = click.get_current_context().get_parameter_source("triton_python")
+    if given is not ParameterSource.DEFAULT and not triton_python.is_file():
+        raise click.BadParameter(f"{triton_python} is not a file", param_hint="'--triton-python'")
     python = triton_python if triton_python.is_file() else None
     engine_backend = Backend(backend)
     if engine_backend is Backend.ONNXRUNTIME_CPU:
@@ -402,9 +435,12 @@ def compare(
             "parallel_engine": results.parallel,
             "targets": [t.__dict__ for t in met],
             "notes": results.notes,
+            "failed": results.failed,
             "machine": _machine(),
         },
     )
+    if results.failed:  # after writing: what was measured is kept
+        raise click.ClickException("part of the run failed: " + "; ".join(results.failed))
 
 
 def _reliability_run(
@@ -561,7 +597,8 @@ def _summary(results, met) -> str:
     for t in met:
         verdict = "n/a" if t.met is None else ("yes" if t.met else "**no**")
         lines.append(f"| {t.name} | {t.value:.2f} | {t.goal} | {verdict} |")
-    lines += ["", *[f"- {n}" for n in results.notes], "", "Machine: " + json.dumps(_machine())]
+    notes = [*results.notes, *(f"failed: {f}" for f in results.failed)]
+    lines += ["", *[f"- {n}" for n in notes], "", "Machine: " + json.dumps(_machine())]
     return "\n".join(lines)
 
 

@@ -202,6 +202,7 @@ class Results:
     engine: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)
     parallel: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)  # stages that could not run
 
     def get(self, label: str) -> Point | None:
         return next((p for p in self.points if p.label == label), None)
@@ -233,6 +234,22 @@ async def _sweep(
         await ch.close()
 
 
+def poisson_rate(results: Results) -> float:
+    """The Poisson point's rate: half of ganserve's unary throughput at c=64."""
+    busy = results.get("ganserve Generate raw c=64")
+    return 0.5 * busy.requests_per_s if busy else 500.0
+
+
+@contextlib.contextmanager
+def _stage(results: Results) -> Iterator[None]:
+    """One server's part of a run: a server that does not start (or a scrape that fails)
+    is recorded in ``results.failed`` and the run goes on, so what was measured is kept."""
+    try:
+        yield
+    except RuntimeError as exc:
+        results.failed.append(str(exc))
+
+
 def run_compare(
     out: pathlib.Path,
     *,
@@ -255,7 +272,7 @@ def run_compare(
         results.parallel[model] = parallel_engine_throughput(r, model, 64, instances)
     raw = lambda ch: targets.ganserve_generate(ch, encoding="raw", num_classes=10)  # noqa: E731
     each = ("--instances", str(instances))
-    with ganserve(repo, server_log, "--max-batch-size", "64", *each) as server:
+    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "64", *each) as server:
         asyncio.run(
             _sweep(
                 results,
@@ -292,22 +309,25 @@ def run_compare(
                 log=log,
             )
         )
-        busy = results.get("ganserve Generate raw c=64")
-        rate = 0.5 * busy.requests_per_s if busy else 500.0
+        rate = poisson_rate(results)
         asyncio.run(
             _sweep(results, server, "ganserve Generate raw", raw, [], windows, log=log, rate=rate)
         )
-    with ganserve(tiny_repo, server_log, "--max-batch-size", "64", *each) as server:
+    with (
+        _stage(results),
+        ganserve(tiny_repo, server_log, "--max-batch-size", "64", *each) as server,
+    ):
         asyncio.run(
             _sweep(results, server, "ganserve tiny-model Generate raw", raw, [64], windows, log=log)
         )
-    with ganserve(repo, server_log, "--max-batch-size", "1", *each) as server:
+    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "1", *each) as server:
         asyncio.run(
             _sweep(results, server, "ganserve batching off", raw, [1, 64], windows, log=log)
         )
     if triton_python is not None:
+        rate = poisson_rate(results)  # the same as ganserve's
         digits = repository.latest(repo, "digits").path  # the version ganserve serves
-        with triton(triton_python, digits, server_log, 64, instances) as server:
+        with _stage(results), triton(triton_python, digits, server_log, 64, instances) as server:
             call = lambda ch: targets.triton_infer(ch, model="digits", num_classes=10)  # noqa: E731
             asyncio.run(
                 _sweep(results, server, "triton ModelInfer", call, concurrency, windows, log=log)
@@ -317,7 +337,10 @@ def run_compare(
             )
     else:
         results.notes.append("Triton skipped: no PyTriton environment (make bench creates one)")
-    with ganserve(bench_repo, server_log, "--max-batch-size", "64", *each) as server:
+    with (
+        _stage(results),
+        ganserve(bench_repo, server_log, "--max-batch-size", "64", *each) as server,
+    ):
         asyncio.run(
             _sweep(
                 results,
@@ -376,7 +399,7 @@ def run_accelerator(
     batch = lambda ch: targets.ganserve_batch(  # noqa: E731
         ch, encoding="raw", num_classes=classes, items=64
     )
-    with ganserve(repo, server_log, "--max-batch-size", "64", *args) as server:
+    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "64", *args) as server:
         sweeps = [
             ("grpc round trip (health)", targets.health_check, [1]),
             (f"{name} Generate raw", raw, concurrency),
@@ -384,7 +407,7 @@ def run_accelerator(
         ]
         for label, call, loads in sweeps:
             asyncio.run(_sweep(results, server, label, call, loads, windows, log=log))
-    with ganserve(repo, server_log, "--max-batch-size", "1", *args) as server:
+    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "1", *args) as server:
         asyncio.run(_sweep(results, server, f"{name} batching off", raw, [1, 64], windows, log=log))
     return results
 

@@ -8,6 +8,10 @@ client's timing, so it is shown, not assumed. After a warm-up, windows are measu
 the last `stable_windows` agree within `tolerance` in throughput and p99 latency, or
 `max_windows` pass (the point is then reported unstable). Figures come from the stable windows
 together.
+
+Call numbers (which the targets turn into seeds) never repeat within a process and start at a
+random place in each, so a server's response cache cannot answer a later point, or a later
+run, from an earlier one's calls.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import math
 import random
 import resource
@@ -27,6 +32,8 @@ import numpy as np
 Call = Callable[[int], Awaitable[int]]
 # scrape() -> server-side counters, e.g. {"batch_sum": .., "batch_count": .., ...}
 Scrape = Callable[[], dict[str, float]]
+# Below 2**41 for any run: times a batch's items (at most 2**16) the seeds stay in uint64.
+CALL_NUMBERS = itertools.count(random.SystemRandom().randrange(1 << 40))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -150,7 +157,7 @@ async def measure(
         raise ValueError("give exactly one of concurrency and rate")
     recorder = _Recorder()
     stop = asyncio.Event()
-    counter = iter(range(1 << 62))
+    counter = CALL_NUMBERS
     tasks: set[asyncio.Task[None]] = set()
 
     async def worker() -> None:

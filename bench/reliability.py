@@ -169,7 +169,9 @@ async def soak(
 
 
 class QueueSampler:
-    """Polls the server's /metrics in a thread and keeps the largest queue depth seen."""
+    """Polls the server's /metrics in a thread and keeps the largest queue depth seen. A
+    scrape that fails ends the sampling and is kept in ``error``: a verdict on the queue must
+    not rest on samples that were never taken."""
 
     def __init__(self, metrics_url: str, every_s: float = 0.02) -> None:
         self._scrape = targets.ganserve_scraper(metrics_url)
@@ -178,10 +180,15 @@ class QueueSampler:
         self._thread = threading.Thread(target=self._run, daemon=True, name="queue-sampler")
         self.max_depth = 0.0
         self.samples = 0
+        self.error: str | None = None
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            depth = self._scrape()["queue_depth"]
+            try:
+                depth = self._scrape()["queue_depth"]
+            except RuntimeError as exc:  # the scraper's one-line error
+                self.error = str(exc)
+                return
             self.max_depth = max(self.max_depth, depth)
             self.samples += 1
             self._stop.wait(self._every)
@@ -231,7 +238,11 @@ async def overload(
         "shed_latency_ms": {q: round(over.ms("RESOURCE_EXHAUSTED", q), 2) for q in (50, 99)},
         "max_queue_depth_seen": max(sampler.max_depth, 0.0),
         "queue_samples": sampler.samples,
+        "queue_sampling_error": sampler.error,
         "mean_batch_size": round(images / batches, 2) if batches else 0.0,
         "undocumented_codes": undocumented,
-        "passed": not undocumented and sampler.max_depth <= queue_size,
+        "passed": not undocumented
+        and sampler.error is None
+        and sampler.samples > 0
+        and sampler.max_depth <= queue_size,
     }

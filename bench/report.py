@@ -30,22 +30,29 @@ COLUMNS = [
 
 
 def table(points: Sequence[Point]) -> str:
-    """A fixed-width table, one row per point."""
+    """A fixed-width table, one row per point; the series column fits the longest label."""
+    widths = [w for _, _, w in COLUMNS]
+    widths[0] = max(widths[0], *(len(p.label) for p in points)) if points else widths[0]
     lines = [
         "  ".join(
-            f"{title:>{w}}" if i else f"{title:<{w}}" for i, (_, title, w) in enumerate(COLUMNS)
+            f"{title:>{w}}" if i else f"{title:<{w}}"
+            for i, ((_, title, _), w) in enumerate(zip(COLUMNS, widths, strict=True))
         )
     ]
     for point in points:
         row = point.row()
         cells = []
-        for i, (key, _, w) in enumerate(COLUMNS):
+        for i, ((key, _, _), w) in enumerate(zip(COLUMNS, widths, strict=True)):
             value = row.get(key, "")
             text = (
                 f"{value:.2f}"
                 if isinstance(value, float) and key.endswith("_ms")
                 else f"{value:.0f}"
-                if isinstance(value, float) and key in ("requests_per_s", "images_per_s", "load")
+                if isinstance(value, float) and key in ("requests_per_s", "images_per_s")
+                else f"{value:g}"
+                if key == "load"
+                else f"{value:.1f}"
+                if isinstance(value, float) and key == "server_mean_batch"
                 else ("yes" if value else "NO")
                 if key == "stable"
                 else str(value)
@@ -85,7 +92,8 @@ def _no_nan(value: object) -> object:
 
 
 def write_csv(points: Sequence[Point], path: pathlib.Path) -> None:
-    rows = [p.row() for p in points]
+    # As in the JSON, a figure that could not be measured is empty, not "nan".
+    rows = [{k: "" if v is None else v for k, v in _no_nan(p.row()).items()} for p in points]
     fields = sorted({k for row in rows for k in row}, key=lambda k: (k != "label", k))
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -95,7 +103,8 @@ def write_csv(points: Sequence[Point], path: pathlib.Path) -> None:
 
 def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
     """p50 and p99 latency against images/s: one line per concurrency sweep (points of one
-    label prefix before ' c='), one marker per fixed-rate point. Calls that return no images
+    label prefix before ' c='; a sweep of one point is a marker), one marker pair per
+    fixed-rate point. Calls that return no images
     (the bare gRPC round trip) have no place on this axis and are left to the table."""
     import matplotlib
 
@@ -108,8 +117,6 @@ def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
             series.setdefault(point.label.split(" c=")[0], []).append(point)
     fig, ax = plt.subplots(figsize=(8, 6.5), dpi=110)
     for name, pts in series.items():
-        if len(pts) < 2:
-            continue
         pts = sorted(pts, key=lambda p: p.load)
         xs = [p.images_per_s for p in pts]
         (line,) = ax.plot(xs, [p.latency_ms["p99"] for p in pts], marker="o", label=f"{name} p99")

@@ -3,6 +3,7 @@ scraper of the server's own batch-size and queue-time figures."""
 
 from __future__ import annotations
 
+import http.client
 import urllib.request
 
 import grpc
@@ -107,7 +108,8 @@ def ganserve_scraper(metrics_url: str) -> Scrape:
         try:
             with urllib.request.urlopen(metrics_url, timeout=5) as reply:
                 text = reply.read().decode()
-        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad URLs
+        # URLError, HTTPError, timeouts, bad URLs; an answer that is not HTTP (a gRPC port).
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise RuntimeError(f"cannot scrape metrics from {metrics_url}: {reason}") from None
         names = {

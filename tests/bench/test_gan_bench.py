@@ -16,10 +16,13 @@ from click.testing import CliRunner
 from conftest import ServerThread
 from ganserve.bench import report
 from ganserve.bench.cli import main
+from ganserve.bench.compare import Results, _stage, triton
 from ganserve.bench.engine import engine_throughput
 from ganserve.bench.load import Windows, measure
+from ganserve.bench.reliability import QueueSampler
 from ganserve.serve.errors import ModelLoadError
 
+LOG = pathlib.Path("/dev/null")
 QUICK = ["--warmup", "0.2", "--window", "0.3", "--max-windows", "3"]
 
 
@@ -40,6 +43,12 @@ def sane(row: dict) -> None:
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["errors"] == 0 and row["client_cpu"] >= 0
+
+
+def test_labels_say_how_the_load_was_made(server: ServerThread) -> None:
+    """Runs with other settings used to write identical-looking labels."""
+    result = bench("--target", server.target, "--rpc", "batch", "--items", "2", "--rate", "50")
+    assert "ganserve digits batch(2) raw @50/s constant" in result.output
 
 
 def test_concurrency_sweep_writes_table_json_csv_and_plot(
@@ -124,6 +133,9 @@ def test_unreachable_server_is_one_line(tmp_path: pathlib.Path) -> None:
         (["--plot", "/nonexistent/dir/out.png"], "folder /nonexistent/dir does not exist"),
         (["--plot", "out.xyz"], "out.xyz: end it in one of"),
         (["--metrics-url", "localhost:8000"], "'localhost:8000' is not an http:// or https://"),
+        (["--json", "/proc/out.json"], "cannot write /proc/out.json: No such file"),
+        (["--poisson", "--concurrency", "1"], "--poisson shapes the arrivals of --rate"),
+        (["--items", "8"], "--items is the images of one GenerateBatch call: add --rpc batch"),
     ],
 )
 def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
@@ -143,6 +155,7 @@ def test_settings_that_would_run_forever_or_fail_at_the_end_are_refused_first(
         ("soak", ["--out", "{file}/sub"], "is a file"),
         ("overload", ["--out", "{file}/sub"], "is a file"),
         ("compare", ["--out", "{file}"], "is a file"),
+        ("compare", ["--triton-python", "{file}.missing"], "results.bin.missing is not a file"),
     ],
 )
 def test_reliability_and_compare_settings_are_refused_first(
@@ -163,16 +176,48 @@ def test_reliability_and_compare_settings_are_refused_first(
         (["--num-classes", "11"], "--num-classes 11 does not fit model 'digits'"),
         (["--rpc", "batch", "--items", "4096"], "--items 4096 is over model 'digits'"),
         (["--metrics-url", "http://127.0.0.1:1/metrics"], "cannot scrape metrics from http"),
+        (["--metrics-url", "http://{target}/metrics"], "cannot scrape metrics from http"),
     ],
 )
 def test_settings_the_server_shows_to_be_wrong_are_one_line(
     server: ServerThread, args: list[str], message: str
 ) -> None:
+    args = [a.format(target=server.target) for a in args]  # the gRPC port answers no HTTP
     result = CliRunner().invoke(
         main, ["run", "--target", server.target, "--concurrency", "1", *args, *QUICK]
     )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert message in result.output
+
+
+def test_a_run_where_no_call_succeeded_exits_1_after_writing(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """Triton's protocol against ganserve: every call is UNIMPLEMENTED. The run used to exit 0
+    with a table of zeros, which a script took for a result."""
+    out = tmp_path / "failed.json"
+    args = ["--server", "triton", "--model", "digits", "--concurrency", "1", "--json", str(out)]
+    result = CliRunner().invoke(main, ["run", "--target", server.target, *args, *QUICK])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no call succeeded at triton digits c=1" in result.output
+    (row,) = json.loads(out.read_text())["points"]
+    assert row["requests_per_s"] == 0 and "UNIMPLEMENTED" in row["error_codes"]
+
+
+def test_points_never_reuse_seeds_so_a_response_cache_cannot_answer_them() -> None:
+    """Every point started again from call 0: against a server with its response cache on,
+    a later point was answered from the cache (+34 % req/s in the review)."""
+    seen: list[int] = []
+
+    async def call(i: int) -> int:
+        seen.append(i)
+        await asyncio.sleep(0)
+        return 1
+
+    windows = Windows(warmup_s=0.02, window_s=0.02, max_windows=3)
+    for _ in range(2):
+        asyncio.run(measure(call, label="seeds", concurrency=2, windows=windows))
+    assert len(seen) == len(set(seen)) > 0
 
 
 def test_a_point_of_only_failures_is_not_stable_and_writes_valid_json(
@@ -312,3 +357,24 @@ def test_engine_alone_times_the_version_asked_for() -> None:
         assert rates[1]["images_per_s"] > 0
     with pytest.raises(ModelLoadError, match="digits/9"):
         engine_throughput(repo, "digits", [1], seconds=0.1, version=9)
+
+
+def test_a_queue_sampler_that_cannot_scrape_fails_the_overload_verdict() -> None:
+    """One failed scrape ended the sampler's thread unseen, and the overload verdict (the
+    queue never passed its bound) passed on zero samples."""
+    with QueueSampler("http://127.0.0.1:1/metrics", every_s=0.01) as sampler:
+        time.sleep(0.2)
+    assert sampler.samples == 0
+    assert sampler.error is not None and "cannot scrape metrics from" in sampler.error
+
+
+def test_a_server_that_does_not_start_fails_its_stage_and_keeps_the_rest() -> None:
+    """`gan-bench compare` lost every figure to a traceback when one server (a broken Triton
+    environment, say) did not start after minutes of measuring."""
+    results = Results()
+    with _stage(results), triton(pathlib.Path("/bin/false"), pathlib.Path("."), LOG, 8, 1):
+        pytest.fail("the server cannot have started")
+    with _stage(results):
+        results.notes.append("the next stage ran")
+    assert results.failed == ["Triton exited with code 1 before it was ready"]
+    assert results.notes == ["the next stage ran"]
