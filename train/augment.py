@@ -15,8 +15,16 @@ POLICIES = ("color", "translation", "cutout")
 
 
 def parse_policy(text: str, channels: int) -> tuple[str, ...]:
-    """'translation,cutout' -> ('translation', 'cutout'); names what is wrong."""
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    """'translation,cutout' -> ('translation', 'cutout'), '' -> () (off); names what is
+    wrong."""
+    if not text.strip():
+        return ()
+    names = tuple(p.strip() for p in text.split(","))
+    if "" in names:  # ",,", "translation,": a typo, not a request for no augmentation
+        raise ValueError(
+            f"diffaugment policy {text!r} has an empty name; use comma-separated names from "
+            f"{', '.join(POLICIES)}"
+        )
     unknown = [p for p in names if p not in POLICIES]
     if unknown:
         raise ValueError(f"diffaugment policy {unknown[0]!r} is unknown; use {', '.join(POLICIES)}")

@@ -47,8 +47,16 @@ def test_same_generator_state_gives_the_same_augmentation() -> None:
     [
         ("translation,flip", 1, "policy 'flip' is unknown"),
         ("color", 1, "'color' needs RGB"),
+        (",,", 1, "policy ',,' has an empty name; use comma-separated names from color, "),
+        ("translation,,cutout", 1, "has an empty name"),
+        ("translation,", 1, "has an empty name"),
     ],
 )
 def test_bad_policies_are_named(text: str, channels: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_policy(text, channels)
+
+
+@pytest.mark.parametrize("text", ["", " "])
+def test_an_empty_policy_is_no_augmentation(text: str) -> None:
+    assert parse_policy(text, 1) == ()
