@@ -41,8 +41,10 @@ test: system-deps $(STAMP)
 
 # Reproduce the bundled model: train on digits, export and verify, keep the checkpoint beside it.
 model: $(STAMP)
-	rm -rf build/digits-run  # a fresh run each time (gan-train refuses a folder holding one)
-	$(BIN)/gan-train --out build/digits.pt --steps 8000 --diffaugment translation,cutout --seed 0
+	# A fresh run each time: gan-train refuses a run folder holding one, and replaces an
+	# existing --out only with --overwrite.
+	rm -rf build/digits-run
+	$(BIN)/gan-train --out build/digits.pt --overwrite --steps 8000 --diffaugment translation,cutout --seed 0
 	$(BIN)/export-gan build/digits.pt --repository models --name digits --version 2 --force --fp16-onnx
 	cp build/digits.pt models/digits/2/checkpoint.pt
 

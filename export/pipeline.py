@@ -117,7 +117,13 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
             "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
         },
-        extra={"step": int(ckpt["step"]), "dataset": ckpt.get("dataset", {})},
+        # metrics_step: the step training_metrics were measured at (None: not evaluated;
+        # absent from checkpoints older than it).
+        extra={
+            "step": int(ckpt["step"]),
+            "metrics_step": ckpt.get("metrics_step"),
+            "dataset": ckpt.get("dataset", {}),
+        },
     )
     # Where the version goes is checked (and its staging folder made) before the work, so an
     # unwritable destination fails in a second, not after the export and its verification.

@@ -1,8 +1,9 @@
 """Checkpoints: plain dicts of tensors and Python values, loaded with ``weights_only=True``.
 
 A checkpoint holds everything needed to rebuild the generator (architecture config), to know
-how it was made (training config, dataset fingerprint, step, metrics, loss history) and to
-resume (discriminator and optimiser states). Loading never executes code.
+how it was made (training config, dataset fingerprint, step, metrics and the step they were
+measured at, loss history) and to resume (discriminator and optimiser states). Loading never
+executes code.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def _check_contents(ckpt: dict[str, Any]) -> None:
         raise ValueError(f"history must be a list, got {type(ckpt['history']).__name__}")
     if type(ckpt["step"]) is not int or ckpt["step"] < 0:
         raise ValueError(f"step must be a non-negative integer, got {ckpt['step']!r}")
+    # The step `metrics` was measured at; None: never evaluated; absent in older checkpoints.
+    measured = ckpt.get("metrics_step")
+    if measured is not None and (type(measured) is not int or not 0 <= measured <= ckpt["step"]):
+        raise ValueError(
+            f"metrics_step must be a step from 0 to {ckpt['step']} or None, got {measured!r}"
+        )
     for key in STATE_DICTS:
         if key in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt[key].values()):
             raise ValueError(f"{key} must map parameter names to tensors")

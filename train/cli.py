@@ -34,15 +34,28 @@ from typing import Any
 
 import click
 import torch
+from click.core import ParameterSource
 
 from ganserve.client.cli import FiniteFloat
+from ganserve.train.augment import parse_policy
 from ganserve.train.checkpoint import CheckpointError
 from ganserve.train.data import DataError, load
+from ganserve.train.extras import BEFORE_TRAINING, exit_on_ctrl_c
 from ganserve.train.loop import Distributed, TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
 from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
 
 _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
+
+
+def _check_policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A malformed DiffAugment policy is a usage error; whether 'color' fits the data's channels
+    is checked once the data is loaded."""
+    try:
+        parse_policy(value, channels=3)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -51,6 +64,12 @@ _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10
     type=click.Path(dir_okay=False, path_type=pathlib.Path),
     required=True,
     help="Checkpoint file to write.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file. Not needed to continue its run with --resume (from "
+    "--out itself or from a checkpoint in its run folder).",
 )
 @click.option("--data", default="digits", help="'digits', an image folder, or a .npz file.")
 @click.option(
@@ -74,15 +93,22 @@ _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10
     default=1,
     help="Discriminator steps per generator step.",
 )
-@click.option("--gp-weight", type=FiniteFloat(0), default=10.0, help="WGAN-GP penalty.")
+@click.option(
+    "--gp-weight", type=FiniteFloat(0), default=10.0, help="WGAN-GP penalty (--loss wgan-gp)."
+)
 @click.option("--r1-gamma", type=FiniteFloat(0), default=0.0, help="R1 penalty (0 = off).")
 @click.option(
     "--label-smoothing",
     type=FiniteFloat(0, 0.5, max_open=True),
     default=0.0,
-    help="One-sided label smoothing of real targets.",
+    help="One-sided label smoothing of real targets (--loss nonsaturating, least-squares).",
 )
-@click.option("--diffaugment", default="", help="DiffAugment policy, e.g. translation,cutout.")
+@click.option(
+    "--diffaugment",
+    default="",
+    callback=_check_policy,
+    help="DiffAugment policy, e.g. translation,cutout.",
+)
 @click.option("--lr-g", type=_positive, default=2e-4)
 @click.option("--lr-d", type=_positive, default=2e-4)
 @click.option("--beta1", type=FiniteFloat(0, 1, max_open=True), default=0.5)
@@ -103,7 +129,10 @@ _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10
     "gan: units of G's first hidden layer (and D's last).",
 )
 @click.option(
-    "--embed-dim", type=click.IntRange(1, 4096), default=32, help="Label embedding length."
+    "--embed-dim",
+    type=click.IntRange(1, 4096),
+    default=32,
+    help="Label embedding length (conditional models).",
 )
 @click.option(
     "--fc-layers",
@@ -152,10 +181,12 @@ _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10
     "--eval-per-class",
     type=click.IntRange(0, 2000),
     default=100,
-    help="Generated samples per class for evaluation (0 = skip).",
+    help="Generated samples per class for the in-loop evaluation (--data digits, conditional; "
+    "0 = skip).",
 )
 def main(
     out: pathlib.Path,
+    overwrite: bool,
     data: str,
     run_dir: pathlib.Path | None,
     resume: pathlib.Path | None,
@@ -171,21 +202,39 @@ def main(
     mapping_layers: int,
     **options: object,
 ) -> None:
+    ctx = click.get_current_context()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not out.name:
         raise click.BadParameter("give a checkpoint file name", param_hint="'--out'")
     if not data:
         raise click.BadParameter("give 'digits', an image folder or a .npz", param_hint="'--data'")
+    loss = Loss(options.pop("loss"))
+    _refuse_options_that_do_not_apply(ctx, loss=loss, arch=arch, unconditional=unconditional)
+    run_dir = run_dir or out.with_name(out.stem + "-run")
+    if out.exists() and not overwrite and not _continues_its_run(out, run_dir, resume):
+        raise click.ClickException(
+            f"--out {out} already exists: pick another --out, continue its run with --resume "
+            f"{out}, or pass --overwrite to replace it"
+        )
     if threads:
         torch.set_num_threads(threads)
     distributed = _join_torchrun()
     size = int(image_size)
+    lead = not (distributed and distributed.rank)
+    bar = None
     try:
         train_set, heldout = load(data, size)
+        num_classes = 0 if unconditional else len(train_set.class_names)
+        if not num_classes and _given(ctx, "embed_dim"):
+            raise click.UsageError(
+                f"--embed-dim sizes the label embedding, but --data {data} has no class labels; "
+                "drop --embed-dim",
+                ctx,
+            )
         gen_config = GeneratorConfig(
             architecture=arch,
             latent_dim=latent_dim,
-            num_classes=0 if unconditional else len(train_set.class_names),
+            num_classes=num_classes,
             image_size=size,
             channels=int(train_set.images.shape[1]),
             width=width,
@@ -194,39 +243,123 @@ def main(
             w_dim=w_dim,
             mapping_layers=mapping_layers,
         )
-        train_config = TrainConfig(loss=Loss(options.pop("loss")), **options)
-        run_dir = run_dir or out.with_name(out.stem + "-run")
-        lead = not (distributed and distributed.rank)
+        train_config = TrainConfig(loss=loss, **options)
         bar = ProgressBar() if lead and sys.stderr.isatty() else None
         with _StopAtStepEnd(enabled=distributed is None) as stop:
-            ckpt = train(
-                gen_config,
-                train_config,
-                train_set,
-                heldout,
-                out,
-                run_dir=run_dir,
-                resume=resume,
-                distributed=distributed,
-                progress=bar,
-                stop_requested=stop.requested,
-            )
-        if bar:
-            bar.close()
+            try:
+                ckpt = train(
+                    gen_config,
+                    train_config,
+                    train_set,
+                    heldout,
+                    out,
+                    run_dir=run_dir,
+                    resume=resume,
+                    distributed=distributed,
+                    progress=bar,
+                    stop_requested=stop.requested,
+                )
+            except KeyboardInterrupt:
+                # A second Ctrl-C (the first lets the step end), or one under torchrun.
+                error = click.ClickException(
+                    "interrupted: stopped at once, without saving the step in progress; the "
+                    f"checkpoints saved so far are in {run_dir}"
+                )
+                error.exit_code = 130  # ended by SIGINT, as shells say
+                raise error from None
     except TrainingStopped as exc:
-        if bar:
-            bar.close()
         error = click.ClickException(str(exc))
         error.exit_code = 130 if stop.requested() else 1  # 130: ended by SIGINT, as shells say
         raise error from None
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if bar:
+            bar.close()
         if distributed:
             torch.distributed.destroy_process_group()
     if distributed and distributed.rank != 0:
         return
-    click.echo(f"wrote {out} (step {ckpt['step']}, metrics {ckpt['metrics']}); run: {run_dir}")
+    click.echo(f"wrote {out} (step {ckpt['step']}, {_metrics_note(ckpt)}); run: {run_dir}")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the command line (or the environment) set option ``name`` to a value other than
+    its default."""
+    source = ctx.get_parameter_source(name)
+    if source not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        return False
+    (param,) = [p for p in ctx.command.params if p.name == name]
+    return ctx.params[name] != param.default
+
+
+def _refuse_options_that_do_not_apply(
+    ctx: click.Context, *, loss: Loss, arch: str, unconditional: bool
+) -> None:
+    """A usage error for an option set on the command line that this run would ignore. Options
+    that every loss or family uses (--n-critic, --r1-gamma, ...) are never refused."""
+    data = ctx.params["data"]
+    evaluates = ctx.params["eval_per_class"] > 0  # 0 asks for what happens anyway: no check
+    check = "sizes the in-loop class-accuracy check, which"
+    rules = [
+        # (option, whether this run ignores it, why)
+        (
+            "label_smoothing",
+            loss not in (Loss.NONSATURATING, Loss.LEAST_SQUARES),
+            "smooths the real targets of --loss nonsaturating and least-squares; "
+            f"--loss {loss.value} has none",
+        ),
+        (
+            "gp_weight",
+            loss is not Loss.WGAN_GP,
+            f"weighs the gradient penalty of --loss wgan-gp, which --loss {loss.value} does not "
+            "add (--r1-gamma adds a penalty to any loss)",
+        ),
+        ("style_mixing", arch != "stylegan", f"is for --arch stylegan, not --arch {arch}"),
+        ("w_dim", arch != "stylegan", f"is for --arch stylegan, not --arch {arch}"),
+        ("mapping_layers", arch != "stylegan", f"is for --arch stylegan, not --arch {arch}"),
+        ("fc_layers", arch != "gan", f"is for --arch gan, not --arch {arch}"),
+        ("embed_dim", unconditional, "sizes the label embedding, which --unconditional drops"),
+        (
+            "eval_per_class",
+            evaluates and unconditional,
+            f"{check} --unconditional models skip (gan-eval measures any checkpoint)",
+        ),
+        (
+            "eval_per_class",
+            evaluates and data != "digits",
+            f"{check} only --data digits has (its classifier judges the samples), not --data "
+            f"{data} (gan-eval measures any checkpoint)",
+        ),
+    ]
+    for name, ignored, why in rules:
+        if ignored and _given(ctx, name):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} {why}; drop {flag}", ctx)
+
+
+def _continues_its_run(
+    out: pathlib.Path, run_dir: pathlib.Path, resume: pathlib.Path | None
+) -> bool:
+    """Whether --resume continues the run that wrote --out: from --out itself, or from a
+    checkpoint in its run folder (what Ctrl-C saves, and tells to resume from)."""
+    if resume is None:
+        return False
+    source = resume.resolve()
+    return source == out.resolve() or source.parent == run_dir.resolve()
+
+
+def _metrics_note(ckpt: dict[str, Any]) -> str:
+    """The checkpoint's metrics and the step they were measured at, which can be earlier than
+    its own (the last evaluation's figures are carried forward)."""
+    measured = ckpt.get("metrics_step")
+    if measured is not None:
+        when = f"evaluated at step {measured}"
+    elif set(ckpt["metrics"]) <= {"train_seconds"}:
+        when = "not evaluated"
+    else:
+        when = "evaluated at an unrecorded step"  # carried over from an older checkpoint
+    return f"metrics {ckpt['metrics']}, {when}"
 
 
 class ProgressBar:
@@ -277,33 +410,37 @@ class ProgressBar:
 
 
 class _StopAtStepEnd:
-    """The first Ctrl-C lets the running step finish, so the loop can save a consistent
-    checkpoint and say how to resume; a second one stops at once. Off under torchrun, whose
-    ranks would stop at different steps."""
+    """Ctrl-C during training: the first one lets the running step finish, so the loop can save
+    a consistent checkpoint and say how to resume; a second one raises KeyboardInterrupt at
+    once. Under torchrun, whose ranks would stop at different steps, the first one does.
+
+    It takes over from the start-up's handling (`extras.exit_on_ctrl_c`), whose "nothing was
+    written" stops being true here, and leaves Python's default behind."""
 
     def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._enabled = enabled
+        self._main_thread = threading.current_thread() is threading.main_thread()
         self._requested = False
-        self._previous: Any = None
 
     def requested(self) -> bool:
         return self._requested
 
     def __enter__(self) -> _StopAtStepEnd:
-        if self._enabled:
-            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        if self._main_thread:
+            handler = self._on_signal if self._enabled else signal.default_int_handler
+            signal.signal(signal.SIGINT, handler)
         return self
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         logging.getLogger(__name__).warning(
             "interrupted: finishing this step to save a checkpoint (Ctrl-C again to stop now)"
         )
 
     def __exit__(self, *exc: object) -> None:
-        if self._enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._main_thread:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # What torch.distributed's env:// rendezvous reads besides WORLD_SIZE; torchrun sets them all.
@@ -332,5 +469,6 @@ def _join_torchrun() -> Distributed | None:
     return Distributed(rank=rank, world_size=world)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # torchrun -m ganserve.train.cli
+    exit_on_ctrl_c(BEFORE_TRAINING)
     sys.exit(main())

@@ -25,10 +25,13 @@ import sys
 import tempfile
 
 import click
+import numpy as np
+import torch
 
 from ganserve.train import checkpoint
-from ganserve.train.data import DataError, load
+from ganserve.train.data import DataError, ImageDataset, load
 from ganserve.train.evaluation import EvaluationError, check_data, evaluate_generator, generate
+from ganserve.train.extras import BEFORE_EVALUATION, ctrl_c_raises, exit_on_ctrl_c
 from ganserve.train.features import load_or_train
 from ganserve.train.inception import InceptionError, InceptionFeatures
 
@@ -134,6 +137,27 @@ def main(
         click.echo(
             f"warning: {checkpoint_path} was trained on other data than --data {data}", err=True
         )
+    # From here on files are written (the extractor and statistics caches, --json), each through
+    # a temporary file that KeyboardInterrupt removes: Ctrl-C raises it instead of exiting.
+    ctrl_c_raises()
+    try:
+        _evaluate(generator, train, heldout, samples, inception, cache_dir, json_path)
+    except KeyboardInterrupt:
+        error = click.ClickException(BEFORE_EVALUATION)
+        error.exit_code = 130  # ended by SIGINT, as shells say
+        raise error from None
+
+
+def _evaluate(
+    generator: torch.nn.Module,
+    train: ImageDataset,
+    heldout: ImageDataset,
+    samples: tuple[torch.Tensor, np.ndarray | None],
+    inception: InceptionFeatures | None,
+    cache_dir: pathlib.Path,
+    json_path: pathlib.Path | None,
+) -> None:
+    """Measure, print the table, and write --json."""
     net, info = load_or_train(train, heldout, cache_dir)
     if inception is not None:
         info.update(inception.info())
@@ -166,4 +190,5 @@ def main(
 
 
 if __name__ == "__main__":
+    exit_on_ctrl_c(BEFORE_EVALUATION)
     sys.exit(main())

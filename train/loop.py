@@ -10,11 +10,13 @@ streams (torch's global one and the loop's batch generator) come back from the c
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import logging
 import math
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -162,7 +164,40 @@ def check_outputs(
     out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
 ) -> None:
     """Refuse, before any training, outputs that could not be written, and a run folder that
-    holds another run (whose checkpoints the rotation would mix with this one's)."""
+    holds another run (whose checkpoints the rotation would mix with this one's). The folders
+    made to try writing are removed again when it refuses, if still empty."""
+    if run_dir is not None:
+        if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
+            raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
+        previous = run_checkpoints(run_dir)
+        if resume is None and (previous or (run_dir / "log.jsonl").exists()):
+            go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
+            raise ValueError(
+                f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
+                "(or delete the folder)"
+            )
+    made = _absent_folders(out.parent) + (_absent_folders(run_dir) if run_dir else [])
+    try:
+        _try_writing(out, run_dir)
+    except ValueError:
+        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty, or not made after all
+                folder.rmdir()
+        raise
+
+
+def _absent_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """``folder`` and those of its parents that do not exist yet."""
+    absent = []
+    for path in [folder, *folder.parents]:
+        if os.path.lexists(path):
+            break
+        absent.append(path)
+    return absent
+
+
+def _try_writing(out: pathlib.Path, run_dir: pathlib.Path | None) -> None:
+    """Make the folders of ``out`` and the run folder, and create a file in each."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.with_suffix(out.suffix + ".tmp")
@@ -180,21 +215,12 @@ def check_outputs(
         raise ValueError(f"cannot create the run folder {run_dir}: a file is in the way") from None
     except OSError as exc:
         raise ValueError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-    if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
-        raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
     try:
         probe = run_dir / ".write-test"
         probe.touch()
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"cannot write in the run folder {run_dir}: {exc.strerror}") from None
-    previous = run_checkpoints(run_dir)
-    if resume is None and (previous or (run_dir / "log.jsonl").exists()):
-        go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
-        raise ValueError(
-            f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
-            "(or delete the folder)"
-        )
 
 
 def check_size(gen_config: GeneratorConfig) -> None:
@@ -270,13 +296,26 @@ def train(
             f"--style-mixing is for --arch stylegan, not {gen_config.architecture}; leave it at 0"
         )
     policy = parse_policy(cfg.diffaugment, gen_config.channels)
-    if lead:
-        check_outputs(out, run_dir, resume)
     check_size(gen_config)
     device = resolve_device(cfg.device, rank)
     amp = cfg.precision == "bf16"
     if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision bf16: {device} has no bfloat16 support; use fp32")
+    ckpt = checkpoint.load(resume) if resume is not None else None
+    if ckpt is not None:
+        _check_resume(ckpt, gen_config, cfg)
+        _check_resume_data(ckpt, data)
+        if lead and run_dir is not None:
+            later = [p.name for p in run_checkpoints(run_dir) if checkpoint_step(p) > ckpt["step"]]
+            if later:
+                # The rotation would delete this run's own checkpoints as the oldest.
+                raise ValueError(
+                    f"--resume: the run folder {run_dir} holds checkpoints past step "
+                    f"{ckpt['step']} ({later[0]} .. {later[-1]}), from the line of training "
+                    "this resume leaves; pick another --run-dir, or move them away"
+                )
+    if lead:  # after every other check: a refused run leaves no folder behind
+        check_outputs(out, run_dir, resume)
     # bfloat16 needs no loss scaling: its exponent range is float32's.
     autocast = functools.partial(
         torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=amp
@@ -291,20 +330,11 @@ def train(
     batch_gen = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own batches
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
+    # The step `metrics` was measured at: the last evaluation's figures are carried forward to
+    # later checkpoints (a Ctrl-C one, or every one of a run resumed with evaluation off).
+    metrics_step: int | None = None
     start = 0
-    if resume is not None:
-        ckpt = checkpoint.load(resume)
-        _check_resume(ckpt, gen_config, cfg)
-        _check_resume_data(ckpt, data)
-        if lead and run_dir is not None:
-            later = [p.name for p in run_checkpoints(run_dir) if checkpoint_step(p) > ckpt["step"]]
-            if later:
-                # The rotation would delete this run's own checkpoints as the oldest.
-                raise ValueError(
-                    f"--resume: the run folder {run_dir} holds checkpoints past step "
-                    f"{ckpt['step']} ({later[0]} .. {later[-1]}), from the line of training "
-                    "this resume leaves; pick another --run-dir, or move them away"
-                )
+    if ckpt is not None:
         G.load_state_dict(ckpt["generator"])
         G_ema.load_state_dict(ckpt["generator_ema"])
         D.load_state_dict(ckpt["discriminator"])
@@ -320,6 +350,7 @@ def train(
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])
+        metrics_step = ckpt.get("metrics_step")  # None in checkpoints from before it was kept
         LOGGER.info("resumed from %s at step %d", resume, start)
 
     conditional = gen_config.num_classes > 0
@@ -359,6 +390,7 @@ def train(
             },
             "step": step,
             "metrics": dict(metrics),
+            "metrics_step": metrics_step,
             "history": list(history),
             "generator": G.state_dict(),
             "generator_ema": G_ema.state_dict(),
@@ -480,6 +512,7 @@ def train(
             monitor.loss_curve(history)
         if classifier and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             metrics.update(evaluate(G_ema, classifier, heldout, per_class=cfg.eval_per_class))
+            metrics_step = step
             LOGGER.info("step %d evaluation: %s", step, metrics)
         if monitor and saving:
             last_saved = str(monitor.save(payload(step), step))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import pickle
 
 import pytest
 import torch
 
+from conftest import BUNDLED_REPOSITORY
 from ganserve.train import checkpoint
 from ganserve.train.checkpoint import CheckpointError
 
@@ -97,6 +99,8 @@ def test_truncated_checkpoint_is_refused(
         ({"width": "8"}, "generator config field width must be int, got '8'"),
         ({"class_names": ["a"]}, "dataset.class_names has 1 names for the generator's 10"),
         ({"class_names": [1] * 10}, "dataset.class_names must be a list of strings"),
+        ({"metrics_step": "20"}, "metrics_step must be a step from 0 to 20 or None, got '20'"),
+        ({"metrics_step": 21}, "metrics_step must be a step from 0 to 20 or None, got 21"),
     ],
 )
 def test_contents_of_the_wrong_type_are_named(
@@ -148,3 +152,31 @@ def test_unknown_config_field_is_named(tiny_checkpoint: pathlib.Path) -> None:
     ckpt["generator_config"] = {**ckpt["generator_config"], "depth": 3}
     with pytest.raises(CheckpointError, match=r"unknown field.*depth"):
         checkpoint.build_generator(ckpt)
+
+
+def test_checkpoints_from_before_metrics_step_still_load_and_export(
+    tmp_path: pathlib.Path, tiny_checkpoint: pathlib.Path
+) -> None:
+    """metrics_step (the step `metrics` was measured at) is newer than the bundled checkpoints;
+    a checkpoint without the key exports as before, its metrics' step unknown (null)."""
+    from ganserve.export.pipeline import ExportConfig, TensorRTMode, export_checkpoint
+
+    bundled = checkpoint.load(BUNDLED_REPOSITORY / "digits" / "1" / "checkpoint.pt")
+    assert "metrics_step" not in bundled and bundled["metrics"]
+    ckpt = checkpoint.load(tiny_checkpoint)
+    assert ckpt["metrics_step"] is None  # trained with evaluation off
+    del ckpt["metrics_step"]
+    ckpt["metrics"] = {"sample_class_accuracy": 0.5}
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    config = ExportConfig(
+        repository=tmp_path / "repo",
+        name="old",
+        max_batch=2,
+        verify_batch_sizes=(1, 2),
+        tensorrt=TensorRTMode.OFF,
+    )
+    result = export_checkpoint(old, config)
+    meta = json.loads((result.version.path / "metadata.json").read_text())
+    assert meta["training_metrics"] == {"sample_class_accuracy": 0.5}
+    assert meta["extra"]["metrics_step"] is None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from PIL import Image
 
 from ganserve.train import checkpoint, loop
@@ -35,16 +36,15 @@ def run(
     **options: object,
 ) -> dict:
     data, heldout = load_digits_split(32)
-    config = TrainConfig(
-        steps=steps,
-        batch_size=16,
-        log_every=5,
-        sample_every=5,
-        checkpoint_every=5,
-        keep_last=2,
-        eval_per_class=5,
-        **options,
-    )
+    defaults = {
+        "batch_size": 16,
+        "log_every": 5,
+        "sample_every": 5,
+        "checkpoint_every": 5,
+        "keep_last": 2,
+        "eval_per_class": 5,
+    }
+    config = TrainConfig(steps=steps, **{**defaults, **options})
     return train(
         GEN,
         config,
@@ -211,6 +211,17 @@ def test_outputs_that_cannot_be_written_are_refused_before_training(
     for run_dir in (tmp_path / "y.pt", tmp_path / "y.pt" / "inner"):  # --out would be a folder
         with pytest.raises(ValueError, match=r"the run folder .* cannot be --out .*y.pt or inside"):
             train(GEN, config, data, heldout, tmp_path / "y.pt", run_dir=run_dir)
+    # The folders made to try writing go again: --out's here, when the run folder fails.
+    with pytest.raises(ValueError, match=r"cannot create the run folder .*afile/run: a file is"):
+        train(
+            GEN,
+            config,
+            data,
+            heldout,
+            tmp_path / "new" / "x.pt",
+            run_dir=tmp_path / "afile" / "run",
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_only_the_built_in_digits_are_judged_by_the_digits_classifier() -> None:
@@ -377,3 +388,187 @@ def test_progress_is_reported_every_step(tmp_path: pathlib.Path) -> None:
         progress=lambda step, steps, last: seen.append(step),
     )
     assert seen == [1, 2, 3, 4]
+
+
+def gan_train(*args: str) -> Result:
+    """gan-train in this process, as tiny as a run gets (8x8 digits, width 8, no evaluation
+    unless asked)."""
+    from ganserve.train.cli import main
+
+    tiny = ["--steps", "1", "--width", "8", "--image-size", "8", "--batch-size", "4"]
+    if "--eval-per-class" not in args:
+        tiny += ["--eval-per-class", "0"]
+    return CliRunner().invoke(main, [*tiny, *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--diffaugment", ",,"],
+            "Invalid value for '--diffaugment': diffaugment policy ',,' has an empty name; use "
+            "comma-separated names from color, translation, cutout",
+        ),
+        (["--diffaugment", "translation,,cutout"], "'translation,,cutout' has an empty name"),
+    ],
+)
+def test_cli_refuses_empty_diffaugment_policy_names(
+    tmp_path: pathlib.Path, args: list[str], message: str
+) -> None:
+    """',,' once trained without augmentation, silently."""
+    result = gan_train("--out", str(tmp_path / "x.pt"), *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--loss", "hinge", "--label-smoothing", "0.1"],
+            "--label-smoothing smooths the real targets of --loss nonsaturating and "
+            "least-squares; --loss hinge has none; drop --label-smoothing",
+        ),
+        (["--loss", "wgan-gp", "--label-smoothing", "0.1"], "--loss wgan-gp has none"),
+        (
+            ["--loss", "hinge", "--gp-weight", "5"],
+            "--gp-weight weighs the gradient penalty of --loss wgan-gp, which --loss hinge does "
+            "not add",
+        ),
+        (["--gp-weight", "0"], "which --loss nonsaturating does not add"),
+        (["--style-mixing", "0.5"], "--style-mixing is for --arch stylegan, not --arch dcgan"),
+        (["--arch", "gan", "--w-dim", "16"], "--w-dim is for --arch stylegan, not --arch gan"),
+        (["--mapping-layers", "2"], "--mapping-layers is for --arch stylegan, not --arch dcgan"),
+        (
+            ["--arch", "stylegan", "--fc-layers", "2"],
+            "--fc-layers is for --arch gan, not --arch stylegan; drop --fc-layers",
+        ),
+        (
+            ["--unconditional", "--embed-dim", "8"],
+            "--embed-dim sizes the label embedding, which --unconditional drops",
+        ),
+        (
+            ["--unconditional", "--eval-per-class", "5"],
+            "--eval-per-class sizes the in-loop class-accuracy check, which --unconditional "
+            "models skip",
+        ),
+        (
+            ["--data", "faces.npz", "--eval-per-class", "5"],
+            "which only --data digits has (its classifier judges the samples), not --data "
+            "faces.npz",
+        ),
+    ],
+)
+def test_cli_refuses_options_the_run_would_ignore(
+    tmp_path: pathlib.Path, args: list[str], message: str
+) -> None:
+    result = gan_train("--out", str(tmp_path / "x.pt"), *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--loss", "hinge", "--label-smoothing", "0"],  # the default, said out loud
+        ["--loss", "least-squares", "--label-smoothing", "0.1"],
+        ["--loss", "wgan-gp", "--gp-weight", "5", "--n-critic", "2"],
+        ["--loss", "hinge", "--n-critic", "2", "--r1-gamma", "1"],  # every loss uses these
+        ["--unconditional", "--eval-per-class", "0"],  # no check, as asked
+    ],
+)
+def test_cli_accepts_the_same_options_where_they_apply(
+    tmp_path: pathlib.Path, args: list[str]
+) -> None:
+    result = gan_train("--out", str(tmp_path / "x.pt"), *args)
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_refuses_a_label_embedding_for_data_without_labels(tmp_path: pathlib.Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "plain.npz", images=images)
+    result = gan_train("--out", str(tmp_path / "x.pt"), "--data", str(tmp_path / "plain.npz"))
+    assert result.exit_code == 0, result.output  # unconditional, and no --embed-dim asked for
+    result = gan_train(
+        *("--out", str(tmp_path / "y.pt"), "--data", str(tmp_path / "plain.npz")),
+        *("--embed-dim", "8"),
+    )
+    assert result.exit_code == 2
+    assert "--embed-dim sizes the label embedding, but --data" in result.output
+    assert "plain.npz has no class labels; drop --embed-dim" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume", "absent.pt"], "absent.pt: no such checkpoint file"),
+        (["--resume", "not-a-checkpoint.pt"], "not a checkpoint"),
+        (["--arch", "gan", "--fc-layers", "16", "--width", "1024"], "parameters (about"),
+    ],
+)
+def test_a_refused_run_leaves_no_folder_behind(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """The run folder (and --out's folder) used to be made before these checks."""
+    monkeypatch.chdir(tmp_path)
+    pathlib.Path("not-a-checkpoint.pt").write_text("hello")
+    result = gan_train("--out", "new/x.pt", *args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-checkpoint.pt"]
+
+
+def test_an_earlier_runs_checkpoint_is_overwritten_only_when_asked(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "x.pt"
+    assert gan_train("--out", str(out)).exit_code == 0
+    earlier = out.read_bytes()
+    refused = gan_train("--out", str(out), "--run-dir", str(tmp_path / "other"))
+    assert refused.exit_code == 1
+    assert (
+        f"--out {out} already exists: pick another --out, continue its run with --resume {out}, "
+        "or pass --overwrite to replace it" in refused.output
+    )
+    assert out.read_bytes() == earlier and not (tmp_path / "other").exists()
+    replaced = gan_train("--out", str(out), "--run-dir", str(tmp_path / "other"), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert out.read_bytes() != earlier
+
+
+def test_continuing_a_run_may_overwrite_its_checkpoint(tmp_path: pathlib.Path) -> None:
+    """--resume from --out itself, or from its run folder (what Ctrl-C tells to resume from),
+    continues the run that wrote --out: no --overwrite needed."""
+    out = tmp_path / "x.pt"
+    assert gan_train("--out", str(out)).exit_code == 0
+    resumed = gan_train("--out", str(out), "--steps", "2", "--resume", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    saved = tmp_path / "x-run" / "ckpt_000002.pt"
+    resumed = gan_train("--out", str(out), "--steps", "3", "--resume", str(saved))
+    assert resumed.exit_code == 0, resumed.output
+    assert checkpoint.load(out)["step"] == 3
+
+
+def test_metrics_record_the_step_they_were_measured_at(tmp_path: pathlib.Path) -> None:
+    """A checkpoint's metrics are its last evaluation's, which can be older than the
+    checkpoint: after Ctrl-C between evaluations, or in a run resumed with evaluation off."""
+    calls = iter(range(1000))
+    with pytest.raises(TrainingStopped):
+        run(tmp_path, 12, stop_requested=lambda: next(calls) >= 6)  # evaluated at 5, stops at 7
+    stopped = checkpoint.load(tmp_path / "run" / "ckpt_000007.pt")
+    assert (stopped["step"], stopped["metrics_step"]) == (7, 5)
+    assert "sample_class_accuracy" in stopped["metrics"]
+    resumed = run(tmp_path, 12, resume=tmp_path / "run" / "ckpt_000007.pt", eval_per_class=0)
+    assert (resumed["step"], resumed["metrics_step"]) == (12, 5)
+    assert (
+        resumed["metrics"]["sample_class_accuracy"] == stopped["metrics"]["sample_class_accuracy"]
+    )
+    evaluated = run(tmp_path, 12, name="evaluated")
+    assert (evaluated["step"], evaluated["metrics_step"]) == (12, 12)
+
+
+def test_cli_says_at_which_step_the_metrics_were_measured(tmp_path: pathlib.Path) -> None:
+    result = gan_train("--out", str(tmp_path / "x.pt"))
+    assert result.exit_code == 0 and ", not evaluated); run: " in result.output, result.output
+    evaluated = ["--steps", "2", "--eval-per-class", "10", "--image-size", "32"]
+    result = gan_train("--out", str(tmp_path / "y.pt"), *evaluated)
+    assert result.exit_code == 0, result.output
+    assert "'sample_class_accuracy': " in result.output
+    assert ", evaluated at step 2); run: " in result.output
