@@ -10,13 +10,11 @@ streams (torch's global one and the loop's batch generator) come back from the c
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import logging
 import math
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from ganserve.train.losses import (
     r1_penalty,
 )
 from ganserve.train.metrics import DigitClassifier, evaluate
-from ganserve.train.monitor import RunMonitor, checkpoint_step, run_checkpoints
+from ganserve.train.monitor import RunMonitor, check_outputs, checkpoint_step, run_checkpoints
 from ganserve.train.networks import (
     Architecture,
     GeneratorConfig,
@@ -158,69 +156,6 @@ def _check_resume_data(ckpt: dict[str, Any], data: ImageDataset) -> None:
             f"({fingerprint[:8]}), this run's data is {data.name} ({data.fingerprint()[:8]}); "
             "resume on the same data, or start a new run"
         )
-
-
-def check_outputs(
-    out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
-) -> None:
-    """Refuse, before any training, outputs that could not be written, and a run folder that
-    holds another run (whose checkpoints the rotation would mix with this one's). The folders
-    made to try writing are removed again when it refuses, if still empty."""
-    if run_dir is not None:
-        if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
-            raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
-        previous = run_checkpoints(run_dir)
-        if resume is None and (previous or (run_dir / "log.jsonl").exists()):
-            go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
-            raise ValueError(
-                f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
-                "(or delete the folder)"
-            )
-    made = _absent_folders(out.parent) + (_absent_folders(run_dir) if run_dir else [])
-    try:
-        _try_writing(out, run_dir)
-    except ValueError:
-        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):  # deepest first
-            with contextlib.suppress(OSError):  # not empty, or not made after all
-                folder.rmdir()
-        raise
-
-
-def _absent_folders(folder: pathlib.Path) -> list[pathlib.Path]:
-    """``folder`` and those of its parents that do not exist yet."""
-    absent = []
-    for path in [folder, *folder.parents]:
-        if os.path.lexists(path):
-            break
-        absent.append(path)
-    return absent
-
-
-def _try_writing(out: pathlib.Path, run_dir: pathlib.Path | None) -> None:
-    """Make the folders of ``out`` and the run folder, and create a file in each."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_suffix(out.suffix + ".tmp")
-        probe.touch()
-        probe.unlink()
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot write --out {out}: {out.parent} is not a folder") from None
-    except OSError as exc:
-        raise ValueError(f"cannot write --out {out}: {exc.strerror}") from None
-    if run_dir is None:
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot create the run folder {run_dir}: a file is in the way") from None
-    except OSError as exc:
-        raise ValueError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-    try:
-        probe = run_dir / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write in the run folder {run_dir}: {exc.strerror}") from None
 
 
 def check_size(gen_config: GeneratorConfig) -> None:

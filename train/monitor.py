@@ -1,5 +1,6 @@
 """What a training run leaves for people to follow: a JSONL log, sample grids, a loss curve,
-and rotating checkpoints (the last K, plus the best by the evaluation metric).
+and rotating checkpoints (the last K, plus the best by the evaluation metric); and the checks,
+before training, that it can be written there.
 
     <run_dir>/log.jsonl                one JSON object per logged step
     <run_dir>/samples/step_XXXXXX.png  fixed seeds, one row per class, from the EMA generator
@@ -10,7 +11,9 @@ and rotating checkpoints (the last K, plus the best by the evaluation metric).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -112,3 +115,66 @@ def tile_grid(images: np.ndarray, columns: int) -> Image.Image:
         top, left = r * (h + 2) + 1, col * (w + 2) + 1
         grid[top : top + h, left : left + w] = tile
     return Image.fromarray(grid[:, :, 0] if c == 1 else grid)
+
+
+def check_outputs(
+    out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
+) -> None:
+    """Refuse, before any training, outputs that could not be written, and a run folder that
+    holds another run (whose checkpoints the rotation would mix with this one's). The folders
+    made to try writing are removed again when it refuses, if still empty."""
+    if run_dir is not None:
+        if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
+            raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
+        previous = run_checkpoints(run_dir)
+        if resume is None and (previous or (run_dir / "log.jsonl").exists()):
+            go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
+            raise ValueError(
+                f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
+                "(or delete the folder)"
+            )
+    made = _absent_folders(out.parent) + (_absent_folders(run_dir) if run_dir else [])
+    try:
+        _try_writing(out, run_dir)
+    except ValueError:
+        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty, or not made after all
+                folder.rmdir()
+        raise
+
+
+def _absent_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """``folder`` and those of its parents that do not exist yet."""
+    absent = []
+    for path in [folder, *folder.parents]:
+        if os.path.lexists(path):
+            break
+        absent.append(path)
+    return absent
+
+
+def _try_writing(out: pathlib.Path, run_dir: pathlib.Path | None) -> None:
+    """Make the folders of ``out`` and the run folder, and create a file in each."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_suffix(out.suffix + ".tmp")
+        probe.touch()
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write --out {out}: {out.parent} is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot write --out {out}: {exc.strerror}") from None
+    if run_dir is None:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot create the run folder {run_dir}: a file is in the way") from None
+    except OSError as exc:
+        raise ValueError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    try:
+        probe = run_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write in the run folder {run_dir}: {exc.strerror}") from None
