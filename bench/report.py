@@ -49,7 +49,7 @@ def table(points: Sequence[Point]) -> str:
                 if isinstance(value, float) and key.endswith("_ms")
                 else f"{value:.0f}"
                 if isinstance(value, float) and key in ("requests_per_s", "images_per_s")
-                else f"{value:g}"
+                else (f"{value:.0f}" if value >= 10 else f"{value:g}")  # a rate may be 0.5/s
                 if key == "load"
                 else f"{value:.1f}"
                 if isinstance(value, float) and key == "server_mean_batch"
