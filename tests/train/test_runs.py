@@ -416,9 +416,7 @@ def test_cli_refuses_empty_diffaugment_policy_names(
     tmp_path: pathlib.Path, args: list[str], message: str
 ) -> None:
     """',,' once trained without augmentation, silently."""
-    result = gan_train("--out", str(tmp_path / "x.pt"), *args)
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert list(tmp_path.iterdir()) == []
+    refused_as_usage_before_writing(tmp_path, args, message)
 
 
 @pytest.mark.parametrize(
@@ -462,6 +460,11 @@ def test_cli_refuses_empty_diffaugment_policy_names(
 def test_cli_refuses_options_the_run_would_ignore(
     tmp_path: pathlib.Path, args: list[str], message: str
 ) -> None:
+    refused_as_usage_before_writing(tmp_path, args, message)
+
+
+def refused_as_usage_before_writing(tmp_path: pathlib.Path, args: list[str], message: str) -> None:
+    """gan-train ARGS is a usage error (exit 2) saying ``message``, and writes nothing."""
     result = gan_train("--out", str(tmp_path / "x.pt"), *args)
     assert result.exit_code == 2 and message in result.output, result.output
     assert list(tmp_path.iterdir()) == []
