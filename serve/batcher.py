@@ -388,10 +388,11 @@ class Batcher:
                 batch.append(request)
                 images += count
         self._m_depth.set(self._queued)
-        # Once per batch, over what still waits (at most a queue's worth of requests).
-        self._earliest = min(
-            (r.deadline for r in self._queue if r.deadline is not None), default=math.inf
-        )
+        if self._earliest != math.inf:  # else nothing queued has a deadline: nothing to redo
+            # Once per batch, over what still waits (at most a queue's worth of requests).
+            self._earliest = min(
+                (r.deadline for r in self._queue if r.deadline is not None), default=math.inf
+            )
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:
