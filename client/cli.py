@@ -475,7 +475,7 @@ def info(client: GeneratorClient, model: str, model_version: str) -> None:
 def _print_statuses(statuses: Any) -> None:
     for s in statuses:
         state = admin_pb2.ModelState.Name(s.state).removeprefix("MODEL_STATE_")
-        line = f"{s.name:<16} v{s.version:<4} {state:<9} {s.backend}"
+        line = f"{s.name:<16} v{s.version:<4} {state:<9} {s.backend} {s.precision}"
         click.echo(f"{line}  {s.message}".rstrip())
 
 

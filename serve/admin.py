@@ -11,7 +11,12 @@ from ganserve.v1 import admin_pb2, admin_pb2_grpc
 
 def _status(s: Status) -> admin_pb2.ModelStatus:
     return admin_pb2.ModelStatus(
-        name=s.name, version=s.version, state=s.state.value, message=s.message, backend=s.backend
+        name=s.name,
+        version=s.version,
+        state=s.state.value,
+        message=s.message,
+        backend=s.backend,
+        precision=s.precision,
     )
 
 

@@ -49,6 +49,7 @@ class Status:
     state: State
     message: str = ""
     backend: str = ""
+    precision: str = ""  # of a READY version's engine, as ModelInfo.precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ServedVersion:
     @property
     def key(self) -> tuple[str, str]:
         return self.metadata.name, self.metadata.version
+
+    def status(self) -> Status:
+        return Status(*self.key, State.READY, backend=self.backend.value, precision=self.precision)
 
 
 def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
@@ -346,7 +350,7 @@ class ModelManager:
             routes.setdefault(name, {})[version] = served
             if current is not None:
                 retiring.append(current)
-            changes.append(Status(name, version, State.READY, backend=served.backend.value))
+            changes.append(served.status())
         if self._draining:  # nothing loaded here may serve: the drain has closed the rest
             await asyncio.gather(*(v.batcher.close(0) for v in loaded))
             return [self._refuse_reload()]
@@ -415,11 +419,7 @@ class ModelManager:
                 self._metrics.model_info.labels(name, version, served.backend.value).set(1)
 
     def statuses(self) -> list[Status]:
-        out = [
-            Status(*v.key, State.READY, backend=v.backend.value)
-            for versions in self._routes.values()
-            for v in versions.values()
-        ]
+        out = [v.status() for versions in self._routes.values() for v in versions.values()]
         out += [Status(n, v, State.FAILED, m) for (n, v), m in self._failed.items()]
         return sorted(out, key=lambda s: (s.name, int(s.version or 0)))
 

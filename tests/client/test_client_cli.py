@@ -203,7 +203,7 @@ def test_info_prints_model_info_as_json(server: ServerThread) -> None:
 
 def test_models_lists_the_ready_model(server: ServerThread) -> None:
     (line,) = succeeded(gan_client(server.target, "models")).splitlines()
-    assert line.split() == ["digits", "v2", "READY", "onnxruntime-cpu"]
+    assert line.split() == ["digits", "v2", "READY", "onnxruntime-cpu", "fp32"]
 
 
 def test_reload_without_changes_says_so(server: ServerThread) -> None:

@@ -414,6 +414,7 @@ def test_a_changed_fp16_model_is_reloaded(start_server, tmp_path: pathlib.Path) 
     server = start_server(repo, models={"digits": ModelConfig(precision="fp16")})
     with admin(server) as client:
         assert client.model_info().precision == "fp16"
+        assert [(m.version, m.precision) for m in client.list_models()] == [("2", "fp16")]
         (repo / "digits" / "2" / "model.fp16.onnx").write_bytes(b"\x08\x07 not a model")
         changes = {(c.version, c.state) for c in client.reload_models().changes}
         assert changes == {("2", admin_pb2.MODEL_STATE_FAILED)}

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ganserve/v1/admin.proto\x12\x0bganserve.v1\"v\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ganserve.v1.ModelState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus\"\x15\n\x13ReloadModelsRequest\"k\n\x14ReloadModelsResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus\x12(\n\x06models\x18\x02 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus*r\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x16\n\x12MODEL_STATE_FAILED\x10\x02\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x03\x32\xb0\x01\n\nModelAdmin\x12M\n\nListModels\x12\x1e.ganserve.v1.ListModelsRequest\x1a\x1f.ganserve.v1.ListModelsResponse\x12S\n\x0cReloadModels\x12 .ganserve.v1.ReloadModelsRequest\x1a!.ganserve.v1.ReloadModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ganserve/v1/admin.proto\x12\x0bganserve.v1\"\x89\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ganserve.v1.ModelState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus\"\x15\n\x13ReloadModelsRequest\"k\n\x14ReloadModelsResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus\x12(\n\x06models\x18\x02 \x03(\x0b\x32\x18.ganserve.v1.ModelStatus*r\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x16\n\x12MODEL_STATE_FAILED\x10\x02\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x03\x32\xb0\x01\n\nModelAdmin\x12M\n\nListModels\x12\x1e.ganserve.v1.ListModelsRequest\x1a\x1f.ganserve.v1.ListModelsResponse\x12S\n\x0cReloadModels\x12 .ganserve.v1.ReloadModelsRequest\x1a!.ganserve.v1.ReloadModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ganserve.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=377
-  _globals['_MODELSTATE']._serialized_end=491
-  _globals['_MODELSTATUS']._serialized_start=40
-  _globals['_MODELSTATUS']._serialized_end=158
-  _globals['_LISTMODELSREQUEST']._serialized_start=160
-  _globals['_LISTMODELSREQUEST']._serialized_end=179
-  _globals['_LISTMODELSRESPONSE']._serialized_start=181
-  _globals['_LISTMODELSRESPONSE']._serialized_end=243
-  _globals['_RELOADMODELSREQUEST']._serialized_start=245
-  _globals['_RELOADMODELSREQUEST']._serialized_end=266
-  _globals['_RELOADMODELSRESPONSE']._serialized_start=268
-  _globals['_RELOADMODELSRESPONSE']._serialized_end=375
-  _globals['_MODELADMIN']._serialized_start=494
-  _globals['_MODELADMIN']._serialized_end=670
+  _globals['_MODELSTATE']._serialized_start=397
+  _globals['_MODELSTATE']._serialized_end=511
+  _globals['_MODELSTATUS']._serialized_start=41
+  _globals['_MODELSTATUS']._serialized_end=178
+  _globals['_LISTMODELSREQUEST']._serialized_start=180
+  _globals['_LISTMODELSREQUEST']._serialized_end=199
+  _globals['_LISTMODELSRESPONSE']._serialized_start=201
+  _globals['_LISTMODELSRESPONSE']._serialized_end=263
+  _globals['_RELOADMODELSREQUEST']._serialized_start=265
+  _globals['_RELOADMODELSREQUEST']._serialized_end=286
+  _globals['_RELOADMODELSRESPONSE']._serialized_start=288
+  _globals['_RELOADMODELSRESPONSE']._serialized_end=395
+  _globals['_MODELADMIN']._serialized_start=514
+  _globals['_MODELADMIN']._serialized_end=690
 # @@protoc_insertion_point(module_scope)
