@@ -347,10 +347,11 @@ class Batcher:
     async def _hold_back(self) -> None:
         """While another batch runs and fewer than ``parallel_min`` images wait, wait for that
         batch to end or for more images, but no longer than ``HOLD_MAX_BATCHES`` max batches
-        take in the engine: a slow or hung batch on one instance must not stall the free one."""
+        take in the engine (a slow or hung batch on one instance must not stall the free one),
+        and not past the time a batch must close for the earliest deadline waiting."""
         hold_until = self._queue[0].enqueued + self._hold_s
         while self._busy and self._queued < self.parallel_min:
-            remaining = hold_until - time.monotonic()
+            remaining = min(hold_until, self._earliest - self._lead_s) - time.monotonic()
             if remaining <= 0:
                 return
             if not await self._arrived_within(remaining):  # arrivals and batches ending

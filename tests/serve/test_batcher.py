@@ -376,6 +376,34 @@ def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
     assert sorted(first.batches + second.batches) == [1, 1]
 
 
+def test_a_request_is_not_held_back_past_its_deadline(real_engine: OnnxEngine) -> None:
+    """The hold behind a running batch (8 s here) used to ignore deadlines: a call due in
+    2.3 s waited out the hold and failed unserved. The free instance now takes it in time
+    (the batch closes a max batch's engine time, 2 s, plus slack before the deadline)."""
+    first, second = gated_pair(real_engine)
+
+    async def scenario() -> None:
+        batcher = make_batcher(
+            first, second, max_batch_size=8, instances=2, parallel_batch_us=1_000_000, image_s=0.25
+        )
+        assert batcher.parallel_min == 4
+        batcher.start()
+        lone = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
+        await until(lambda: first.started.is_set() or second.started.is_set(), "a batch")
+        running = first if first.started.is_set() else second
+        idle = second if running is first else first
+        idle.gate.set()
+        hurried = batcher.submit(Work(1, 1, Encoding.RAW_UINT8), deadline=time.monotonic() + 2.3)
+        await asyncio.wait_for(hurried, 5)
+        assert not running.gate.is_set()  # served beside the running batch, not after it
+        running.gate.set()
+        await lone
+        await batcher.close(1)
+
+    run(scenario())
+    assert sorted(first.batches + second.batches) == [1, 1]
+
+
 def test_with_parallel_batches_off_a_free_instance_takes_any_request(
     real_engine: OnnxEngine,
 ) -> None:
