@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -48,11 +49,14 @@ class Interrupted(click.ClickException):
 
 
 @contextmanager
-def _interrupts_reported() -> Iterator[None]:
+def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
     """Turn a Ctrl-C inside the block into `Interrupted`, whatever it surfaced as: torch's
     exporter can wrap the KeyboardInterrupt in its own error (one that hit an import shows up
-    as an AttributeError inside a TorchExportError), so the handler records that it fired."""
+    as an AttributeError inside a TorchExportError), so the handler records that it fired.
+    The block appends the version's folder to the list it gets once the version is published,
+    so that an interrupt after that (while printing) says so instead of "nothing written"."""
     fired: list[int] = []
+    published: list[pathlib.Path] = []
 
     def on_interrupt(signum: int, frame: object) -> None:
         fired.append(signum)
@@ -60,8 +64,10 @@ def _interrupts_reported() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        yield
+        yield published
     except BaseException:
+        if fired and published:
+            raise Interrupted(f"interrupted after publishing; {published[0]} is complete") from None
         if fired:
             raise Interrupted("interrupted: nothing was written") from None
         raise
@@ -123,8 +129,15 @@ def _interrupts_reported() -> Iterator[None]:
     help="TensorRT engine precision.",
 )
 @click.option("--device", type=click.IntRange(0), default=0, help="CUDA device for TensorRT.")
-def main(
+def main(checkpoint: pathlib.Path, **options: Any) -> None:
+    with _interrupts_reported() as published:  # from here to the last line printed
+        _export(checkpoint, published, **options)
+
+
+def _export(
     checkpoint: pathlib.Path,
+    published: list[pathlib.Path],
+    *,
     repository: pathlib.Path,
     name: str,
     version: int | None,
@@ -164,13 +177,12 @@ def main(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with _interrupts_reported():
-        from ganserve.export.pipeline import export_checkpoint
+    from ganserve.export.pipeline import export_checkpoint
 
-        try:
-            result = export_checkpoint(checkpoint, config)
-        except ExportError as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        result = export_checkpoint(checkpoint, config, on_published=published.append)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
     for note in result.notes:
         click.echo(note)
     extra = result.version.metadata.extra

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,13 @@ def _next_version(root: pathlib.Path, name: str) -> int:
     return found[-1] + 1 if found else 1
 
 
-def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportResult:
-    """Export, verify and publish one model version."""
+def export_checkpoint(
+    ckpt_path: pathlib.Path,
+    config: ExportConfig,
+    on_published: Callable[[pathlib.Path], object] | None = None,
+) -> ExportResult:
+    """Export, verify and publish one model version. ``on_published`` gets the version's
+    folder as soon as it is in place, before Ctrl-C is let through again."""
     try:
         ckpt = checkpoint.load(ckpt_path)
         generator = checkpoint.build_generator(ckpt, ema=True)
@@ -141,6 +147,8 @@ def export_checkpoint(ckpt_path: pathlib.Path, config: ExportConfig) -> ExportRe
         raise
     with publish.interrupts_held():
         publish.publish(staged)
+        if on_published is not None:
+            on_published(staged.final)
         return ExportResult(
             repository.open_version(config.repository, config.name, version), tuple(notes)
         )

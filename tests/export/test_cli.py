@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from ganserve.serve import repository
+
 BIN = pathlib.Path(sys.executable).parent / "export-gan"
 
 
@@ -207,3 +209,37 @@ def test_interrupt_is_one_line_exit_130_and_writes_nothing(
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == "Error: interrupted: nothing was written", result.stderr
     assert not repo.exists(), sorted(repo.rglob("*"))
+
+
+# Runs export-gan and sends Ctrl-C while it prints its summary, after the version is published.
+INTERRUPTED_SUMMARY = """
+import os, signal, sys
+import click
+from ganserve.export.cli import main
+
+def echo(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10**7):  # the handler runs between bytecodes
+        pass
+    raise AssertionError("SIGINT was not delivered")
+
+click.echo = echo
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupt_after_publishing_says_the_version_is_complete(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """It used to print click's "Aborted!" (exit 1), as if the export had failed."""
+    repo = tmp_path / "repo"
+    args = [str(tiny_checkpoint), "--repository", str(repo), "--name", "m", "--tensorrt", "off"]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_SUMMARY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == f"Error: interrupted after publishing; {repo}/m/1 is complete"
+    assert repository.open_version(repo, "m", 1).metadata.name == "m"
