@@ -18,7 +18,7 @@ import grpc
 import prometheus_client as prom
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ganserve.serve import accept, loops
 from ganserve.serve.admin import ModelAdminServicer
@@ -122,7 +122,11 @@ class GanServer:
             if not config.auth_token:
                 LOGGER.warning("ModelAdmin is on without --auth-token-file: anyone can reload")
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
-        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), registrar)
+        # The asyncio servicer, named here: enable_server_reflection picks the threaded one for
+        # anything that is not a grpc.aio.Server, and the registrar stands in for one.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME)), registrar
+        )
         address = grpc_address(config.host, config.port)
         credentials = self.credentials.server_credentials()
         try:

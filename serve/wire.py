@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
@@ -79,6 +79,29 @@ def _guard_stream(behavior: Callable, refused: Callable[[], None]) -> Callable:
     return handler
 
 
+def _guard_bidi(behavior: Callable, refused: Callable[[], None]) -> Callable:
+    """Requests streamed in (server reflection) are checked one by one as the servicer reads
+    them: the first that did not parse ends the call with INVALID_ARGUMENT."""
+
+    @functools.wraps(behavior)
+    async def handler(requests: AsyncIterator[object], context: grpc.aio.ServicerContext):
+        async def checked() -> AsyncIterator[object]:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    refused()
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        request.status_message(),
+                        trailing_metadata=request_id_metadata(context),
+                    )
+                yield request
+
+        async for response in behavior(checked(), context):
+            yield response
+
+    return handler
+
+
 def _nothing() -> None:
     pass
 
@@ -88,8 +111,19 @@ def guard(
 ) -> grpc.RpcMethodHandler:
     """The same method handler, answering unparsable requests with INVALID_ARGUMENT (after
     calling ``refused``, which counts them)."""
-    if handler is None or handler.request_streaming or handler.request_deserializer is None:
-        return handler  # no unary request to parse (this server has no client-streaming RPCs)
+    if handler is None or handler.request_deserializer is None:
+        return handler
+    if handler.request_streaming:
+        bidi = handler.stream_stream
+        # Only a servicer that iterates its requests can be checked on the way in (one that
+        # reads with context.read() would get the Malformed values); this server has one such
+        # method, reflection's, and no client-streaming ones of its own.
+        if bidi is None or not inspect.isasyncgenfunction(bidi):
+            return handler
+        return handler._replace(
+            request_deserializer=_safe(handler.request_deserializer),
+            stream_stream=_guard_bidi(bidi, refused),
+        )
     if handler.unary_unary is not None:
         return handler._replace(
             request_deserializer=_safe(handler.request_deserializer),

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -246,24 +247,32 @@ def test_get_model_info_answers_every_request_by_the_contract(channel: grpc.Chan
 
 # --- raw bytes to every method ------------------------------------------------------------------
 
-# (method path, request message class, response is a stream)
+# (method path, request message class, how it streams: "unary", "server" or "bidi")
 METHODS = [
-    ("/ganserve.v1.Generator/Generate", pb.GenerateRequest, False),
-    ("/ganserve.v1.Generator/GenerateBatch", pb.GenerateBatchRequest, False),
-    ("/ganserve.v1.Generator/Interpolate", pb.InterpolateRequest, True),
-    ("/ganserve.v1.Generator/GetModelInfo", pb.GetModelInfoRequest, False),
-    ("/ganserve.v1.ModelAdmin/ListModels", admin_pb2.ListModelsRequest, False),
-    ("/ganserve.v1.ModelAdmin/ReloadModels", admin_pb2.ReloadModelsRequest, False),
-    ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, False),
-    ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest, True),
+    ("/ganserve.v1.Generator/Generate", pb.GenerateRequest, "unary"),
+    ("/ganserve.v1.Generator/GenerateBatch", pb.GenerateBatchRequest, "unary"),
+    ("/ganserve.v1.Generator/Interpolate", pb.InterpolateRequest, "server"),
+    ("/ganserve.v1.Generator/GetModelInfo", pb.GetModelInfoRequest, "unary"),
+    ("/ganserve.v1.ModelAdmin/ListModels", admin_pb2.ListModelsRequest, "unary"),
+    ("/ganserve.v1.ModelAdmin/ReloadModels", admin_pb2.ReloadModelsRequest, "unary"),
+    ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest, "unary"),
+    ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest, "server"),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        reflection_pb2.ServerReflectionRequest,
+        "bidi",
+    ),
 ]
 METHOD_IDS = [m[0].rsplit("/", 1)[1] for m in METHODS]
 
 
-def _send(channel: grpc.Channel, method: str, streaming: bool, payload: bytes) -> object:
+def _send(channel: grpc.Channel, method: str, streaming: str, payload: bytes) -> object:
     """Send raw bytes; return the first response's bytes (streams are cut after one)."""
-    if streaming:
-        call = channel.unary_stream(method)(payload, timeout=10)
+    if streaming != "unary":
+        if streaming == "bidi":
+            call = channel.stream_stream(method)(iter([payload]), timeout=10)
+        else:
+            call = channel.unary_stream(method)(payload, timeout=10)
         try:
             return next(call)
         finally:
@@ -294,7 +303,7 @@ def _malformed(message: type) -> list[bytes]:
 
 @pytest.mark.parametrize(("method", "message", "streaming"), METHODS, ids=METHOD_IDS)
 def test_malformed_bytes_are_invalid_argument_naming_the_message(
-    channel: grpc.Channel, method: str, message: type, streaming: bool
+    channel: grpc.Channel, method: str, message: type, streaming: str
 ) -> None:
     for payload in _malformed(message):
         with pytest.raises(grpc.RpcError) as info:
