@@ -177,7 +177,8 @@ def _option(*decls: str, env: str, **kwargs: Any):
     "--warmup/--no-warmup",
     env="WARMUP",
     default=S.warmup,
-    help="Warm up every batch size before reporting SERVING.",
+    help="Run the batch sizes the batcher sends before reporting SERVING: every size on a "
+    "GPU, 1 and the max batch on the CPU, the preferred sizes when set.",
 )
 @_option(
     "--cache-bytes",

@@ -176,7 +176,9 @@ class ServerConfig:
         metrics_host, metrics_port: Prometheus ``/metrics``; port 0 picks one, -1 disables.
         intra_op_threads: ONNX Runtime CPU threads per engine instance; 0 lets it choose.
         batching: Batching settings, the same for every model version.
-        warmup: Run every batch size the engine will see before reporting SERVING.
+        warmup: Run the batch sizes the engine will see before reporting SERVING (every size
+            on a GPU backend; 1 and the max batch on the CPU, whose kernels do not specialise
+            per shape; the preferred sizes when set).
         cache_bytes: Byte budget of the response cache; 0 disables it.
         max_items_per_call: Cap on GenerateBatch items and Interpolate frames (never more than
             max_queue_size, since a call's items are queued together).
