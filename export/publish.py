@@ -1,5 +1,5 @@
-"""Where an export lands. `stage` checks the destination and makes a staging folder in the
-repository before any work; `publish` moves the finished folder into place in one rename, with
+"""Where an export lands. `stage` checks the destination and makes a staging folder beside the
+version's folder before any work; `publish` moves the finished folder into place in one rename, with
 Ctrl-C held off meanwhile; `discard` removes the staging folder and any folders `stage` made.
 The repository never holds half a version, and a failed export leaves nothing behind."""
 
@@ -26,7 +26,7 @@ LOGGER = logging.getLogger(__name__)
 class Staging:
     """A staging folder for one version, and the folders made to hold it."""
 
-    folder: pathlib.Path  # <repository>/.export-XXXX, renamed to `final` by `publish`
+    folder: pathlib.Path  # <repository>/<name>/.export-XXXX, renamed to `final` by `publish`
     final: pathlib.Path  # <repository>/<name>/<version>
     created: tuple[pathlib.Path, ...]  # folders made by `stage`, outermost first
     force: bool  # replace a version folder that exists
@@ -77,11 +77,12 @@ def stage(repository: pathlib.Path, name: str, version: int, *, force: bool) -> 
             raise ExportError(f"{final} already exists; pass --version N for a new one, or --force")
     created = _make_folders(final.parent, final)
     try:
-        # In the repository root: on the version's file system, so publishing is a rename.
-        folder = pathlib.Path(tempfile.mkdtemp(dir=repository, prefix=".export-"))
+        # Beside the version: on its file system (a model folder may be a mount or a link of
+        # its own), so publishing is a rename. Servers skip folders that are not numbers.
+        folder = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=".export-"))
     except OSError as exc:
         _remove_empty(created)
-        raise ExportError(f"cannot write {final}: {repository}: {exc.strerror or exc}") from None
+        raise ExportError(f"cannot write {final}: {final.parent}: {exc.strerror or exc}") from None
     return Staging(folder=folder, final=final, created=tuple(created), force=force)
 
 

@@ -7,7 +7,9 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
+import tempfile
 
 import numpy as np
 import onnx
@@ -292,4 +294,24 @@ def test_a_version_written_meanwhile_by_another_export_is_never_replaced(
     with pytest.raises(ExportError, match=r"cannot write .*tiny/1: another export wrote it"):
         publish.publish(staged)
     assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"theirs"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == ["tiny", "tiny/1", "tiny/1/model.onnx"]
+
+
+def test_a_model_folder_on_another_file_system_is_published(tmp_path: pathlib.Path) -> None:
+    """The staging folder sat in the repository root, so a model folder mounted (or linked)
+    from another file system failed at the final rename, after all the work."""
+    shm = pathlib.Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    elsewhere = pathlib.Path(tempfile.mkdtemp(dir=shm, prefix="ganserve-test-"))
+    try:
+        (tmp_path / "tiny").symlink_to(elsewhere, target_is_directory=True)
+        staged = publish.stage(tmp_path, "tiny", 1, force=False)
+        (staged.folder / "model.onnx").write_bytes(b"ours")
+        with publish.interrupts_held():
+            publish.publish(staged)
+        assert (elsewhere / "1" / "model.onnx").read_bytes() == b"ours"
+        assert [p.name for p in elsewhere.iterdir()] == ["1"]
+    finally:
+        shutil.rmtree(elsewhere)
