@@ -29,8 +29,7 @@ import click
 # handler is in place, so a Ctrl-C during start-up is one line too.
 from ganserve.export.config import ExportConfig, Precision, TensorRTMode
 from ganserve.export.errors import ExportError
-
-INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+from ganserve.export.publish import STOP_SIGNALS
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -43,36 +42,51 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 
 class Interrupted(click.ClickException):
-    """Ctrl-C stopped the export before anything was published."""
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the export; exit 128 + its number, as a
+    shell reports a process the signal killed."""
 
-    exit_code = INTERRUPTED_EXIT_CODE
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @contextmanager
 def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
-    """Turn a Ctrl-C inside the block into `Interrupted`, whatever it surfaced as: torch's
-    exporter can wrap the KeyboardInterrupt in its own error (one that hit an import shows up
-    as an AttributeError inside a TorchExportError), so the handler records that it fired.
+    """Turn Ctrl-C, SIGTERM or SIGHUP inside the block into `Interrupted`, whatever it
+    surfaced as: torch's exporter can wrap the KeyboardInterrupt raised in its own error (one
+    that hit an import shows up as an AttributeError inside a TorchExportError), so the
+    handler records that it fired. The pipeline removes its staging folder on the way out.
     The block appends the version's folder to the list it gets once the version is published,
-    so that an interrupt after that (while printing) says so instead of "nothing written"."""
+    so that a signal after that (while printing) says so instead of "nothing written"."""
     fired: list[int] = []
     published: list[pathlib.Path] = []
 
-    def on_interrupt(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         fired.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         yield published
     except BaseException:
-        if fired and published:
-            raise Interrupted(f"interrupted after publishing; {published[0]} is complete") from None
-        if fired:
-            raise Interrupted("interrupted: nothing was written") from None
-        raise
+        if not fired:
+            raise
+        signum = fired[0]
+        what = (
+            "interrupted"
+            if signum == signal.SIGINT
+            else f"stopped by {signal.Signals(signum).name}"
+        )
+        if published:
+            raise Interrupted(
+                f"{what} after publishing; {published[0]} is complete", signum
+            ) from None
+        raise Interrupted(f"{what}: nothing was written", signum) from None
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        for s, handler in previous.items():
+            if handler is None:  # set outside Python: put back the interpreter's default
+                handler = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+            signal.signal(s, handler)
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})

@@ -21,6 +21,9 @@ from ganserve.export.errors import ExportError
 
 LOGGER = logging.getLogger(__name__)
 
+# Signals that stop an export: Ctrl-C, and what `kill`, `timeout` and CI cancellation send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 @dataclasses.dataclass(frozen=True)
 class Staging:
@@ -94,21 +97,30 @@ def discard(staging: Staging) -> None:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) off for the block: publishing is a few renames, and an interrupt
-    in their middle would leave the version half replaced. One that arrives is logged and
-    dropped: by the block's end the work it would have stopped is done. Only the main thread
-    receives signals, so elsewhere this does nothing."""
+    """Hold Ctrl-C and the other `STOP_SIGNALS` off for the block: publishing is a few
+    renames, and a signal in their middle would leave the version half replaced. The first
+    that arrives is delivered again once the block has ended, to the handler that was there
+    before. Only the main thread receives signals, so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        for s, handler in previous.items():
+            if handler is None:  # set outside Python: put back the interpreter's default
+                handler = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+            signal.signal(s, handler)
         if received:
-            LOGGER.warning("interrupt arrived while publishing; the version was published whole")
+            LOGGER.warning(
+                "%s arrived while publishing; the version was published whole",
+                signal.Signals(received[0]).name,
+            )
+            signal.raise_signal(received[0])
 
 
 def publish(staging: Staging) -> None:

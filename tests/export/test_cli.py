@@ -170,8 +170,8 @@ def test_unwritable_destination_is_one_line_before_the_work(
 
 
 # Runs export-gan with torch's exporter replaced by one that writes half a model and then
-# receives Ctrl-C (SIGINT); "wrapped" re-raises it the way torch's exporter can, as another
-# error caused by the KeyboardInterrupt.
+# receives Ctrl-C (SIGINT), or SIGTERM for "sigterm"; "wrapped" re-raises it the way torch's
+# exporter can, as another error caused by the KeyboardInterrupt.
 INTERRUPTED_EXPORT = """
 import os, signal, sys
 from ganserve.export import onnx_export
@@ -180,7 +180,7 @@ from ganserve.export.cli import main
 def interrupted(generator, path, **kwargs):
     path.write_bytes(b"half a model")
     try:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM if sys.argv[1] == "sigterm" else signal.SIGINT)
         for _ in range(10**7):  # the handler runs between bytecodes
             pass
     except KeyboardInterrupt as exc:
@@ -194,9 +194,16 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("how", ["plain", "wrapped"])
+@pytest.mark.parametrize(
+    ("how", "code", "said"),
+    [
+        ("plain", 130, "interrupted"),
+        ("wrapped", 130, "interrupted"),
+        ("sigterm", 143, "stopped by SIGTERM"),  # left its staging folder behind before
+    ],
+)
 def test_interrupt_is_one_line_exit_130_and_writes_nothing(
-    how: str, tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+    how: str, code: int, said: str, tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     repo = tmp_path / "repo"
     args = [str(tiny_checkpoint), "--repository", str(repo), "--tensorrt", "off"]
@@ -206,8 +213,8 @@ def test_interrupt_is_one_line_exit_130_and_writes_nothing(
         text=True,
         timeout=120,
     )
-    assert result.returncode == 130, result.stderr
-    assert result.stderr.strip() == "Error: interrupted: nothing was written", result.stderr
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip() == f"Error: {said}: nothing was written", result.stderr
     assert not repo.exists(), sorted(repo.rglob("*"))
 
 

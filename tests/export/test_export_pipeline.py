@@ -248,21 +248,24 @@ def test_verify_batch_sizes_must_be_within_max_batch(sizes: tuple[int, ...]) -> 
         ExportConfig(repository=pathlib.Path("r"), name="m", max_batch=8, verify_batch_sizes=sizes)
 
 
-def test_an_interrupt_while_publishing_waits_for_the_version_to_be_whole() -> None:
+@pytest.mark.parametrize("signum", publish.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_while_publishing_waits_for_the_version_to_be_whole(signum: int) -> None:
+    """Then it reaches the handler that was there before: the export stops, published."""
     seen: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    previous = signal.signal(signum, lambda signum, frame: seen.append(signum))
     try:
         with publish.interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             for _ in range(1000):  # Python runs handlers between bytecodes: give it some
                 pass
-        assert seen == [], "the interrupt reached the outer handler while publishing"
-        os.kill(os.getpid(), signal.SIGINT)  # the outer handler is back
+            assert seen == [], "the signal reached the outer handler while publishing"
+        assert seen == [signum]
+        os.kill(os.getpid(), signum)  # the outer handler is back
         for _ in range(1000):
             pass
-        assert seen == [signal.SIGINT]
+        assert seen == [signum, signum]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
 
 
 def test_fp16_conversion_failure_is_one_clear_error_and_writes_nothing(
