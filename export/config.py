@@ -76,6 +76,19 @@ class ExportConfig:
             raise ValueError(f"max_batch must be in 1..4096, got {self.max_batch}")
         if self.opt_batch is not None and not 1 <= self.opt_batch <= self.max_batch:
             raise ValueError(f"opt_batch must be in 1..max_batch ({self.max_batch})")
+        # Options only the engine uses would do nothing (named as export-gan's flags).
+        if self.tensorrt is TensorRTMode.OFF:
+            if self.tensorrt_precision is not Precision.FP32:
+                raise ValueError(
+                    f"--precision {self.tensorrt_precision.value} applies to the TensorRT "
+                    "engine, but --tensorrt is off: build the engine (--tensorrt auto or on) "
+                    "or drop --precision (an FP16 ONNX model is --fp16-onnx)"
+                )
+            if self.opt_batch is not None:
+                raise ValueError(
+                    "--opt-batch tunes the TensorRT engine, but --tensorrt is off: build the "
+                    "engine (--tensorrt auto or on) or drop --opt-batch"
+                )
         if self.verify_batch_sizes is not None:
             # A verified size above max_batch checks a batch the server never sends, and
             # costs memory in proportion (one batch of 10^8 images does not fit anywhere).

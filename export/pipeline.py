@@ -62,7 +62,7 @@ def _torch_runner(generator: torch.nn.Module) -> Runner:
     return run
 
 
-def _ort_runner(path: pathlib.Path, providers: list[str]) -> Runner:
+def _ort_runner(path: pathlib.Path, providers: list[str | tuple[str, dict]]) -> Runner:
     options = ort.SessionOptions()
     # Errors only: ORT warns that it cannot constant-fold FP16 nodes on the CPU, which is
     # noise here (the FP16 model is verified on the CPU only where CUDA is absent).
@@ -75,12 +75,13 @@ def _ort_runner(path: pathlib.Path, providers: list[str]) -> Runner:
     return run
 
 
-def _fp16_providers() -> tuple[list[str], str]:
-    """Verify the FP16 model where it will run: CUDA when present, else the CPU."""
+def _fp16_providers(device_id: int) -> tuple[list[str | tuple[str, dict]], str]:
+    """Verify the FP16 model where it will run: CUDA (on ``--device``) when present, else
+    the CPU."""
     from ganserve.serve.backends import cuda
 
     if cuda.unavailable(Backend.ONNXRUNTIME_CUDA) is None:
-        return ["CUDAExecutionProvider"], "onnxruntime-cuda"
+        return [("CUDAExecutionProvider", {"device_id": device_id})], "onnxruntime-cuda"
     return ["CPUExecutionProvider"], "onnxruntime-cpu"
 
 
@@ -191,7 +192,7 @@ def _build(
             "verification": report,
         }
         if config.fp16_onnx:
-            extra["onnx_fp16"] = _fp16_variant(staging, reference, check)
+            extra["onnx_fp16"] = _fp16_variant(staging, reference, check, config.device_id)
         if config.tensorrt is not TensorRTMode.OFF:
             if trt_reason:
                 notes.append(f"TensorRT engine skipped: {trt_reason}")
@@ -216,13 +217,15 @@ def _build(
     return notes
 
 
-def _fp16_variant(staging: pathlib.Path, reference: Runner, check: dict) -> dict[str, Any]:
+def _fp16_variant(
+    staging: pathlib.Path, reference: Runner, check: dict, device_id: int
+) -> dict[str, Any]:
     path = staging / FP16_MODEL_FILE
     try:
         onnx_export.to_fp16(staging / MODEL_FILE, path)
     except onnx_export.ConversionError as exc:
         raise ExportError(f"FP16 conversion failed, nothing written: {exc}") from exc
-    providers, verified_on = _fp16_providers()
+    providers, verified_on = _fp16_providers(device_id)
     report = verify(
         _ort_runner(path, providers),
         reference,

@@ -143,6 +143,9 @@ def test_tensorrt_auto_without_tensorrt_says_so_in_one_line(
         # Undecodable bytes of the shell argument: exported, then no server could load it.
         (["--name", "\udcff"], "is not printable UTF-8 text: clients send it over gRPC"),
         (["--name", "a\tb"], "is not printable UTF-8 text"),
+        # Options of the TensorRT engine with no engine: they used to do nothing, silently.
+        (["--tensorrt", "off", "--precision", "fp16"], "--precision fp16 applies to the TensorRT"),
+        (["--tensorrt", "off", "--opt-batch", "8"], "--opt-batch tunes the TensorRT engine"),
     ],
 )
 def test_bad_options_are_usage_errors(
