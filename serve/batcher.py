@@ -221,6 +221,7 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = True
         self._closed = False  # close() has ended: engines that come back are closed, not pooled
+        self._drain_until = math.inf  # when close() stops waiting for queued work (`hurry`)
         # Metric children resolved once: labels() is a dict lookup under a lock.
         labels = (m.name, m.version)
         self._m_depth = metrics.queue_depth.labels(*labels)
@@ -581,10 +582,12 @@ class Batcher:
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     async def close(self, grace_s: float) -> None:
-        """Stop accepting, let queued and running batches finish within grace_s, cancel the rest."""
+        """Stop accepting, let queued and running batches finish within grace_s (math.inf: all
+        of them; `hurry` can bring that forward meanwhile), fail the rest with
+        ShuttingDownError."""
         self._accepting = False
-        deadline = time.monotonic() + grace_s
-        while (self._queue or self._running) and time.monotonic() < deadline:
+        self.hurry(grace_s)
+        while (self._queue or self._running) and time.monotonic() < self._drain_until:
             await asyncio.sleep(0.01)
         if self._queue:
             LOGGER.warning(
@@ -603,7 +606,9 @@ class Batcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._running:
-            await asyncio.wait(self._running, timeout=max(0.0, deadline - time.monotonic()))
+            await asyncio.wait(
+                self._running, timeout=max(0.0, self._drain_until - time.monotonic())
+            )
         self._executor.shutdown(wait=False, cancel_futures=True)
         # From now on an engine that comes back (a late batch, a hung call, a replacement) is
         # closed by _give_back instead of pooled.
@@ -611,6 +616,11 @@ class Batcher:
         for engine in self._free:
             engine.close()
         self._free.clear()
+
+    def hurry(self, grace_s: float) -> None:
+        """Bring a drain forward: a close() under way (or to come) waits for queued work at
+        most ``grace_s`` from now, if that is sooner than it would have."""
+        self._drain_until = min(self._drain_until, time.monotonic() + grace_s)
 
     @property
     def idle(self) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import math
 import os
 import pathlib
 import time
@@ -95,7 +96,8 @@ class ModelManager:
         self._failed: dict[tuple[str, str], str] = {}
         self._default: str | None = config.default_model
         self._lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Versions a reload has retired, closing once their queues drain: task -> batcher.
+        self._retiring: dict[asyncio.Task[None], Batcher] = {}
         self._draining = False  # set by the shutdown: reloads load nothing more
         # Loads run on a daemon thread: a SIGTERM during a long load (a TensorRT build) need
         # not wait for it at exit.
@@ -396,14 +398,14 @@ class ModelManager:
         return Status(name, version, State.FAILED, message)
 
     def _retire(self, served: ServedVersion) -> None:
-        """Close a version that no longer receives requests, once its queue has drained."""
+        """Close a version that no longer receives requests, once its queue has drained: it
+        finishes what it accepted, however long that takes (each call's own deadline still
+        applies; hung engine calls are timed out). Only a shutdown cuts it short (`close`)."""
         name, version = served.key
         self._metrics.model_info.remove(name, version, served.backend.value)
-        task = asyncio.get_running_loop().create_task(
-            served.batcher.close(self._config.drain_grace_s)
-        )
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        task = asyncio.get_running_loop().create_task(served.batcher.close(math.inf))
+        self._retiring[task] = served.batcher
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
         task.add_done_callback(lambda _: self._forget(name, version))
 
     def _forget(self, name: str, version: str) -> None:
@@ -444,9 +446,11 @@ class ModelManager:
     async def close(self, grace_s: float) -> None:
         """Drain every version, those a reload is retiring included, within one grace."""
         deadline = time.monotonic() + grace_s
+        for batcher in self._retiring.values():
+            batcher.hurry(grace_s)
         await asyncio.gather(*self.stop_accepting_and_drain(grace_s))
         if self._retiring:
-            await asyncio.wait(self._retiring, timeout=max(0.0, deadline - time.monotonic()))
+            await asyncio.wait(list(self._retiring), timeout=max(0.0, deadline - time.monotonic()))
 
     @staticmethod
     async def _close_all(routes: dict[str, dict[str, ServedVersion]], grace_s: float) -> None:

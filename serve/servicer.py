@@ -220,6 +220,9 @@ class _Call:
         # and reading the peer then crashes the process (SIGSEGV in cygrpc).
         self.peer = context.peer() if servicer._access_log else ""
         self.served: ServedVersion | None = None
+        # The in-flight gauge child this call raised: lowered at its end even when a reload
+        # has retired the version meanwhile (a fresh lookup would bring the series back at -1).
+        self.in_flight = None
         self.items = 1
         self.code = grpc.StatusCode.OK
 
@@ -229,7 +232,6 @@ class _Call:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        in_flight = self.served is not None
         message = None
         try:
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
@@ -245,7 +247,7 @@ class _Call:
         finally:
             # Account for the call before the caller can see its outcome, so a scrape that
             # follows a reply always includes it.
-            self._servicer._finish(self, in_flight)
+            self._servicer._finish(self)
             # A stream cancelled between frames is abandoned by grpcio at its `yield` and
             # closed later by asyncio's generator finaliser, in a context of its own: the
             # call's context is gone with it, and there is nothing to restore.
@@ -311,7 +313,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 call.unserved = (model, UNSERVED_VERSION)
             raise
         call.served = served
-        self._series(call.method, *served.key).in_flight.inc()
+        call.in_flight = self._series(call.method, *served.key).in_flight
+        call.in_flight.inc()
         return served
 
     def count_unparsable(self, path: str) -> None:
@@ -327,12 +330,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             series = self._children[key] = _Series(self._metrics, method, model, version)
         return series
 
-    def _finish(self, call: _Call, in_flight: bool) -> None:
+    def _finish(self, call: _Call) -> None:
         seconds = time.monotonic() - call.started
         model, version = call.served.key if call.served else call.unserved
         series = self._series(call.method, model, version)
-        if in_flight:
-            series.in_flight.dec()
+        if call.in_flight is not None:
+            call.in_flight.dec()
         code = call.code.name
         series.count(code)
         series.duration.observe(seconds)

@@ -8,6 +8,7 @@ record batch sizes, hold a batch, or inject a fault.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -374,6 +375,31 @@ def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
 
     run(scenario())
     assert sorted(first.batches + second.batches) == [1, 1]
+
+
+def test_a_drain_without_end_is_cut_short_by_hurry(real_engine: OnnxEngine) -> None:
+    """A retired version drains with no grace limit; a shutdown then brings the end forward:
+    what still waits fails with ShuttingDownError, and close() returns."""
+    engine = RecordingEngine(real_engine)
+    engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_size=1, max_queue_delay_us=0)
+        batcher.start()
+        running = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
+        await asyncio.to_thread(engine.started.wait, 10)
+        queued = batcher.submit(Work(1, 1, Encoding.RAW_UINT8))
+        closing = asyncio.ensure_future(batcher.close(math.inf))
+        await asyncio.sleep(0.3)
+        assert not closing.done() and not queued.done()
+        batcher.hurry(0)
+        with pytest.raises(ShuttingDownError, match="server shut down"):
+            await queued
+        engine.gate.set()
+        await asyncio.wait_for(closing, 10)
+        await running  # the batch in the engine still ends well
+
+    run(scenario())
 
 
 def test_a_request_is_not_held_back_past_its_deadline(real_engine: OnnxEngine) -> None:

@@ -366,6 +366,35 @@ def test_a_reload_of_two_versions_refuses_no_request(tmp_path):
     assert outcomes["refused"] == 0, f"requests refused during the reload: {outcomes}"
 
 
+def test_a_shutdown_cuts_short_the_drain_of_a_retired_version(tmp_path):
+    """A retired version drains with no time limit (it finishes what it accepted); a
+    shutdown must still end within its grace, failing what the retired version still holds."""
+
+    async def scenario():
+        manager = await two_changed_versions(tmp_path)
+        old = manager.resolve("digits", "1").batcher
+        gate = threading.Event()
+        for engine in old._free:  # every instance holds its batch until the gate opens
+            run = engine.run
+            engine.run = lambda feeds, run=run: gate.wait(30) and run(feeds)
+        size = old._config.max_batch_size
+        futures = old.submit_many([work(s) for s in range(size * (len(old._free) + 1))])
+        while old.queue_depth != size:  # the instances took a batch each; one group waits
+            await asyncio.sleep(0.01)
+        await manager.reload()  # retires the old version 1, its queue still full
+        await asyncio.sleep(0.2)
+        assert manager._retiring and not futures[-1].done()
+        await asyncio.wait_for(manager.close(0.1), 10)
+        try:  # failed by the shutdown, not left to wait for a drain that never ends
+            with pytest.raises(ShuttingDownError):
+                await asyncio.wait_for(futures[-1], 5)
+        finally:
+            gate.set()
+        await asyncio.gather(*futures, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
 def test_a_drain_during_a_multi_version_reload_closes_what_it_loaded(tmp_path):
     async def scenario():
         manager = await two_changed_versions(tmp_path)

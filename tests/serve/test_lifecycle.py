@@ -177,6 +177,54 @@ def test_reload_switches_to_a_new_version_without_dropping_in_flight(
         assert client.reload_models().changes == []  # nothing changed since
 
 
+def test_a_retired_version_finishes_its_queue_however_long_it_takes(
+    start_server, tmp_path: pathlib.Path
+) -> None:
+    """A retired version got only --drain-grace for its queue, then failed what was left with
+    "server shut down" while the server went on serving. Here the queued call waits 10 times
+    that grace behind a held batch, and still gets its image from the version it was routed
+    to; the in-flight gauge of the retired version ends gone, not at -1."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo, drain_grace_s=0.1, instances=1)
+    manager = server.server.models
+    control = control_engine(server)
+    control.hold()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool, admin(server) as client:
+        running = pool.submit(client.generate, 5, 5)
+        assert control.entered.wait(10)
+        queued = pool.submit(client.generate, 6, 6)
+        wait_until(lambda: manager.resolve("digits").batcher.queue_depth == 1, "a queued call")
+        add_version(repo, 2)
+        client.reload_models()
+        time.sleep(1.0)
+        assert not queued.done()
+        control.release()
+        assert queued.result(10).response.model_version == "1"
+        assert running.result(10).response.model_version == "1"
+        wait_until(lambda: not manager._retiring, "version 1 to close")
+        assert client.generate(7, 7).response.model_version == "2"
+    assert sample(server, "ganserve_inflight_requests", version="1") is None
+    assert sample(server, "ganserve_inflight_requests", version="2") == 0
+
+
+def test_a_stream_outliving_its_retired_version_does_not_leave_its_gauge_at_minus_one(
+    start_server, tmp_path: pathlib.Path
+) -> None:
+    """An Interpolate stream still being read when its version has drained and closed: its end
+    lowered a fresh copy of the dropped in-flight series, which then read -1 for good."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo, max_items_per_call=1024)
+    manager = server.server.models
+    with admin(server) as client:
+        frames = client.interpolate(1, 2, 1024, 3, encoding=ImageEncoding.RAW_UINT8)
+        next(frames)  # 1 MB of frames: the stream waits on flow control until they are read
+        add_version(repo, 2)
+        client.reload_models()
+        wait_until(lambda: not manager._retiring, "version 1 to close")
+        assert sum(1 for _ in frames) == 1023
+    assert sample(server, "ganserve_inflight_requests", version="1") is None
+
+
 def test_a_reload_that_replaces_a_versions_files_is_never_answered_from_the_cache(
     start_server, tmp_path: pathlib.Path
 ) -> None:
