@@ -59,17 +59,28 @@ def versions(root: pathlib.Path, name: str) -> list[int]:
 
 
 def model_names(root: pathlib.Path) -> list[str]:
-    """Names of the models under ``root`` that have at least one version folder."""
+    """Names of the models under ``root`` that have at least one version folder. A folder
+    whose name is not printable UTF-8 text is logged and left alone: clients name models over
+    gRPC, and metric labels and statuses could not carry it (export-gan refuses such names)."""
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} does not exist or is not a directory")
-    return sorted(
-        p.name
-        for p in root.iterdir()
+    names = []
+    for p in root.iterdir():
         # Hidden folders are tools' (export-gan stages versions in .export-*), not models.
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and any(c.is_dir() and version_number(c.name) for c in p.iterdir())
-    )
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if not any(c.is_dir() and version_number(c.name) for c in p.iterdir()):
+            continue
+        if not p.name.isprintable():  # undecodable bytes arrive as lone surrogates
+            LOGGER.warning(
+                "model folder %r in %s: the name is not printable UTF-8 text, which clients "
+                "could not ask for; rename it. Ignored",
+                p.name,
+                ascii(str(root)),
+            )
+            continue
+        names.append(p.name)
+    return sorted(names)
 
 
 def open_version(root: pathlib.Path, name: str, version: int) -> ModelVersionPath:

@@ -297,6 +297,23 @@ def test_model_info_describes_the_version_asked_for(start_server, tmp_path: path
     assert "version '3'" in info.value.details()
 
 
+def test_a_model_folder_named_in_bytes_that_are_not_utf8_is_ignored(
+    start_server, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Such a folder broke ListModels and ReloadModels (UnicodeEncodeError) while it was
+    there, and /metrics (HTTP 500) until a restart: its load-failure counter's label could not
+    be encoded."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    stray = os.fsencode(repo) + b"/\xff"
+    shutil.copytree(os.fsencode(repo / "digits" / "1"), stray + b"/1")
+    with admin(server) as client:
+        assert client.reload_models().changes == []
+        assert [(m.name, m.version) for m in client.list_models()] == [("digits", "1")]
+    assert scrape(server).get("ganserve_model_load_failures_total", 0) == 0  # and it answers
+    assert "'\\udcff' in " in caplog.text and "not printable UTF-8 text" in caplog.text
+
+
 def test_a_failed_version_deleted_from_the_repository_is_forgotten(
     start_server,
     tmp_path: pathlib.Path,
