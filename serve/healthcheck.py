@@ -74,6 +74,12 @@ def check() -> bool:
         channel = grpc.insecure_channel(target)
     else:
         key, cert = _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")
+        if (key is None) != (cert is None):  # gRPC aborts the process on half a pair
+            given, missing = ("KEY", "CERT") if cert is None else ("CERT", "KEY")
+            raise ProbeError(
+                f"GANSERVE_HEALTH_{given} is set but GANSERVE_HEALTH_{missing} is not: a "
+                "client certificate needs both"
+            )
         _check_pem(cert is not None)
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
         name = os.environ.get("GANSERVE_HEALTH_SERVER_NAME", "localhost")

@@ -253,13 +253,26 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
             },
             "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY: not a PEM certificate and its key",
         ),
+        # Half a client pair made gRPC abort the probe (SIGABRT, exit 134).
+        (
+            "50051",
+            {"GANSERVE_HEALTH_CA": "{ca}", "GANSERVE_HEALTH_KEY": "{dir}/tls.key"},
+            "GANSERVE_HEALTH_KEY is set but GANSERVE_HEALTH_CERT is not",
+        ),
+        (
+            "50051",
+            {"GANSERVE_HEALTH_CA": "{ca}", "GANSERVE_HEALTH_CERT": "{dir}/both.pem"},
+            "GANSERVE_HEALTH_CERT is set but GANSERVE_HEALTH_KEY is not",
+        ),
     ],
 )
 def test_a_misconfigured_healthcheck_says_which_setting(
     port: str, variables: dict[str, str], message: str, tmp_path: pathlib.Path
 ) -> None:
     write_certificates(tmp_path)
-    variables = {k: v.format(ca=tmp_path / "ca.crt") for k, v in variables.items()}
+    both = (tmp_path / "tls.crt").read_bytes() + (tmp_path / "tls.key").read_bytes()
+    (tmp_path / "both.pem").write_bytes(both)  # a certificate file that holds its key too
+    variables = {k: v.format(ca=tmp_path / "ca.crt", dir=tmp_path) for k, v in variables.items()}
     result = run_healthcheck(lint.healthcheck_argv(stage("cpu")), port, **variables)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr
