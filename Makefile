@@ -11,11 +11,19 @@ METRICS_PORT ?= 8000
 # installs the CPU build from PyTorch's index first (see the README).
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
+# Exits 0 when the Python it runs on is new enough for pyproject.toml's requires-python.
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
 
 .PHONY: run test model proto lint clean bench soak
 
 $(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "need python3.11 (or python3 >= 3.11) on PATH"; exit 1; }
+	@test -n "$(PYTHON)" && $(PYTHON) $(NEW_ENOUGH) || { \
+		echo "need python3.11 (or python3 >= 3.11) on PATH, or PYTHON=/path/to/python3.11;" \
+		"found: $(or $(PYTHON),none)"; exit 1; }
+	@# A venv made by an older Python (before 3.11 was installed) is made again, not reused.
+	@if test -x $(BIN)/python && ! $(BIN)/python $(NEW_ENOUGH); then \
+		echo "$(VENV) runs $$($(BIN)/python --version 2>&1); making it again with $(PYTHON)"; \
+		rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
