@@ -140,6 +140,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     TMPDIR=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib
 COPY --from=builder-train /opt/venv /opt/venv
+# The working directory is the user's: gan-train and export-gan write there by default
+# (WORKDIR alone would make it root's). Mount a volume at /work to keep what they write.
+RUN install -d -o 65532 -g 65532 /work
 WORKDIR /work
 USER 65532:65532
 ENTRYPOINT ["gan-train"]

@@ -24,6 +24,7 @@ EXPOSE = "expose"
 ENTRYPOINT = "entrypoint"
 READ_ONLY_ENV = "read-only-env"
 VENV_ONLY = "venv-only"
+WRITABLE_WORKDIR = "writable-workdir"
 RULES = (
     PINNED_BASE,
     NON_ROOT_USER,
@@ -34,6 +35,7 @@ RULES = (
     ENTRYPOINT,
     READ_ONLY_ENV,
     VENV_ONLY,
+    WRITABLE_WORKDIR,
 )
 
 VENV = "/opt/venv"
@@ -235,6 +237,7 @@ def lint(
                         f"{EXEC_FORM}: stage {name}: line {instruction.line}: {keyword} is not "
                         "a JSON array"
                     )
+        problems += _workdir_problems(name, stage, uid)
 
     for name in serving_stages:
         if name not in by_name:
@@ -277,6 +280,24 @@ def lint(
                     f"{VENV_ONLY}: stage {name} copies {paths} from {source}; only {VENV}"
                 )
     return problems
+
+
+def _workdir_problems(name: str, stage: Stage, uid: str) -> list[str]:
+    """A non-root stage's working directory must be its user's: WORKDIR makes a missing one
+    owned by root, where the command (gan-train writing its checkpoint) cannot write."""
+    workdir = stage.last("WORKDIR")
+    path = workdir.args.strip() if workdir else "/"
+    if path == "/" or path.startswith("/tmp") or not uid.isdigit() or int(uid) == 0:
+        return []
+    owned = re.compile(
+        rf"(chown\s+(-\S+\s+)*{uid}\b|install\s+(.*\s)?-o\s*{uid}\b).*\s{re.escape(path)}\b"
+    )
+    if any(owned.search(instruction.args) for instruction in stage.all("RUN")):
+        return []
+    return [
+        f"{WRITABLE_WORKDIR}: stage {name}: WORKDIR {path} is root's; make it {uid}'s first "
+        f"(RUN install -d -o {uid} -g {uid} {path})"
+    ]
 
 
 def healthcheck_argv(stage: Stage) -> list[str] | None:

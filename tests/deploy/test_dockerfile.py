@@ -101,6 +101,8 @@ ENTRYPOINT ["ganserve", "serve"]
 CMD ["--model-repository", "/models"]
 FROM cpu AS gpu
 FROM ${BASE} AS train
+RUN install -d -o 65532 -g 65532 /work
+WORKDIR /work
 USER 65532
 ENTRYPOINT ["gan-train"]
 """
@@ -136,6 +138,10 @@ BAD = {
         ("HOME=/tmp ", "HOME=/home/app "),
     ],
     lint.VENV_ONLY: [("COPY --from=builder-cpu /opt/venv", "COPY --from=builder-cpu /src")],
+    lint.WRITABLE_WORKDIR: [
+        ("RUN install -d -o 65532 -g 65532 /work\n", ""),
+        ("RUN install -d -o 65532 -g 65532 /work", "RUN install -d -o 1000 /work"),
+    ],
 }
 
 
