@@ -222,6 +222,7 @@ class Batcher:
         self._accepting = True
         self._closed = False  # close() has ended: engines that come back are closed, not pooled
         self._drain_until = math.inf  # when close() stops waiting for queued work (`hurry`)
+        self._progress_at = 0.0  # when a batch last started or ended: close(stall_s=...)
         # Metric children resolved once: labels() is a dict lookup under a lock.
         labels = (m.name, m.version)
         self._m_depth = metrics.queue_depth.labels(*labels)
@@ -398,7 +399,7 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:
-        started = time.monotonic()
+        started = self._progress_at = time.monotonic()
         for request in batch:
             self._m_queue_time.observe(started - request.enqueued)
         self._m_batch.observe(sum(len(request.works) for request in batch))
@@ -437,6 +438,7 @@ class Batcher:
                 else:
                     request.future.set_result(mine[0] if request.single else mine)
         finally:
+            self._progress_at = time.monotonic()
             if not hung:  # a hung instance comes back (or is replaced) via _on_hang
                 self._give_back(engine)
             self._busy -= 1
@@ -581,17 +583,33 @@ class Batcher:
             start += take
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    async def close(self, grace_s: float) -> None:
+    async def close(self, grace_s: float, *, stall_s: float = math.inf) -> None:
         """Stop accepting, let queued and running batches finish within grace_s (math.inf: all
         of them; `hurry` can bring that forward meanwhile), fail the rest with
-        ShuttingDownError."""
+        ShuttingDownError. ``stall_s``: stop waiting sooner once no batch has started or ended
+        for that long (no instance came back from a hung call, say), so a drain without a
+        time limit still ends."""
         self._accepting = False
         self.hurry(grace_s)
+        self._progress_at = time.monotonic()
+        stalled = False
         while (self._queue or self._running) and time.monotonic() < self._drain_until:
+            if time.monotonic() - self._progress_at > stall_s:
+                stalled = True
+                break
             await asyncio.sleep(0.01)
         if self._queue:
+            if stalled:
+                why = f"no batch started or ended for {stall_s:g} s"
+                error = ShuttingDownError(
+                    f"model {self.model!r} version {self.version} was retired by a reload and "
+                    "its engines stopped answering; retry (the new version serves)"
+                )
+            else:
+                why, error = "drain grace ran out", ShuttingDownError("server shut down")
             LOGGER.warning(
-                "drain grace ran out: failing %d queued images of model %s v%s",
+                "%s: failing %d queued images of model %s v%s",
+                why,
                 self._queued,
                 self.model,
                 self.version,
@@ -599,13 +617,13 @@ class Batcher:
             while self._queue:
                 request = self._queue.popleft()
                 if not request.future.done():
-                    request.future.set_exception(ShuttingDownError("server shut down"))
+                    request.future.set_exception(error)
             self._queued = 0
             self._m_depth.set(0)
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._running:
+        if self._running and not stalled:
             await asyncio.wait(
                 self._running, timeout=max(0.0, self._drain_until - time.monotonic())
             )

@@ -400,10 +400,14 @@ class ModelManager:
     def _retire(self, served: ServedVersion) -> None:
         """Close a version that no longer receives requests, once its queue has drained: it
         finishes what it accepted, however long that takes (each call's own deadline still
-        applies; hung engine calls are timed out). Only a shutdown cuts it short (`close`)."""
+        applies). A shutdown cuts it short (`close`), and so does a version whose engines stop
+        answering: no batch started or ended for an engine timeout plus --drain-grace."""
         name, version = served.key
         self._metrics.model_info.remove(name, version, served.backend.value)
-        task = asyncio.get_running_loop().create_task(served.batcher.close(math.inf))
+        stall_s = self._config.batching.engine_timeout_s + self._config.drain_grace_s
+        task = asyncio.get_running_loop().create_task(
+            served.batcher.close(math.inf, stall_s=stall_s)
+        )
         self._retiring[task] = served.batcher
         task.add_done_callback(lambda done: self._retiring.pop(done, None))
         task.add_done_callback(lambda _: self._forget(name, version))

@@ -402,6 +402,31 @@ def test_a_drain_without_end_is_cut_short_by_hurry(real_engine: OnnxEngine) -> N
     run(scenario())
 
 
+def test_a_drain_without_end_stops_when_no_instance_comes_back(real_engine: OnnxEngine) -> None:
+    """A retired version whose one instance hangs, with nothing to replace it: the queued call
+    could never run, and close(math.inf) never returned (the version's engines and gauges
+    stayed for good). Once no batch has started or ended for ``stall_s``, it gives up."""
+    engine = RecordingEngine(real_engine)
+    engine.gate.clear()
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_size=1, max_queue_delay_us=0, engine_timeout_s=0.2)
+        batcher.start()
+        hung = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
+        await asyncio.to_thread(engine.started.wait, 10)
+        queued = batcher.submit(Work(1, 1, Encoding.RAW_UINT8))
+        try:
+            await asyncio.wait_for(batcher.close(math.inf, stall_s=0.5), 10)
+            with pytest.raises(DeadlineExceededError, match="engine timeout"):
+                await hung
+            with pytest.raises(ShuttingDownError, match="retired by a reload and its engines"):
+                await queued
+        finally:
+            engine.gate.set()
+
+    run(scenario())
+
+
 def test_a_request_is_not_held_back_past_its_deadline(real_engine: OnnxEngine) -> None:
     """The hold behind a running batch (8 s here) used to ignore deadlines: a call due in
     2.3 s waited out the hold and failed unserved. The free instance now takes it in time
