@@ -29,7 +29,7 @@ import click
 # handler is in place, so a Ctrl-C during start-up is one line too.
 from ganserve.export.config import ExportConfig, Precision, TensorRTMode
 from ganserve.export.errors import ExportError
-from ganserve.export.publish import STOP_SIGNALS
+from ganserve.export.publish import catch_stop_signals, restore_stop_signals
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -65,7 +65,7 @@ def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
         fired.append(signum)
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    previous = catch_stop_signals(on_signal)
     try:
         yield published
     except BaseException:
@@ -83,10 +83,7 @@ def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
             ) from None
         raise Interrupted(f"{what}: nothing was written", signum) from None
     finally:
-        for s, handler in previous.items():
-            if handler is None:  # set outside Python: put back the interpreter's default
-                handler = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
-            signal.signal(s, handler)
+        restore_stop_signals(previous)
 
 
 @click.command(help=__doc__, context_settings={"show_default": True})
@@ -142,7 +139,12 @@ def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
     default="fp32",
     help="TensorRT engine precision.",
 )
-@click.option("--device", type=click.IntRange(0), default=0, help="CUDA device for TensorRT.")
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=0,
+    help="CUDA device for TensorRT and the FP16 ONNX check.",
+)
 def main(checkpoint: pathlib.Path, **options: Any) -> None:
     with _interrupts_reported() as published:  # from here to the last line printed
         _export(checkpoint, published, **options)

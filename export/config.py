@@ -41,7 +41,8 @@ class ExportConfig:
         fp16_onnx: Also write model.fp16.onnx for the CUDA/TensorRT providers.
         tensorrt: Build model.plan when possible (AUTO), always (ON), or never (OFF).
         tensorrt_precision: Precision of the TensorRT engine.
-        device_id: CUDA device for building and verifying the engine.
+        device_id: CUDA device for building and verifying the engine, and for verifying the
+            FP16 ONNX model where CUDA is present.
     """
 
     repository: pathlib.Path

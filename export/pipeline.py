@@ -135,24 +135,26 @@ def export_checkpoint(
     # Where the version goes is checked (and its staging folder made) before the work, so an
     # unwritable destination fails in a second, not after the export and its verification.
     staged = publish.stage(config.repository, config.name, version, force=config.force)
+    # Up to the rename, a refusal, a crash or Ctrl-C leaves nothing behind (after it, the
+    # staging folder is the version, and discard only removes folders left empty).
     try:
-        notes = _build(staged.folder, generator, metadata, config, trt_reason)
-    except OSError as exc:  # a full disk, say
-        publish.discard(staged)
-        raise ExportError(
-            f"cannot write the export under {config.repository}, nothing written: "
-            f"{exc.strerror or exc}"
-        ) from exc
-    except BaseException:  # a refusal, a crash or Ctrl-C: nothing is left behind
+        try:
+            notes = _build(staged.folder, generator, metadata, config, trt_reason)
+        except OSError as exc:  # a full disk, say
+            raise ExportError(
+                f"cannot write the export under {config.repository}, nothing written: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        with publish.interrupts_held():
+            publish.publish(staged)
+            if on_published is not None:
+                on_published(staged.final)
+            return ExportResult(
+                repository.open_version(config.repository, config.name, version), tuple(notes)
+            )
+    except BaseException:
         publish.discard(staged)
         raise
-    with publish.interrupts_held():
-        publish.publish(staged)
-        if on_published is not None:
-            on_published(staged.final)
-        return ExportResult(
-            repository.open_version(config.repository, config.name, version), tuple(notes)
-        )
 
 
 def _build(

@@ -15,7 +15,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ganserve.export.errors import ExportError
 
@@ -95,6 +95,38 @@ def discard(staging: Staging) -> None:
     _remove_empty(staging.created)
 
 
+def catch_stop_signals(handler: Callable[[int, object], object]) -> dict[int, object]:
+    """Install ``handler`` for each of `STOP_SIGNALS` that is not ignored (SIGHUP under nohup
+    stays ignored: a detached export must outlive its terminal). Returns what to give
+    `restore_stop_signals`."""
+    return _swap({s: handler for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN})
+
+
+def restore_stop_signals(previous: dict[int, object]) -> None:
+    def default(s: int) -> object:  # None: set outside Python; put back the interpreter's own
+        return signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+
+    _swap({s: default(s) if h is None else h for s, h in previous.items()})
+
+
+def _swap(handlers: dict[int, object]) -> dict[int, object]:
+    """Set several signal handlers with those signals blocked meanwhile, so that none that
+    arrives finds some handlers swapped and others not (one that does arrives after, to the
+    new handler). All or none: an exception half-way puts back what was swapped."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
+    previous: dict[int, object] = {}
+    try:
+        for s, handler in handlers.items():
+            previous[s] = signal.signal(s, handler)  # type: ignore[arg-type]
+    except BaseException:
+        for s, handler in previous.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return previous
+
+
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C and the other `STOP_SIGNALS` off for the block: publishing is a few
@@ -105,16 +137,11 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS
-    }
+    previous = catch_stop_signals(lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            if handler is None:  # set outside Python: put back the interpreter's default
-                handler = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
-            signal.signal(s, handler)
+        restore_stop_signals(previous)
         if received:
             LOGGER.warning(
                 "%s arrived while publishing; the version was published whole",

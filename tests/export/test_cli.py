@@ -221,6 +221,54 @@ def test_interrupt_is_one_line_exit_130_and_writes_nothing(
     assert not repo.exists(), sorted(repo.rglob("*"))
 
 
+# Runs export-gan and sends itself a signal at one point of the export: while publishing
+# ("publish": held until the version is whole), or while exporting with SIGHUP ignored, as
+# under nohup ("nohup": the export goes on).
+SIGNALLED_EXPORT = """
+import os, signal, sys
+from ganserve.export import onnx_export, publish
+from ganserve.export.cli import main
+
+def signalled(real, signum):
+    def run(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+    return run
+
+if sys.argv[1] == "publish":
+    publish.publish = signalled(publish.publish, signal.SIGTERM)
+else:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    onnx_export.export_onnx = signalled(onnx_export.export_onnx, signal.SIGHUP)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "code", "said"),
+    [
+        ("publish", 143, "Error: stopped by SIGTERM after publishing; {version} is complete"),
+        ("nohup", 0, "wrote {version}"),  # SIGHUP used to stop it, exit 129
+    ],
+)
+def test_a_signal_while_publishing_or_one_ignored_leaves_the_version_whole(
+    when: str, code: int, said: str, tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    repo = tmp_path / "repo"
+    args = [str(tiny_checkpoint), "--repository", str(repo), "--name", "m", "--tensorrt", "off"]
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_EXPORT, when, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == code, result.stderr
+    output = result.stderr if code else result.stdout
+    assert said.format(version=repo / "m" / "1") in output, output
+    assert repository.open_version(repo, "m", 1).metadata.name == "m"
+    assert [p.name for p in (repo / "m").iterdir()] == ["1"]  # no staging folder left
+
+
 # Runs export-gan and sends Ctrl-C while it prints its summary, after the version is published.
 INTERRUPTED_SUMMARY = """
 import os, signal, sys

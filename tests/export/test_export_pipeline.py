@@ -268,6 +268,18 @@ def test_a_signal_while_publishing_waits_for_the_version_to_be_whole(signum: int
         signal.signal(signum, previous)
 
 
+def test_an_ignored_signal_stays_ignored_while_publishing() -> None:
+    """SIGHUP under nohup: holding it would turn it into one delivered after the block."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with publish.interrupts_held():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_fp16_conversion_failure_is_one_clear_error_and_writes_nothing(
     tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
