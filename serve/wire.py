@@ -48,16 +48,23 @@ def _safe(deserializer: Callable[[bytes], object]) -> Callable[[bytes], object]:
     return parse
 
 
+async def _refuse(
+    request: Malformed, context: grpc.aio.ServicerContext, refused: Callable[[], None]
+) -> None:
+    """Count the unparsable request and end the call with INVALID_ARGUMENT naming its type."""
+    refused()
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        request.status_message(),
+        trailing_metadata=request_id_metadata(context),
+    )
+
+
 def _guard_unary(behavior: Callable, refused: Callable[[], None]) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext) -> object:
         if isinstance(request, Malformed):
-            refused()
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                request.status_message(),
-                trailing_metadata=request_id_metadata(context),
-            )
+            await _refuse(request, context, refused)
         return await behavior(request, context)
 
     return handler
@@ -67,12 +74,7 @@ def _guard_stream(behavior: Callable, refused: Callable[[], None]) -> Callable:
     @functools.wraps(behavior)
     async def handler(request: object, context: grpc.aio.ServicerContext):
         if isinstance(request, Malformed):
-            refused()
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                request.status_message(),
-                trailing_metadata=request_id_metadata(context),
-            )
+            await _refuse(request, context, refused)
         async for response in behavior(request, context):
             yield response
 
@@ -88,12 +90,7 @@ def _guard_bidi(behavior: Callable, refused: Callable[[], None]) -> Callable:
         async def checked() -> AsyncIterator[object]:
             async for request in requests:
                 if isinstance(request, Malformed):
-                    refused()
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        request.status_message(),
-                        trailing_metadata=request_id_metadata(context),
-                    )
+                    await _refuse(request, context, refused)
                 yield request
 
         async for response in behavior(checked(), context):
