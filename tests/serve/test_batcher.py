@@ -349,26 +349,46 @@ def test_a_free_instance_waits_for_enough_images_while_another_batch_runs(
     assert first.batches + second.batches == expected or second.batches + first.batches == expected
 
 
-def test_a_request_is_held_back_no_longer_than_the_budget_behind_a_stuck_batch(
+@pytest.mark.parametrize(
+    ("budget_us", "image_s", "threshold", "due_in_s"),
+    [
+        # 4 max batches' engine time: 4 x 8 x 10 ms.
+        pytest.param(30_000, 0.01, 3, None, id="no-longer-than-the-budget"),
+        # The hold is 8 s; a call due in 2.3 s waited it out and failed unserved. The batch
+        # closes a max batch's engine time (2 s) plus slack before the deadline.
+        pytest.param(1_000_000, 0.25, 4, 2.3, id="not-past-its-deadline"),
+    ],
+)
+def test_a_request_held_back_behind_a_stuck_batch_runs_on_the_free_instance(
     real_engine: OnnxEngine,
+    budget_us: int,
+    image_s: float,
+    threshold: int,
+    due_in_s: float | None,
 ) -> None:
     """One instance holds a batch that does not end; a lone request behind it still runs on
-    the free instance once it has waited 4 max batches' engine time (4 x 8 x 10 ms here)."""
+    the free instance, once it has waited its budget or in time for its deadline."""
     first, second = gated_pair(real_engine)
 
     async def scenario() -> None:
         batcher = make_batcher(
-            first, second, max_batch_size=8, instances=2, parallel_batch_us=30_000, image_s=0.01
+            first,
+            second,
+            max_batch_size=8,
+            instances=2,
+            parallel_batch_us=budget_us,
+            image_s=image_s,
         )
-        assert batcher.parallel_min == 3
+        assert batcher.parallel_min == threshold
         batcher.start()
         stuck = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
         await until(lambda: first.started.is_set() or second.started.is_set(), "a batch")
         running = first if first.started.is_set() else second
         idle = second if running is first else first
         idle.gate.set()
-        await asyncio.wait_for(batcher.submit(Work(1, 1, Encoding.RAW_UINT8)), 10)
-        assert not running.gate.is_set()  # the first batch is still in its engine
+        deadline = None if due_in_s is None else time.monotonic() + due_in_s
+        await asyncio.wait_for(batcher.submit(Work(1, 1, Encoding.RAW_UINT8), deadline), 5)
+        assert not running.gate.is_set()  # served beside the running batch, not after it
         running.gate.set()
         await stuck
         await batcher.close(1)
@@ -425,34 +445,6 @@ def test_a_drain_without_end_stops_when_no_instance_comes_back(real_engine: Onnx
             engine.gate.set()
 
     run(scenario())
-
-
-def test_a_request_is_not_held_back_past_its_deadline(real_engine: OnnxEngine) -> None:
-    """The hold behind a running batch (8 s here) used to ignore deadlines: a call due in
-    2.3 s waited out the hold and failed unserved. The free instance now takes it in time
-    (the batch closes a max batch's engine time, 2 s, plus slack before the deadline)."""
-    first, second = gated_pair(real_engine)
-
-    async def scenario() -> None:
-        batcher = make_batcher(
-            first, second, max_batch_size=8, instances=2, parallel_batch_us=1_000_000, image_s=0.25
-        )
-        assert batcher.parallel_min == 4
-        batcher.start()
-        lone = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
-        await until(lambda: first.started.is_set() or second.started.is_set(), "a batch")
-        running = first if first.started.is_set() else second
-        idle = second if running is first else first
-        idle.gate.set()
-        hurried = batcher.submit(Work(1, 1, Encoding.RAW_UINT8), deadline=time.monotonic() + 2.3)
-        await asyncio.wait_for(hurried, 5)
-        assert not running.gate.is_set()  # served beside the running batch, not after it
-        running.gate.set()
-        await lone
-        await batcher.close(1)
-
-    run(scenario())
-    assert sorted(first.batches + second.batches) == [1, 1]
 
 
 def test_with_parallel_batches_off_a_free_instance_takes_any_request(
