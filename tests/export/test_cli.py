@@ -29,6 +29,13 @@ def export_gan(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120)
 
 
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A Python script (which patches export-gan, then runs its main) with ``args``."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def refused(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -210,12 +217,7 @@ def test_interrupt_is_one_line_exit_130_and_writes_nothing(
 ) -> None:
     repo = tmp_path / "repo"
     args = [str(tiny_checkpoint), "--repository", str(repo), "--tensorrt", "off"]
-    result = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_EXPORT, how, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(INTERRUPTED_EXPORT, how, *args)
     assert result.returncode == code, result.stderr
     assert result.stderr.strip() == f"Error: {said}: nothing was written", result.stderr
     assert not repo.exists(), sorted(repo.rglob("*"))
@@ -256,12 +258,7 @@ def test_a_signal_while_publishing_or_one_ignored_leaves_the_version_whole(
 ) -> None:
     repo = tmp_path / "repo"
     args = [str(tiny_checkpoint), "--repository", str(repo), "--name", "m", "--tensorrt", "off"]
-    result = subprocess.run(
-        [sys.executable, "-c", SIGNALLED_EXPORT, when, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(SIGNALLED_EXPORT, when, *args)
     assert result.returncode == code, result.stderr
     output = result.stderr if code else result.stdout
     assert said.format(version=repo / "m" / "1") in output, output
@@ -292,12 +289,7 @@ def test_an_interrupt_after_publishing_says_the_version_is_complete(
     """It used to print click's "Aborted!" (exit 1), as if the export had failed."""
     repo = tmp_path / "repo"
     args = [str(tiny_checkpoint), "--repository", str(repo), "--name", "m", "--tensorrt", "off"]
-    result = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_SUMMARY, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(INTERRUPTED_SUMMARY, *args)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == f"Error: interrupted after publishing; {repo}/m/1 is complete"
     assert repository.open_version(repo, "m", 1).metadata.name == "m"
