@@ -108,7 +108,7 @@ _windows = [
         "--max-windows",
         type=click.IntRange(3),
         default=8,
-        help="Windows before giving up on stability (3 must agree within 10%).",
+        help="Windows before giving up on stability (the last 3 must agree: max/min <= 1.10).",
     ),
 ]
 

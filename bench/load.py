@@ -5,9 +5,9 @@ Two load modes: fixed concurrency (N calls always outstanding) and fixed request
 start, as perf_analyzer times it, and the point also reports how late the client started calls
 after their scheduled arrivals (p99 send lag): open-loop figures are only as good as the
 client's timing, so it is shown, not assumed. After a warm-up, windows are measured until
-the last `stable_windows` agree within `tolerance` in throughput and p99 latency, or
-`max_windows` pass (the point is then reported unstable). Figures come from the stable windows
-together.
+the last `stable_windows` agree within `tolerance` in throughput and p99 latency (max / min, as
+perf_analyzer judges), or `max_windows` pass (the point is then reported unstable). Figures come
+from the stable windows together.
 
 Call numbers (which the targets turn into seeds) never repeat within a process and start at a
 random place in each, so a server's response cache cannot answer a later point, or a later
@@ -45,7 +45,8 @@ class Windows:
         window_s: Length of one measurement window.
         stable_windows: How many last windows must agree.
         max_windows: Give up on stability after this many windows.
-        tolerance: Largest relative spread of throughput and p99 across the stable windows.
+        tolerance: Largest ``max / min - 1`` of throughput and of p99 across the stable
+            windows (perf_analyzer's ``--stability-percentage`` / 100).
     """
 
     warmup_s: float = 1.0
@@ -135,9 +136,14 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _spread(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return (max(values) - min(values)) / mean if mean > 0 else math.inf
+def agree(values: list[float], tolerance: float) -> bool:
+    """Whether windows agree as perf_analyzer judges stability: ``max / min <= 1 + tolerance``.
+
+    perf_analyzer's rule (``--stability-percentage``, 10 by default), applied to throughput and
+    to p99 alike. A window with no successful call (throughput 0, p99 infinite) never agrees.
+    """
+    low, high = min(values), max(values)
+    return low > 0 and math.isfinite(high) and high <= low * (1 + tolerance)
 
 
 async def measure(
@@ -232,8 +238,8 @@ async def _windows(
         k = windows.stable_windows
         if (
             len(throughput) >= k
-            and _spread(throughput[-k:]) <= windows.tolerance
-            and _spread(p99[-k:]) <= windows.tolerance
+            and agree(throughput[-k:], windows.tolerance)
+            and agree(p99[-k:], windows.tolerance)
         ):
             stable = True
             break

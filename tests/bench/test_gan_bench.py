@@ -18,7 +18,7 @@ from ganserve.bench import report
 from ganserve.bench.cli import main
 from ganserve.bench.compare import Results, _stage, triton
 from ganserve.bench.engine import engine_throughput
-from ganserve.bench.load import Windows, measure
+from ganserve.bench.load import Windows, agree, measure
 from ganserve.bench.reliability import QueueSampler
 from ganserve.serve.errors import ModelLoadError
 
@@ -218,6 +218,24 @@ def test_points_never_reuse_seeds_so_a_response_cache_cannot_answer_them() -> No
     for _ in range(2):
         asyncio.run(measure(call, label="seeds", concurrency=2, windows=windows))
     assert len(seen) == len(set(seen)) > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "stable"),
+    [
+        ([100.0, 105.0, 110.0], True),  # max / min = 1.10: perf_analyzer's limit, inclusive
+        # Within 10 % of their mean ((max - min) / mean = 0.0998), but max / min = 1.105:
+        # perf_analyzer keeps measuring, and so does gan-bench.
+        ([100.0, 105.0, 110.5], False),
+        ([0.0, 0.0, 0.0], False),  # windows with no successful call
+        ([math.inf, 1.0, 1.0], False),  # a window whose p99 had no call
+        ([math.inf, math.inf, math.inf], False),
+    ],
+)
+def test_windows_are_stable_by_perf_analyzers_max_over_min_rule(
+    values: list[float], stable: bool
+) -> None:
+    assert agree(values, 0.10) is stable
 
 
 def test_a_point_of_only_failures_is_not_stable_and_writes_valid_json(
