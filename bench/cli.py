@@ -20,9 +20,12 @@ import json
 import os
 import pathlib
 import platform
+import signal
 import sys
+import tempfile
 
 import click
+import grpc
 from click.core import ParameterSource
 
 from ganserve.bench import report, targets
@@ -82,14 +85,16 @@ def _plot_file(
 
 
 def _output_folder(ctx: click.Context, param: click.Parameter, value: pathlib.Path) -> pathlib.Path:
-    """A folder that exists or can be made: its nearest existing ancestor is a writable folder."""
-    existing = value
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise click.BadParameter(f"cannot make folder {value}: {existing} is a file")
-    if not os.access(existing, os.W_OK):
-        raise click.BadParameter(f"cannot make folder {value}: {existing} is not writable")
+    """A folder that exists or is made now, and that a file can be written in: tried, not
+    judged by os.access, which says yes to root, and to /proc and /sys, where nothing is made."""
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=value).close()
+    except (FileExistsError, NotADirectoryError):
+        file = next((p for p in (value, *value.parents) if p.exists() and not p.is_dir()), value)
+        raise click.BadParameter(f"cannot make folder {value}: {file} is a file") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write in folder {value}: {exc.strerror}") from None
     return value
 
 
@@ -142,9 +147,19 @@ def _write(
         raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @click.group(context_settings={"show_default": True})
 def main() -> None:
     """Benchmark ganserve: load generation, side-by-side comparisons."""
+    # kill, timeout and a cancelled CI job send SIGTERM (a closed terminal SIGHUP): end as on
+    # Ctrl-C, through every `finally`, so the servers a run started are stopped, not orphaned.
+    # A signal already ignored (nohup) stays ignored.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _exit_on_signal)
 
 
 @main.command(help=__doc__)
@@ -239,10 +254,18 @@ def run(
     items = 64 if items is None else items
     if server == "triton" and (rpc != "generate" or not model):
         raise click.UsageError("--server triton needs --model and takes --rpc generate only")
+    if rate is not None and rate * window < 1:
+        raise click.UsageError(
+            f"a {window:g} s window at {rate:g} calls/s holds less than one call: "
+            "raise --rate or --window"
+        )
     windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
+    title = f"gan-bench: {server} {rpc} {encoding}"
+    points: list[Point] = []  # filled point by point, so an interrupted run keeps its points
     try:
-        points = asyncio.run(
+        asyncio.run(
             _run(
+                points,
                 target,
                 server,
                 rpc,
@@ -257,18 +280,24 @@ def run(
                 windows,
             )
         )
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM/SIGHUP
+        if points:
+            _write(points, json_path, csv_path, plot_path, title)
+            click.echo(f"stopped: the {len(points)} point(s) measured are written", err=True)
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
     except Exception as exc:  # a dead server is one line, not a traceback
         code = exc.code().name if hasattr(exc, "code") and callable(exc.code) else ""
         details = exc.details() if hasattr(exc, "details") else str(exc)
         raise click.ClickException(f"{code}: {details}".strip(": ")) from None
     click.echo(report.table(points))
-    _write(points, json_path, csv_path, plot_path, f"gan-bench: {server} {rpc} {encoding}")
+    _write(points, json_path, csv_path, plot_path, title)
     empty = [p.label for p in points if not p.requests_per_s]
     if empty:  # a script must see it: the table alone would pass for a (slow) result
         raise click.ClickException(f"no call succeeded at {', '.join(empty)}: see the error codes")
 
 
 async def _run(
+    points: list[Point],
     target: str,
     server: str,
     rpc: str,
@@ -281,15 +310,24 @@ async def _run(
     poisson: bool,
     metrics_url: str | None,
     windows: Windows,
-) -> list[Point]:
+) -> None:
+    """Measure each load and append its point to ``points``."""
     ch = targets.channel(target)
     try:
         if server == "ganserve":
             from ganserve.v1 import generator_pb2, generator_pb2_grpc
 
-            info = await generator_pb2_grpc.GeneratorStub(ch).GetModelInfo(
-                generator_pb2.GetModelInfoRequest(model=model), timeout=10
-            )
+            try:
+                info = await generator_pb2_grpc.GeneratorStub(ch).GetModelInfo(
+                    generator_pb2.GetModelInfoRequest(model=model), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                raise ValueError(
+                    f"{target} does not serve ganserve's Generator API (GetModelInfo is "
+                    "UNIMPLEMENTED there): for Triton, add --server triton --model NAME"
+                ) from None
             classes = info.num_classes if num_classes is None else num_classes
             if classes > info.num_classes or (classes == 0) != (info.num_classes == 0):
                 raise ValueError(
@@ -318,7 +356,6 @@ async def _run(
             call = targets.triton_infer(ch, model=model, num_classes=classes)
             name = f"triton {model}"
         scrape = targets.ganserve_scraper(metrics_url) if metrics_url else None
-        points = []
         for load in concurrency:
             points.append(
                 await measure(
@@ -338,7 +375,6 @@ async def _run(
                 )
             )
             _echo_point(points[-1])
-        return points
     finally:
         await ch.close()
 
@@ -454,7 +490,7 @@ def _reliability_run(
     with ganserve(repo, out / f"{name}-server.log", *server_args) as server:
         figures = asyncio.run(run(server))
     figures["machine"] = _machine()
-    (out / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report.dump_json(figures, out / f"{name}.json")
     width = max(map(len, figures))
     for key, value in figures.items():
         click.echo(f"{key:<{width}}  {value}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import pathlib
 import signal
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -418,18 +419,20 @@ def accelerator_targets(results: Results, model: str = DCGAN64) -> list[Target]:
     out: list[Target] = []
     batch = [p for p in results.points if p.label.startswith(f"{name} GenerateBatch(64)")]
     if batch:
-        r = max(p.images_per_s for p in batch) / ceiling(results, model)
-        out.append(Target("GenerateBatch(64) img/s vs engine best", r, ">= 0.70", r >= 0.70))
+        r = ratio(max(p.images_per_s for p in batch), ceiling(results, model))
+        out.append(
+            target("GenerateBatch(64) img/s vs engine best", r, ">= 0.70", lambda v: v >= 0.70)
+        )
     on64, off64 = results.get(f"{name} Generate raw c=64"), results.get(f"{name} batching off c=64")
     if on64:
         p99 = on64.latency_ms["p99"]
-        out.append(Target("Generate c=64 p99, ms", p99, "< 10", p99 < 10))
+        out.append(target("Generate c=64 p99, ms", p99, "< 10", lambda v: v < 10))
     if on64 and off64:
-        r = on64.images_per_s / off64.images_per_s
-        out.append(Target("batching on vs off, c=64 img/s", r, "report (large)", None))
+        r = ratio(on64.images_per_s, off64.images_per_s)
+        out.append(target("batching on vs off, c=64 img/s", r, "report (large)"))
     low = results.get(f"{name} Generate raw c=1")
     if low:
-        out.append(Target("Generate c=1 p50, ms", low.latency_ms["p50"], "report", None))
+        out.append(target("Generate c=1 p50, ms", low.latency_ms["p50"], "report"))
     return out
 
 
@@ -445,7 +448,21 @@ class Target:
     name: str
     value: float
     goal: str
-    met: bool | None  # None: could not be measured in this run
+    met: bool | None  # None: a figure to report, or one this run could not measure
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b; NaN when b is 0 or either is not finite (a stage with no successful call)."""
+    return a / b if b > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
+
+
+def target(
+    name: str, value: float, goal: str, test: Callable[[float], bool] | None = None
+) -> Target:
+    """A target, met when ``test(value)``; no test: a figure to report. A value this run could
+    not measure (NaN) is neither met nor missed."""
+    met = test(value) if test is not None and math.isfinite(value) else None
+    return Target(name, value, goal, met)
 
 
 def targets_met(results: Results) -> list[Target]:
@@ -460,34 +477,32 @@ def targets_met(results: Results) -> list[Target]:
     engine = results.engine["digits"]
     best = ceiling(results, "digits")
     if g64 and t64:
-        r = g64.requests_per_s / t64.requests_per_s
-        out.append(Target("Generate c=64 req/s vs Triton", r, ">= 2.0x", r >= 2.0))
-        r = g64.latency_ms["p99"] / t64.latency_ms["p99"]
-        out.append(Target("Generate c=64 p99 vs Triton", r, "<= 0.5x", r <= 0.5))
+        r = ratio(g64.requests_per_s, t64.requests_per_s)
+        out.append(target("Generate c=64 req/s vs Triton", r, ">= 2.0x", lambda v: v >= 2.0))
+        r = ratio(g64.latency_ms["p99"], t64.latency_ms["p99"])
+        out.append(target("Generate c=64 p99 vs Triton", r, "<= 0.5x", lambda v: v <= 0.5))
     if g1 and t1:
-        r = g1.latency_ms["p50"] / t1.latency_ms["p50"]
-        out.append(Target("Generate c=1 p50 vs Triton", r, "<= 0.3x", r <= 0.3))
+        r = ratio(g1.latency_ms["p50"], t1.latency_ms["p50"])
+        out.append(target("Generate c=1 p50 vs Triton", r, "<= 0.3x", lambda v: v <= 0.3))
     if g1 and rtt:
-        budget = engine[1]["median_ms"] + rtt.latency_ms["p50"] + 0.3
-        out.append(
-            Target(
-                "Generate c=1 p50 - (engine b1 + gRPC RTT + 0.3 ms), ms",
-                g1.latency_ms["p50"] - budget,
-                "<= 0",
-                g1.latency_ms["p50"] <= budget,
-            )
-        )
+        over = g1.latency_ms["p50"] - (engine[1]["median_ms"] + rtt.latency_ms["p50"] + 0.3)
+        name = "Generate c=1 p50 - (engine b1 + gRPC RTT + 0.3 ms), ms"
+        out.append(target(name, over, "<= 0", lambda v: v <= 0))
     batch = [p for p in results.points if p.label.startswith("ganserve GenerateBatch(64)")]
     if batch:
-        r = max(p.images_per_s for p in batch) / best
-        out.append(Target("GenerateBatch(64) img/s vs engine best", r, ">= 0.85", r >= 0.85))
+        r = ratio(max(p.images_per_s for p in batch), best)
+        out.append(
+            target("GenerateBatch(64) img/s vs engine best", r, ">= 0.85", lambda v: v >= 0.85)
+        )
     dc = results.get("ganserve dcgan64 RGB Generate raw c=64")
     if dc:
-        r = dc.images_per_s / ceiling(results, DCGAN64)
-        out.append(Target("dcgan64 RGB raw c=64 img/s vs engine best", r, ">= 0.90", r >= 0.90))
+        r = ratio(dc.images_per_s, ceiling(results, DCGAN64))
+        out.append(
+            target("dcgan64 RGB raw c=64 img/s vs engine best", r, ">= 0.90", lambda v: v >= 0.90)
+        )
     if g64 and off64:
-        r = g64.images_per_s / off64.images_per_s
-        out.append(Target("batching on vs off, c=64 img/s", r, "report (CPU)", None))
+        r = ratio(g64.images_per_s, off64.images_per_s)
+        out.append(target("batching on vs off, c=64 img/s", r, "report (CPU)"))
     # How far the serving path alone could go: with no model to speak of, and with no work.
     for label, name in (
         ("ganserve tiny-model Generate raw c=64", "tiny model (no compute) c=64 req/s vs Triton"),
@@ -495,6 +510,5 @@ def targets_met(results: Results) -> list[Target]:
     ):
         point = results.get(label)
         if point and t64:
-            r = point.requests_per_s / t64.requests_per_s
-            out.append(Target(name, r, "context", None))
+            out.append(target(name, ratio(point.requests_per_s, t64.requests_per_s), "context"))
     return out

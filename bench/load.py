@@ -7,7 +7,8 @@ after their scheduled arrivals (p99 send lag): open-loop figures are only as goo
 client's timing, so it is shown, not assumed. After a warm-up, windows are measured until
 the last `stable_windows` agree within `tolerance` in throughput and p99 latency (max / min, as
 perf_analyzer judges), or `max_windows` pass (the point is then reported unstable). Figures come
-from the stable windows together.
+from the stable windows together. Calls that got no reply in all of those windows (a hung
+server) are counted as `NO_REPLY` errors, so a point with nothing back never shows no errors.
 
 Call numbers (which the targets turn into seeds) never repeat within a process and start at a
 random place in each, so a server's response cache cannot answer a later point, or a later
@@ -34,6 +35,8 @@ Call = Callable[[int], Awaitable[int]]
 Scrape = Callable[[], dict[str, float]]
 # Below 2**41 for any run: times a batch's items (at most 2**16) the seeds stay in uint64.
 CALL_NUMBERS = itertools.count(random.SystemRandom().randrange(1 << 40))
+# The error code of calls still unanswered when a point ends, after its measured windows.
+NO_REPLY = "NO_REPLY"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,6 +105,7 @@ class _Recorder:
         self.codes: list[str] = []
         self.lag: list[float] = []  # fixed rate: call start - scheduled arrival
         self.first_errors: dict[str, str] = {}  # status code -> the first such call's details
+        self.waiting: dict[int, float] = {}  # call number -> start, for calls not yet answered
 
     def __len__(self) -> int:
         return len(self.latency)
@@ -115,7 +119,7 @@ class _Recorder:
 
 async def _timed(call: Call, i: int, recorder: _Recorder, scheduled: float | None = None) -> None:
     """Run call(i) and record it, with how late it started after ``scheduled`` (fixed rate)."""
-    started = time.perf_counter()
+    started = recorder.waiting[i] = time.perf_counter()
     try:
         images = await call(i)
         code = "OK"
@@ -128,6 +132,7 @@ async def _timed(call: Call, i: int, recorder: _Recorder, scheduled: float | Non
             details = exc.details() if hasattr(exc, "details") and callable(exc.details) else None
             recorder.first_errors[code] = str(details if details is not None else exc)
     lag = 0.0 if scheduled is None else started - scheduled
+    del recorder.waiting[i]
     recorder.add(time.perf_counter() - started, images, code, lag)
 
 
@@ -248,6 +253,13 @@ async def _windows(
     first, last = marks[-k - 1], marks[-1]
     elapsed = stamps[-1] - stamps[-k - 1]
     codes = collections.Counter(recorder.codes[first:last])
+    # Calls with no reply since before these windows began (a hung server, say): counted, or
+    # a point in which nothing came back would show no errors at all.
+    if unanswered := sum(start < stamps[-k - 1] for start in recorder.waiting.values()):
+        codes[NO_REPLY] = unanswered
+        recorder.first_errors.setdefault(
+            NO_REPLY, f"no reply in the {elapsed:.1f} s measured (calls still waiting at the end)"
+        )
     ok_latency = [
         lat
         for lat, c in zip(recorder.latency[first:last], recorder.codes[first:last], strict=True)

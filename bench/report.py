@@ -69,15 +69,13 @@ def table(points: Sequence[Point]) -> str:
 
 
 def write_json(points: Sequence[Point], path: pathlib.Path, extra: dict | None = None) -> None:
-    path.write_text(
-        json.dumps(
-            _no_nan({"points": [p.row() for p in points], **(extra or {})}),
-            indent=2,
-            sort_keys=True,
-            allow_nan=False,
-        )
-        + "\n"
-    )
+    dump_json({"points": [p.row() for p in points], **(extra or {})}, path, sort_keys=True)
+
+
+def dump_json(value: object, path: pathlib.Path, *, sort_keys: bool = False) -> None:
+    """Strict JSON (what `json.loads` elsewhere accepts): a figure not measured is null."""
+    text = json.dumps(_no_nan(value), indent=2, sort_keys=sort_keys, allow_nan=False)
+    path.write_text(text + "\n")
 
 
 def _no_nan(value: object) -> object:
@@ -150,7 +148,10 @@ def plot(points: Sequence[Point], path: pathlib.Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    if ax.lines:  # nothing to plot (no call returned images): an empty chart, no warning
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no call returned images", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

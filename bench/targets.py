@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import http.client
 import urllib.request
+from typing import NoReturn
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from ganserve.bench.load import Call, Scrape
 from ganserve.kserve.v2 import predict_pb2, predict_pb2_grpc
@@ -100,30 +102,43 @@ def health_check(ch: grpc.aio.Channel) -> Call:
     return call
 
 
+# The families scraped, and the sample of each that gan-bench sums over every model version.
+SCRAPED = {
+    "ganserve_batch_size_sum": "batch_sum",
+    "ganserve_batch_size_count": "batch_count",
+    "ganserve_queue_duration_seconds_sum": "queue_sum",
+    "ganserve_queue_duration_seconds_count": "queue_count",
+    "ganserve_queue_depth": "queue_depth",
+}
+
+
 def ganserve_scraper(metrics_url: str) -> Scrape:
     """Sums of ganserve's batch-size and queue-time histograms (for per-window deltas), and the
     queue depth now, over every model version."""
 
+    def fail(why: str) -> NoReturn:
+        raise RuntimeError(f"cannot scrape metrics from {metrics_url}: {why}")
+
     def scrape() -> dict[str, float]:
         try:
             with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-                text = reply.read().decode()
+                text = reply.read().decode(errors="replace")
         # URLError, HTTPError, timeouts, bad URLs; an answer that is not HTTP (a gRPC port).
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RuntimeError(f"cannot scrape metrics from {metrics_url}: {reason}") from None
-        names = {
-            "ganserve_batch_size_sum": "batch_sum",
-            "ganserve_batch_size_count": "batch_count",
-            "ganserve_queue_duration_seconds_sum": "queue_sum",
-            "ganserve_queue_duration_seconds_count": "queue_count",
-            "ganserve_queue_depth": "queue_depth",
-        }
-        out = dict.fromkeys(names.values(), 0.0)
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in names:
-                out[names[name]] += float(line.rsplit(" ", 1)[1])
+            reason = str(getattr(exc, "reason", exc))
+            fail(reason if reason.isprintable() else f"{reason[:60]!r} (is it an HTTP port?)")
+        out = dict.fromkeys(SCRAPED.values(), 0.0)
+        families = set()
+        try:  # Prometheus's own parser: labels, escapes and timestamps as the format has them
+            for family in text_string_to_metric_families(text):
+                families.add(family.name)
+                for sample in family.samples:
+                    if sample.name in SCRAPED:
+                        out[SCRAPED[sample.name]] += sample.value
+        except ValueError as exc:
+            fail(f"not Prometheus text ({str(exc)[:80]})")
+        if "ganserve_batch_size" not in families:
+            fail("no ganserve_batch_size series: give ganserve's metrics URL (--metrics-port)")
         return out
 
     return scrape

@@ -6,7 +6,8 @@ batcher groups requests and its Python backend hands each batch to `infer` below
 exactly what ganserve's worker does: seed -> latent (the same frozen scheme), ONNX Runtime,
 uint8 HWC. Images go back raw (uint8 tensors), the fair match for ganserve's RAW encoding.
 
-    python bench/triton_peer.py --model-dir models/digits/1 --grpc-port 8101 --max-batch 64
+    python bench/triton_peer.py --model-dir models/digits/1 --grpc-port 8101 \\
+        --http-port 8100 --metrics-port 8102 --max-batch 64
 """
 
 from __future__ import annotations

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import http.server
 import json
 import math
 import pathlib
+import signal
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
 from conftest import ServerThread
-from ganserve.bench import report
+from ganserve.bench import report, targets
 from ganserve.bench.cli import main
-from ganserve.bench.compare import Results, _stage, triton
+from ganserve.bench.compare import Results, _stage, targets_met, triton
 from ganserve.bench.engine import engine_throughput
-from ganserve.bench.load import Windows, agree, measure
+from ganserve.bench.load import NO_REPLY, Point, Windows, agree, measure
 from ganserve.bench.reliability import QueueSampler
 from ganserve.serve.errors import ModelLoadError
 
 LOG = pathlib.Path("/dev/null")
+BIN = pathlib.Path(sys.executable).parent
 QUICK = ["--warmup", "0.2", "--window", "0.3", "--max-windows", "3"]
 
 
@@ -396,3 +405,182 @@ def test_a_server_that_does_not_start_fails_its_stage_and_keeps_the_rest() -> No
         results.notes.append("the next stage ran")
     assert results.failed == ["Triton exited with code 1 before it was ready"]
     assert results.notes == ["the next stage ran"]
+
+
+def _point(label: str, **figures: float) -> Point:
+    latency = {k: figures.get(k, 1.0) for k in ("p50", "p90", "p95", "p99", "max")}
+    rps = figures.get("requests_per_s", 100.0)
+    return Point(label, "concurrency", 64, rps, rps, latency, {}, True, 3, 0.1)
+
+
+def test_targets_from_a_stage_where_no_call_succeeded_are_unmeasured_not_a_crash() -> None:
+    """Triton answering nothing (0 req/s, no p99) divided by zero and lost a whole `compare`
+    run's files at the very end."""
+    results = Results(
+        points=[
+            _point("ganserve Generate raw c=64", requests_per_s=3000.0, p99=20.0),
+            _point("triton ModelInfer c=64", requests_per_s=0.0, p99=math.nan),
+            _point("ganserve batching off c=64", requests_per_s=1000.0),
+        ],
+        engine={"digits": {1: {"images_per_s": 8000.0, "median_ms": 0.12}}},
+        parallel={"digits": {"images_per_s": 16000.0}},
+    )
+    met = {t.name: t for t in targets_met(results)}
+    vs_triton = met["Generate c=64 req/s vs Triton"]
+    assert math.isnan(vs_triton.value) and vs_triton.met is None
+    assert met["Generate c=64 p99 vs Triton"].met is None
+    assert met["batching on vs off, c=64 img/s"].value == pytest.approx(3.0)
+    results.points[1] = _point("triton ModelInfer c=64", requests_per_s=1500.0, p99=50.0)
+    met = {t.name: t for t in targets_met(results)}
+    assert met["Generate c=64 req/s vs Triton"].met is True  # 2.0x: the goal is inclusive
+    assert met["Generate c=64 p99 vs Triton"].met is True  # 0.4x
+
+
+def test_reliability_figures_with_nothing_measured_are_strict_json(tmp_path: pathlib.Path) -> None:
+    """overload.json held a bare NaN (no call shed, so no shed latency): invalid JSON."""
+    report.dump_json({"shed_latency_ms": {50: math.nan, 99: math.inf}}, tmp_path / "o.json")
+    assert json.loads((tmp_path / "o.json").read_text()) == {
+        "shed_latency_ms": {"50": None, "99": None}
+    }
+
+
+def test_calls_a_hung_server_never_answers_are_counted_as_no_reply() -> None:
+    """A stopped server made a point of 0 req/s and no errors at all."""
+
+    async def call(i: int) -> int:
+        await asyncio.Event().wait()  # never answered
+        return 1
+
+    point = asyncio.run(
+        measure(call, label="hung", concurrency=3, windows=Windows(warmup_s=0.05, window_s=0.05))
+    )
+    assert point.requests_per_s == 0 and point.errors == {NO_REPLY: 3}
+    assert "no reply" in point.error_details[NO_REPLY]
+
+
+def test_calls_slower_than_a_window_but_answered_are_not_no_reply() -> None:
+    async def call(i: int) -> int:
+        await asyncio.sleep(0.03)
+        return 1
+
+    point = asyncio.run(
+        measure(call, label="slow", concurrency=4, windows=Windows(warmup_s=0.05, window_s=0.1))
+    )
+    assert NO_REPLY not in point.errors and point.requests_per_s > 0
+
+
+@pytest.fixture
+def http_page(tmp_path: pathlib.Path) -> Iterator[Callable[[str], str]]:
+    """Serve a text as /metrics on loopback; yields page(text) -> its URL."""
+    body = {"text": ""}
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body["text"].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def page(text: str) -> str:
+        body["text"] = text
+        return f"http://127.0.0.1:{httpd.server_port}/metrics"
+
+    yield page
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("<html><body>a dashboard</body></html>\n", "not Prometheus text"),
+        ("ganserve_batch_size_sum\n", "not Prometheus text"),
+        ("# TYPE nv_inference_count counter\nnv_inference_count 3\n", "no ganserve_batch_size"),
+    ],
+)
+def test_a_metrics_url_that_is_not_ganserves_is_one_line(
+    http_page: Callable[[str], str], text: str, message: str
+) -> None:
+    """An HTML page or Triton's metrics passed unseen (blank columns, exit 0); a line with no
+    value was 'list index out of range'."""
+    with pytest.raises(RuntimeError, match=message):
+        targets.ganserve_scraper(http_page(text))()
+
+
+def test_the_scraper_reads_labels_and_timestamps_as_prometheus_does(
+    http_page: Callable[[str], str],
+) -> None:
+    text = (
+        "# TYPE ganserve_batch_size histogram\n"
+        'ganserve_batch_size_sum{model="a",version="1"} 30 1700000000000\n'
+        'ganserve_batch_size_count{model="a",version="1"} 10\n'
+        'ganserve_batch_size_sum{model="b",version="2"} 2\n'
+        'ganserve_batch_size_count{model="b",version="2"} 1\n'
+        "# TYPE ganserve_queue_depth gauge\n"
+        'ganserve_queue_depth{model="a"} 4\n'
+    )
+    figures = targets.ganserve_scraper(http_page(text))()
+    assert figures["batch_sum"] == 32 and figures["batch_count"] == 11
+    assert figures["queue_depth"] == 4 and figures["queue_count"] == 0
+
+
+def test_a_grpc_server_that_is_not_ganserve_is_told_apart() -> None:
+    """'UNIMPLEMENTED: Method not found!' did not say what to fix."""
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    bare = grpc.server(futures.ThreadPoolExecutor(1))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), bare)
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        result = CliRunner().invoke(
+            main, ["run", "--target", f"127.0.0.1:{port}", "--concurrency", "1", *QUICK]
+        )
+    finally:
+        bare.stop(None)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "does not serve ganserve's Generator API" in result.output
+    assert "--server triton --model NAME" in result.output
+
+
+def test_a_rate_too_low_for_one_call_a_window_is_refused() -> None:
+    result = CliRunner().invoke(main, ["run", "--rate", "0.5", "--window", "0.5"])
+    assert result.exit_code == 2 and "holds less than one call" in result.output
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_even_for_root() -> None:
+    """os.access said yes to root for /proc: a traceback after the server had started."""
+    result = CliRunner().invoke(main, ["soak", "--out", "/proc/gan-bench-out"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "cannot write in folder /proc/gan-bench-out" in result.output
+
+
+def test_a_terminated_run_writes_the_points_it_measured(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """SIGTERM (kill, timeout, a cancelled CI job) lost every point; Ctrl-C lost them too."""
+    out = tmp_path / "partial.json"
+    args = ["run", "--target", server.target, "--concurrency", "1,1,1,1,1,1", "--json", str(out)]
+    proc = subprocess.Popen(
+        [str(BIN / "gan-bench"), *args, *QUICK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "ganserve digits generate raw c=1" in proc.stderr.readline()  # one point done
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "point(s) measured are written" in err
+    rows = json.loads(out.read_text())["points"]
+    assert 1 <= len(rows) < 6 and rows[0]["requests_per_s"] > 0
