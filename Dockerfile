@@ -76,8 +76,10 @@ RUN apt-get update \
 # cuda-python, nvidia-ml-py; all CUDA 12 builds, like CUDA_IMAGE). onnxruntime and
 # onnxruntime-gpu share the `onnxruntime` package folder, so the CPU wheel is removed and the GPU
 # wheel reinstalled over it. The build fails unless CUDA is then among the providers and every
-# library the CUDA provider links (libcudart, cuBLAS, cuDNN, ...) is in the image: a provider
-# built for another CUDA major would otherwise fail only when a model loads on a GPU.
+# library the CUDA and TensorRT providers link (libcudart, cuBLAS, cuDNN, libnvinfer, ...) is
+# in the image: a provider built for another CUDA major would otherwise fail only when a model
+# loads on a GPU. libnvinfer is in the tensorrt_libs package folder, which ganserve loads by
+# path before a TensorRT session opens, as the check's LD_LIBRARY_PATH stands in for.
 # (libcuda.so.1 is the driver's, mounted by the NVIDIA container runtime at run time.)
 FROM cuda-python AS builder-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -94,6 +96,12 @@ sys.exit('CUDAExecutionProvider' not in ort.get_available_providers())" \
 print(next(pathlib.Path(onnxruntime.__file__).parent.glob('capi/libonnxruntime_providers_cuda.so')))")" \
     && MISSING="$(ldd "$PROVIDER" | grep 'not found' | grep -v 'libcuda\.so\.1' || true)" \
     && if [ -n "$MISSING" ]; then echo "the CUDA provider needs libraries this base lacks:"; \
+        echo "$MISSING"; exit 1; fi \
+    && TRT_LIBS="$(/opt/venv/bin/python -c "import importlib.util; \
+print(importlib.util.find_spec('tensorrt_libs').submodule_search_locations[0])")" \
+    && MISSING="$(LD_LIBRARY_PATH="$TRT_LIBS" ldd "${PROVIDER%cuda.so}tensorrt.so" \
+        | grep 'not found' | grep -v 'libcuda\.so\.1' || true)" \
+    && if [ -n "$MISSING" ]; then echo "the TensorRT provider needs libraries this base lacks:"; \
         echo "$MISSING"; exit 1; fi \
     && /opt/venv/bin/ganserve serve --help >/dev/null
 

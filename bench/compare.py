@@ -86,10 +86,14 @@ class Server:
 
 @contextlib.contextmanager
 def ganserve(
-    repo: pathlib.Path, log: pathlib.Path, *args: str, tls_ca: pathlib.Path | None = None
+    repo: pathlib.Path,
+    log: pathlib.Path,
+    *args: str,
+    tls_ca: pathlib.Path | None = None,
+    ready_s: float = 120,
 ) -> Iterator[Server]:
-    """A ganserve process on free loopback ports, SERVING once yielded; ``tls_ca`` is the CA
-    to trust when ``args`` turn TLS on."""
+    """A ganserve process on free loopback ports, SERVING once yielded (within ``ready_s``);
+    ``tls_ca`` is the CA to trust when ``args`` turn TLS on."""
     port, metrics = free_port(), free_port()
     cmd = [
         str(BIN / "ganserve"),
@@ -123,7 +127,7 @@ def ganserve(
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     try:
-        _wait(ready, "ganserve", proc)
+        _wait(ready, "ganserve", proc, timeout=ready_s)
         yield Server(target, f"http://127.0.0.1:{metrics}/metrics", proc)
     finally:
         _stop(proc)
@@ -387,20 +391,27 @@ def run_accelerator(
     tensorrt = backend is Backend.TENSORRT
     repo = ensure_model(out / f"models-{backend.value}", model, tensorrt=tensorrt)
     results = Results(backend=backend.value)
+    # ONNX Runtime's TensorRT provider builds an engine per session (a minute or more): one
+    # cache serves the engine-alone runs and the servers, which would each build it again.
+    cache = out / "trt-cache"
     results.engine[model] = engine_throughput(
-        repo, model, [1, 8, 16, 32, 64], seconds=engine_seconds, backend=backend
+        repo, model, [1, 8, 16, 32, 64], seconds=engine_seconds, backend=backend, cache_dir=cache
     )
     results.parallel[model] = parallel_engine_throughput(
-        repo, model, 64, instances, seconds=engine_seconds, backend=backend
+        repo, model, 64, instances, seconds=engine_seconds, backend=backend, cache_dir=cache
     )
     args = ("--backend", backend.value, "--instances", str(instances))
+    args += ("--engine-cache-dir", str(cache))
     name = f"ganserve {model} {backend.value}"
     classes = repository.latest(repo, model).metadata.num_classes  # 0: unconditional
     raw = lambda ch: targets.ganserve_generate(ch, encoding="raw", num_classes=classes)  # noqa: E731
     batch = lambda ch: targets.ganserve_batch(  # noqa: E731
         ch, encoding="raw", num_classes=classes, items=64
     )
-    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "64", *args) as server:
+    with (
+        _stage(results),
+        ganserve(repo, server_log, "--max-batch-size", "64", *args, ready_s=600) as server,
+    ):
         sweeps = [
             ("grpc round trip (health)", targets.health_check, [1]),
             (f"{name} Generate raw", raw, concurrency),
@@ -408,7 +419,10 @@ def run_accelerator(
         ]
         for label, call, loads in sweeps:
             asyncio.run(_sweep(results, server, label, call, loads, windows, log=log))
-    with _stage(results), ganserve(repo, server_log, "--max-batch-size", "1", *args) as server:
+    with (
+        _stage(results),
+        ganserve(repo, server_log, "--max-batch-size", "1", *args, ready_s=600) as server,
+    ):
         asyncio.run(_sweep(results, server, f"{name} batching off", raw, [1, 64], windows, log=log))
     return results
 

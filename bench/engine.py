@@ -27,11 +27,13 @@ def engine_throughput(
     seconds: float = 1.0,
     backend: Backend = Backend.ONNXRUNTIME_CPU,
     version: int | None = None,
+    cache_dir: pathlib.Path | None = None,
 ) -> dict[int, dict[str, float]]:
     """images/s and median call time of ``engine.run`` at each batch size, with whichever of
     1 thread or all cores is faster there (ONNX Runtime CPU): the best this engine does alone.
     A GPU ``backend``'s call includes its host-device copies, as in the server. ``version``:
-    the model version to time; None times the newest, which the server serves."""
+    the model version to time; None times the newest, which the server serves. ``cache_dir``:
+    where ONNX Runtime's TensorRT provider keeps the engines it builds (as --engine-cache-dir)."""
     if version is None:
         version = repository.latest(repo, name)
     else:
@@ -42,7 +44,9 @@ def engine_throughput(
     out: dict[int, dict[str, float]] = {}
     cpu = backend is Backend.ONNXRUNTIME_CPU
     for threads in sorted({1, cores}) if cpu else [0]:
-        options = EngineOptions(intra_op_threads=threads, max_batch_size=max(batch_sizes))
+        options = EngineOptions(
+            intra_op_threads=threads, max_batch_size=max(batch_sizes), cache_dir=cache_dir
+        )
         engine = create_engine(version.path, m, backend, options)
         for batch in batch_sizes:
             feeds = _feeds(m, batch, seed=int(rng.integers(1 << 32)))
@@ -73,6 +77,7 @@ def parallel_engine_throughput(
     *,
     seconds: float = 2.0,
     backend: Backend = Backend.ONNXRUNTIME_CPU,
+    cache_dir: pathlib.Path | None = None,
 ) -> dict[str, float]:
     """images/s of ``instances`` engines (single-thread on the CPU) running ``batch`` side by
     side, as a server with that many instances would: the ceiling for a multi-instance server."""
@@ -80,7 +85,7 @@ def parallel_engine_throughput(
 
     version = repository.latest(repo, name)
     m = version.metadata
-    options = EngineOptions(intra_op_threads=1, max_batch_size=batch)
+    options = EngineOptions(intra_op_threads=1, max_batch_size=batch, cache_dir=cache_dir)
     engines = [create_engine(version.path, m, backend, options) for _ in range(instances)]
     feeds = _feeds(m, batch, seed=0)
     counts = [0] * instances

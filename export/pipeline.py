@@ -8,10 +8,11 @@ the version folder appears in one rename, or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from ganserve.export.errors import ExportError
 from ganserve.export.verify import FP32, REDUCED_PRECISION, Runner, VerificationError, verify
 from ganserve.serve import repository
 from ganserve.serve.backends import Backend, EngineOptions
+from ganserve.serve.errors import GanServeError
 from ganserve.serve.metadata import (
     FP16_MODEL_FILE,
     METADATA_FILE,
@@ -194,12 +196,14 @@ def _build(
             "verification": report,
         }
         if config.fp16_onnx:
-            extra["onnx_fp16"] = _fp16_variant(staging, reference, check, config.device_id)
+            with _one_line("the FP16 ONNX check"):
+                extra["onnx_fp16"] = _fp16_variant(staging, reference, check, config.device_id)
         if config.tensorrt is not TensorRTMode.OFF:
             if trt_reason:
                 notes.append(f"TensorRT engine skipped: {trt_reason}")
             else:
-                extra["tensorrt"] = _tensorrt_plan(staging, metadata, reference, check, config)
+                with _one_line("the TensorRT engine"):
+                    extra["tensorrt"] = _tensorrt_plan(staging, metadata, reference, check, config)
     except VerificationError as exc:
         raise ExportError(f"verification failed, nothing written: {exc}") from exc
     except tensorrt_build.BuildError as exc:
@@ -217,6 +221,19 @@ def _build(
     if stray:
         raise ExportError(f"export wrote unexpected files {stray}; expected single files")
     return notes
+
+
+@contextlib.contextmanager
+def _one_line(what: str) -> Iterator[None]:
+    """GPU steps fail in ways of their own: an engine that will not load (out of GPU memory, a
+    signature TensorRT changed) or a CUDA call that fails. Each is one line, not a traceback;
+    a failed check or build keeps its own message."""
+    try:
+        yield
+    except (VerificationError, tensorrt_build.BuildError, ExportError):
+        raise
+    except (GanServeError, RuntimeError) as exc:
+        raise ExportError(f"{what} failed, nothing written: {exc}") from exc
 
 
 def _fp16_variant(

@@ -68,7 +68,14 @@ def build_plan(
     """Write ``plan_path``; return the record for ``metadata.extra["tensorrt"]``."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    cudart = trt_backend.import_cudart()
+    gpus = trt_backend.gpu_names(cudart)
+    if not 0 <= device_id < len(gpus):
+        raise BuildError(f"GPU {device_id} does not exist: this machine has {len(gpus)} GPU(s)")
+    # The builder times its kernels on the current device: the GPU recorded must be that one.
+    trt_backend.cuda_call(cudart, "cudaSetDevice", cudart.cudaSetDevice(device_id))
+    gpu = gpus[device_id]
+    logger = trt_backend.trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
@@ -82,6 +89,9 @@ def build_plan(
         profile.set_shape(name, (1, *item), (opt_batch, *item), (max_batch, *item))
     config.add_optimization_profile(profile)
     pinned: list[str] = []
+    if precision == "fp32":
+        # TensorRT allows TF32 (a 10-bit mantissa) by default: an "fp32" plan would not be.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         if fp32_tail:
@@ -104,8 +114,6 @@ def build_plan(
     if serialized is None:
         raise BuildError("TensorRT failed to build the engine (see its log above)")
     plan_path.write_bytes(bytes(serialized))
-    cudart = trt_backend.import_cudart()
-    gpu = trt_backend.gpu_names(cudart)[device_id]
     LOGGER.info(
         "built %s (%s, batch 1..%d, opt %d) for %s with TensorRT %s",
         plan_path.name,

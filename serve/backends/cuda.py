@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
+from ganserve.serve import inputs as model_inputs
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.backends.cpu import check_signature, open_session
 from ganserve.serve.errors import ModelLoadError
@@ -83,6 +84,33 @@ def _tensorrt_library_problem() -> str | None:
 
 
 @functools.cache
+def _load_tensorrt_libraries() -> None:
+    """Load pip's TensorRT libraries by path: tensorrt-cu12 puts libnvinfer.so.10 and its
+    parser in the `tensorrt_libs` package folder, which no library path names, and ONNX
+    Runtime's TensorRT provider opens them by name. Once loaded, that name finds them, with
+    no LD_LIBRARY_PATH to set. Libraries from NVIDIA's system packages need none of this; what
+    still fails to load is left to the provider to report."""
+    try:
+        spec = importlib.util.find_spec("tensorrt_libs")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return
+    pending = sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("lib*.so*"))
+    while pending:  # a library loads once those it links are loaded: retry until none does
+        failed = []
+        for library in pending:
+            try:
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                failed.append(library)
+        if len(failed) == len(pending):
+            LOGGER.debug("TensorRT libraries not loaded: %s", ", ".join(p.name for p in failed))
+            return
+        pending = failed
+
+
+@functools.cache
 def _cuda_device_problem() -> str | None:
     """None if the CUDA driver reports at least one visible device, else why not.
 
@@ -133,11 +161,13 @@ def tensorrt_provider_options(metadata: ModelMetadata, options: EngineOptions) -
     opt_batch = min(max(opt_batch, 1), max_batch)
 
     def shapes(batch: int) -> str:
-        # ONNX Runtime's format: "name:d0xd1,name2:d0" for every dynamic input.
-        parts = [f"z:{batch}x{metadata.latent_dim}"]
-        if metadata.conditional:
-            parts.append(f"label:{batch}")
-        return ",".join(parts)
+        # ONNX Runtime's format: "name:d0xd1,name2:d0", for every input the model takes (z,
+        # label, a stylegan's truncation, noise, z_mix, mix_layer): one left out falls back to
+        # shapes learned at run time, and the engine is rebuilt as the batch grows.
+        return ",".join(
+            f"{name}:{'x'.join(map(str, (batch, *shape)))}"
+            for name, (_, shape) in model_inputs.input_specs(metadata).items()
+        )
 
     provider_options: dict[str, object] = {
         "device_id": options.device_id,
@@ -186,6 +216,7 @@ class OnnxCudaEngine:
 
         providers: list = []
         if backend is Backend.ONNXRUNTIME_TENSORRT:
+            _load_tensorrt_libraries()
             if options.cache_dir is not None:
                 try:
                     options.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -201,8 +232,10 @@ class OnnxCudaEngine:
 
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Threads for whatever nodes stay on the CPU (shape arithmetic).
+        # Threads for whatever nodes stay on the CPU (shape arithmetic), which must not spin
+        # between calls: spinning threads take the cores the event loop needs.
         session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         LOGGER.info("opening %s on GPU %d with %s", onnx_path, options.device_id, backend.value)
         self._session = open_session(onnx_path, session_options, providers)
 

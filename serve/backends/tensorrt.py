@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -324,9 +325,7 @@ class TensorRTEngine:
         except OSError as exc:
             raise ModelLoadError(f"{plan_path}: cannot read it ({exc})") from exc
 
-        # TensorRT keeps a pointer to the logger: it must live as long as the runtime.
-        self._logger = _make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise ModelLoadError(
@@ -497,8 +496,13 @@ class TensorRTEngine:
             self._stream = None
 
 
-def _make_logger(trt: Any) -> Any:
-    """A trt.ILogger that forwards TensorRT's messages to this module's logger."""
+@functools.cache
+def trt_logger(trt: Any) -> Any:
+    """The process's one trt.ILogger, forwarding TensorRT's messages to this module's logger.
+
+    TensorRT keeps the first logger it is given for the whole process (later ones only earn a
+    warning) and calls it through a raw pointer: one logger, kept alive here for good, serves
+    every runtime and builder."""
     severity = trt.ILogger.Severity
     levels = {
         severity.INTERNAL_ERROR: logging.CRITICAL,

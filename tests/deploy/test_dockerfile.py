@@ -62,11 +62,14 @@ def test_the_gpu_extra_pins_builds_for_the_gpu_images_cuda_major() -> None:
     pins = {re.match(r"[a-z0-9-]+", d)[0]: d for d in extra}
     assert major == 12, "a new CUDA major: change the gpu extra's pins and this test with it"
     assert pins["onnxruntime-gpu"].endswith(",<1.27")
-    assert pins["tensorrt-cu12"].endswith(",<11")  # TensorRT 10: ORT's provider links .so.10
+    # TensorRT 10 (ORT's provider links .so.10), one exact version: plans run only under the
+    # TensorRT that built them.
+    assert re.fullmatch(r"tensorrt-cu12==10(\.\d+)+", pins["tensorrt-cu12"])
     assert pins["cuda-python"].endswith(",<13")
     assert "tensorrt" not in pins
     gpu_install = " ".join(i.args for i in stage("builder-gpu").all("RUN"))
     assert "libonnxruntime_providers_cuda.so" in gpu_install and "not found" in gpu_install
+    assert "${PROVIDER%cuda.so}tensorrt.so" in gpu_install  # the TensorRT provider's too
 
 
 @pytest.mark.parametrize("name", SERVING)

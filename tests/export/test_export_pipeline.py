@@ -19,6 +19,7 @@ import torch
 from ganserve.export import onnx_export, pipeline, publish
 from ganserve.export.pipeline import ExportConfig, ExportError, TensorRTMode, export_checkpoint
 from ganserve.serve.config import ModelConfig
+from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.latent import LATENT_SCHEME
 from ganserve.serve.metadata import ModelMetadata
 from ganserve.train import checkpoint
@@ -295,6 +296,34 @@ def test_fp16_conversion_failure_is_one_clear_error_and_writes_nothing(
         tensorrt=TensorRTMode.OFF,
     )
     with pytest.raises(ExportError, match=r"^FP16 conversion failed, nothing written: the FP16"):
+        export_checkpoint(tiny_checkpoint, config)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("cudaMalloc(image) failed: cudaErrorMemoryAllocation"),
+        ModelLoadError("model.plan: TensorRT cannot create an execution context"),
+    ],
+)
+def test_a_gpu_step_that_fails_is_one_line_and_writes_nothing(
+    tiny_checkpoint: pathlib.Path,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    """A CUDA call or an engine that would not load came out of export-gan as a traceback."""
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(pipeline.tensorrt_build, "unavailable", lambda: None)
+    monkeypatch.setattr(pipeline.tensorrt_build, "build_plan", fail)
+    config = ExportConfig(
+        repository=tmp_path / "repo", name="tiny", max_batch=2, tensorrt=TensorRTMode.ON
+    )
+    with pytest.raises(ExportError, match=r"^the TensorRT engine failed, nothing written: "):
         export_checkpoint(tiny_checkpoint, config)
     assert list(tmp_path.iterdir()) == []
 

@@ -229,6 +229,41 @@ def test_tensorrt_profile_covers_batch_one_to_max_for_every_input(
     assert options["trt_profile_opt_shapes"] == expected_max  # no preferred sizes: tune for max
 
 
+def test_tensorrt_profile_covers_a_stylegans_every_input() -> None:
+    """Only z and label were in the profile: ONNX Runtime then learns a stylegan's other
+    inputs' shapes at run time and rebuilds the engine as the batch grows."""
+    style = dataclasses.replace(METADATA, truncation_mode="w", noise_dim=2704, style_layers=8)
+    options = cuda.tensorrt_provider_options(style, EngineOptions(max_batch_size=16))
+    assert options["trt_profile_max_shapes"] == (
+        "z:16x64,label:16,truncation:16,noise:16x2704,z_mix:16x64,mix_layer:16"
+    )
+    assert options["trt_profile_min_shapes"].startswith("z:1x64,label:1,truncation:1,noise:1x")
+
+
+def test_pips_tensorrt_libraries_are_loaded_from_their_package_folder(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tensorrt-cu12 keeps libnvinfer.so.10 in site-packages/tensorrt_libs, on no library path:
+    ONNX Runtime's TensorRT provider could not open it in the GPU image."""
+    package = tmp_path / "tensorrt_libs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    libz = next(
+        p
+        for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/libz.so.1")
+        if pathlib.Path(p).exists()
+    )
+    shutil.copy(libz, package / "libfakeinfer.so.10")
+    (package / "libbroken.so.10").write_bytes(b"not a library")  # left for the provider
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cuda._load_tensorrt_libraries.cache_clear()
+    try:
+        cuda._load_tensorrt_libraries()
+    finally:
+        cuda._load_tensorrt_libraries.cache_clear()
+    assert str(package / "libfakeinfer.so.10") in pathlib.Path("/proc/self/maps").read_text()
+
+
 def test_tensorrt_profile_is_tuned_for_the_largest_preferred_batch() -> None:
     engine_options = EngineOptions(max_batch_size=64, preferred_batch_sizes=(8, 32, 16))
     options = cuda.tensorrt_provider_options(METADATA, engine_options)
@@ -435,7 +470,7 @@ def _build_plan(version_dir: pathlib.Path, max_batch: int) -> ModelMetadata:
     record what built it, as export-gan will."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt.trt_logger(trt)  # TensorRT keeps the process's first logger
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
