@@ -8,6 +8,12 @@ with GeneratorClient("localhost:50051") as client:
     print(result.pixels.shape)  # (32, 32, 1) uint8
 """
 
-from ganserve.client.client import GeneratedImage, GeneratorClient, ImageEncoding, RetryPolicy
+from ganserve.client.client import (
+    GeneratedImage,
+    GeneratorClient,
+    ImageEncoding,
+    ReplyError,
+    RetryPolicy,
+)
 
-__all__ = ["GeneratedImage", "GeneratorClient", "ImageEncoding", "RetryPolicy"]
+__all__ = ["GeneratedImage", "GeneratorClient", "ImageEncoding", "ReplyError", "RetryPolicy"]

@@ -19,9 +19,9 @@ def check_target(target: str) -> None:
     port (gRPC would dial 443), or a host:port whose port is out of range (gRPC would wrap
     99999 around to another port, 99999 - 65536, instead of failing). Other target forms
     pass unchecked."""
+    target = text("target", target)  # TypeError for a target that is not a string
     if not target.strip():
         raise ValueError("the target is empty; give host:port")
-    text("target", target)
     if re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]+):?", target):
         # gRPC would dial port 443 in silence.
         raise ValueError(f"the target {target!r} has no port; give host:port")

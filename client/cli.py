@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import pathlib
+import re
 import ssl
 import sys
 import tempfile
@@ -53,12 +54,15 @@ MAX_TOKEN_BYTES = 4096
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
+_DIGITS = re.compile("[0-9]+")  # not str.isdigit(), which takes '²' and Arabic-Indic digits
+
+
 def _seeds(value: str) -> list[int]:
     """'0-9' or '1,5,9' or '0-3,10'; ValueError saying what is wrong with ``value``."""
     ranges = []
     for part in value.split(","):
         low, dash, high = part.strip().partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
+        if not _DIGITS.fullmatch(low) or (dash and not _DIGITS.fullmatch(high)):
             raise ValueError(f"{part.strip()!r} is not a seed or a range like 0-9")
         first, last = int(low), int(high) if dash else int(low)
         if last < first:
@@ -173,10 +177,16 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             ):  # a TLS handshake answered in plaintext
                 hint = " (the server does not speak TLS: leave out --tls-ca for a plaintext one)"
             raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
-        except OSError as exc:  # checked before the call, but a disk can still fill up
+        except OSError as exc:
+            if exc.filename is None:  # Pillow, on an image in the reply it cannot decode
+                raise click.ClickException(f"cannot read an image in the reply: {exc}") from None
+            # Checked before the call, but a disk can still fill up.
             raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
-        except (ValueError, TypeError) as exc:  # the client's argument checks (arguments.py)
+        except (ValueError, TypeError) as exc:  # the argument checks (arguments.py), ReplyError
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:  # as Ctrl-C ends the other commands: one line, exit 130
+            click.echo("interrupted: nothing was written", err=True)
+            raise SystemExit(130) from None
 
     return wrapper
 
@@ -333,7 +343,12 @@ def _save(output: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
     """Write through a temporary file beside ``output``, renamed over it once whole: a save
     that fails (a disk full, a format's size limit such as WebP's 16383 pixels) leaves a file
     already there as it was."""
-    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix)
+    try:
+        fd, name = tempfile.mkstemp(
+            dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix
+        )
+    except OSError as exc:  # about output, not the temporary file's made-up name
+        raise click.ClickException(f"cannot save {output}: {exc.strerror}") from None
     os.close(fd)
     temp = pathlib.Path(name)
     umask = os.umask(0)
@@ -406,7 +421,9 @@ def batch(
 @main.command()
 @click.option("--from", "seed_start", type=click.IntRange(0, 2**64 - 1), required=True)
 @click.option("--to", "seed_end", type=click.IntRange(0, 2**64 - 1), required=True)
-@click.option("--frames", type=click.IntRange(2), default=16, help="Frames, ends included.")
+@click.option(
+    "--frames", type=click.IntRange(2, 2**31 - 1), default=16, help="Frames, ends included."
+)
 @_class
 @_model
 @_version

@@ -28,6 +28,10 @@ from ganserve.client.arguments import check_target
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 
+class ReplyError(ValueError):
+    """A reply that breaks the contract (docs/api.md), such as too few images."""
+
+
 class ImageEncoding(enum.IntEnum):
     """How the server sends pixels; values match ``ganserve.v1.ImageEncoding``."""
 
@@ -263,6 +267,11 @@ class GeneratorClient:
             truncation=arguments.truncation(truncation),
         )
         response = self._stub.GenerateBatch(request, **self._kwargs(timeout))
+        if len(response.images) != len(request.items):  # the contract: one image per item
+            raise ReplyError(
+                f"the server answered {len(response.images)} images for {len(request.items)} "
+                "items: it is not keeping ganserve's contract"
+            )
         return [GeneratedImage(r) for r in response.images]
 
     def interpolate(

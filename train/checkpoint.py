@@ -49,6 +49,18 @@ def load(path: pathlib.Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a checkpoint (torch.save writes a zip archive; this file is not one)"
         )
+    # torch.load does not check the archive's CRCs: a bit flipped on disk or in a copy would be
+    # trained on, exported and served. testzip reads every member against its checksum.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as exc:  # zipfile's errors for a broken archive come in many types
+        raise CheckpointError(f"{path}: a damaged zip archive ({exc})") from None
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: damaged: {damaged} does not match its checksum (a corrupt or partial "
+            "copy); use another copy or checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -126,9 +138,14 @@ def _check_contents(ckpt: dict[str, Any]) -> None:
 def _reason(exc: Exception) -> str:
     """The informative line of torch.load's long error text."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error" in line or "Unsupported global" in line:
+    for i, line in enumerate(lines):
+        if "Unsupported global" in line:
             return line.split(". Please use")[0]
+        if "WeightsUnpickler error" in line:
+            # "...: WeightsUnpickler error: <why>", or the why on the next line (torch >= 2.6).
+            why = line.split("WeightsUnpickler error", 1)[1].lstrip(":").strip()
+            why = why or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"WeightsUnpickler error: {why.split('. Please use')[0]}".rstrip(": ")
     return lines[0] if lines else type(exc).__name__
 
 

@@ -39,6 +39,7 @@ from click.core import ParameterSource
 from ganserve.client.cli import FiniteFloat
 from ganserve.train.augment import parse_policy
 from ganserve.train.checkpoint import CheckpointError
+from ganserve.train.config import check_device
 from ganserve.train.data import DataError, load
 from ganserve.train.extras import BEFORE_TRAINING, exit_on_ctrl_c
 from ganserve.train.loop import Distributed, TrainConfig, TrainingStopped, train
@@ -53,6 +54,14 @@ def _check_policy(ctx: click.Context, param: click.Parameter, value: str) -> str
     is checked once the data is loaded."""
     try:
         parse_policy(value, channels=3)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        check_device(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
     return value
@@ -156,6 +165,7 @@ def _check_policy(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option(
     "--device",
     default="auto",
+    callback=_check_device,
     help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.",
 )
 @click.option(
@@ -212,9 +222,12 @@ def main(
     _refuse_options_that_do_not_apply(ctx, loss=loss, arch=arch, unconditional=unconditional)
     run_dir = run_dir or out.with_name(out.stem + "-run")
     if out.exists() and not overwrite and not _continues_its_run(out, run_dir, resume):
+        # --overwrite replaces the file, not the run folder beside it, which is refused next.
+        held = run_dir.is_dir() and any(run_dir.iterdir())
+        also = f" and another --run-dir ({run_dir} holds its run)" if held else ""
         raise click.ClickException(
             f"--out {out} already exists: pick another --out, continue its run with --resume "
-            f"{out}, or pass --overwrite to replace it"
+            f"{out}, or pass --overwrite{also} to replace it"
         )
     if threads:
         torch.set_num_threads(threads)
@@ -260,16 +273,16 @@ def main(
                     stop_requested=stop.requested,
                 )
             except KeyboardInterrupt:
-                # A second Ctrl-C (the first lets the step end), or one under torchrun.
+                # A second Ctrl-C or SIGTERM (the first lets the step end), or one under torchrun.
                 error = click.ClickException(
                     "interrupted: stopped at once, without saving the step in progress; the "
                     f"checkpoints saved so far are in {run_dir}"
                 )
-                error.exit_code = 130  # ended by SIGINT, as shells say
+                error.exit_code = stop.exit_code
                 raise error from None
     except TrainingStopped as exc:
         error = click.ClickException(str(exc))
-        error.exit_code = 130 if stop.requested() else 1  # 130: ended by SIGINT, as shells say
+        error.exit_code = stop.exit_code if stop.requested() else 1
         raise error from None
     except (DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -370,6 +383,7 @@ class ProgressBar:
     def __init__(self) -> None:
         self._started = time.monotonic()
         self._drawn = 0.0
+        self._first: int | None = None  # the first step drawn (past 1 when resuming)
         self._on_line = False  # the cursor is at the end of the bar
         # Log records start on a fresh line instead of after the bar; the bar redraws below.
         self._filter = logging.Filter()
@@ -388,8 +402,10 @@ class ProgressBar:
         if now - self._drawn < 0.1 and step != steps:
             return  # ~10 redraws a second are plenty
         self._drawn = now
+        if self._first is None:
+            self._first = step - 1  # steps before this one were done by an earlier run
         done = int(self.WIDTH * step / steps)
-        left = (now - self._started) / step * (steps - step)
+        left = (now - self._started) / max(step - self._first, 1) * (steps - step)
         losses = (
             f"  d {last['d_loss']:.3f}  g {last['g_loss']:.3f}  {last['images_per_s']:.0f} img/s"
             if last
@@ -410,37 +426,62 @@ class ProgressBar:
 
 
 class _StopAtStepEnd:
-    """Ctrl-C during training: the first one lets the running step finish, so the loop can save
-    a consistent checkpoint and say how to resume; a second one raises KeyboardInterrupt at
-    once. Under torchrun, whose ranks would stop at different steps, the first one does.
+    """Ctrl-C or SIGTERM (kill, timeout, docker stop, a Kubernetes pod ending) during training:
+    the first one lets the running step finish, so the loop can save a consistent checkpoint
+    and say how to resume; a second one raises KeyboardInterrupt at once. Under torchrun,
+    whose ranks would stop at different steps, the first Ctrl-C does, and SIGTERM is left to
+    torchrun. A SIGTERM already ignored stays ignored.
 
     It takes over from the start-up's handling (`extras.exit_on_ctrl_c`), whose "nothing was
-    written" stops being true here, and leaves Python's default behind."""
+    written" stops being true here, and leaves Python's defaults behind."""
 
     def __init__(self, *, enabled: bool) -> None:
         self._enabled = enabled
         self._main_thread = threading.current_thread() is threading.main_thread()
         self._requested = False
+        self._signals: list[signal.Signals] = []
+        self.signum = signal.SIGINT  # the signal that stopped the run
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as shells report a process it ended (130: SIGINT, 143: SIGTERM)."""
+        return 128 + self.signum
 
     def requested(self) -> bool:
         return self._requested
 
     def __enter__(self) -> _StopAtStepEnd:
-        if self._main_thread:
-            handler = self._on_signal if self._enabled else signal.default_int_handler
-            signal.signal(signal.SIGINT, handler)
+        if not self._main_thread:
+            return self
+        if not self._enabled:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            return self
+        self._signals = [signal.SIGINT]
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._signals.append(signal.SIGTERM)
+        for sig in self._signals:
+            signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.signum = signal.Signals(signum)
+        for sig in self._signals:
+            signal.signal(sig, self._at_once)
         logging.getLogger(__name__).warning(
-            "interrupted: finishing this step to save a checkpoint (Ctrl-C again to stop now)"
+            "%s: finishing this step to save a checkpoint (%s again to stop now)",
+            "interrupted" if signum == signal.SIGINT else f"stopped by {self.signum.name}",
+            "Ctrl-C" if signum == signal.SIGINT else self.signum.name,
         )
+
+    def _at_once(self, signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         if self._main_thread:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if signal.SIGTERM in self._signals:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # What torch.distributed's env:// rendezvous reads besides WORLD_SIZE; torchrun sets them all.

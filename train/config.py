@@ -14,6 +14,15 @@ from ganserve.train.losses import Loss
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_device(device: str) -> None:
+    """ValueError unless ``device`` is auto, cpu, cuda or cuda:N."""
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (
+        index and (kind != "cuda" or not (index.isascii() and index.isdigit()))
+    ):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One training run.
@@ -93,11 +102,7 @@ class TrainConfig:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
-        kind, _, index = self.device.partition(":")
-        if kind not in ("auto", "cpu", "cuda") or (
-            index and (kind != "cuda" or not index.isdigit())
-        ):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "loss": self.loss.value}

@@ -338,3 +338,10 @@ def test_metadata_errors_do_not_echo_the_token(server: ServerThread) -> None:
 def test_printable_ascii_metadata_is_sent(server: ServerThread) -> None:
     with GeneratorClient(server.target, request_id="job 42: ~all printable!", timeout=10) as c:
         assert c.generate(1, 1).response.class_label == 1
+
+
+@pytest.mark.parametrize(("target", "error"), [(None, ValueError), (52401, TypeError)])
+def test_a_target_that_is_not_a_string_is_refused_as_documented(target, error) -> None:
+    """It was AttributeError: .strip() ran before the type check."""
+    with pytest.raises(error, match="target"):
+        GeneratorClient(target)

@@ -7,7 +7,10 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -21,10 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerThread, write_certificates
 from ganserve.client.cli import main
-from ganserve.client.client import GeneratorClient, RetryPolicy
+from ganserve.client.client import GeneratorClient, ImageEncoding, RetryPolicy
 from ganserve.serve.config import TlsConfig
+from ganserve.v1 import generator_pb2, generator_pb2_grpc
 
 TOKEN = "s3cret-token-0123456789"
+BIN = pathlib.Path(sys.executable).parent
 SIZE = 32  # the bundled model's images are 32x32, one channel
 
 
@@ -260,6 +265,8 @@ def test_server_errors_are_one_line_with_the_status(
         (str(2**64), f"seed {2**64} is over the largest seed"),
         ("0-18446744073709551615", "that is 18446744073709551616 seeds; one call carries at"),
         ("0-9999999999", "that is 10000000000 seeds; one call carries at most 65536"),
+        ("\u00b2", "'\u00b2' is not a seed"),  # str.isdigit() took it; int() then failed
+        ("\u0661\u0662", "is not a seed"),  # Arabic-Indic digits, taken as seed 12 in silence
     ],
 )
 def test_bad_seed_list_is_a_usage_error(server: ServerThread, seeds: str, message: str) -> None:
@@ -277,6 +284,7 @@ def test_bad_seed_list_is_a_usage_error(server: ServerThread, seeds: str, messag
         (["generate", "--seed", "1", "--truncation", "3"], "'--truncation'"),
         (["batch", "--seeds", "0-3", "--columns", "0"], "'--columns'"),
         (["interpolate", "--from", "1", "--to", "2", "--frames", "1"], "'--frames'"),
+        (["interpolate", "--from", "1", "--to", "2", "--frames", str(2**31)], "'--frames'"),
     ],
 )
 def test_bad_option_value_is_a_usage_error_naming_it(
@@ -689,3 +697,67 @@ def test_reload_keeps_a_timeout_that_was_given(bare_grpc_server: tuple[grpc.Serv
     finally:
         release.set()
     assert failed_cleanly(result, 1).startswith("Error: DEADLINE_EXCEEDED")
+
+
+def test_a_save_that_cannot_start_names_the_output_not_a_temporary_file(
+    server: ServerThread,
+) -> None:
+    """'cannot write /proc/.a.png.dj73_tsa.png' named a hidden file the user never asked for."""
+    error = failed_cleanly(
+        gan_client(server.target, "generate", "--seed", "1", "--class", "1", "-o", "/proc/a.png"),
+        1,
+    )
+    assert error.startswith("Error: cannot save /proc/a.png: ") and "/proc/.a.png" not in error
+
+
+class _BrokenGenerator(generator_pb2_grpc.GeneratorServicer):
+    """Breaks the contract: too few images, or an image that does not decode."""
+
+    def GenerateBatch(self, request, context):
+        reply = generator_pb2.GenerateBatchResponse()
+        if request.items[0].seed == 1:  # one undecodable PNG per item
+            for _ in request.items:
+                reply.images.add(
+                    image=b"not a png", encoding=ImageEncoding.PNG, width=2, height=2, channels=1
+                )
+        return reply  # otherwise no images at all
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ("0-3", "the server answered 0 images for 4 items: it is not keeping ganserve's"),
+        ("1-2", "cannot read an image in the reply: cannot identify image file"),
+    ],
+)
+def test_a_reply_that_breaks_the_contract_is_one_line(seeds: str, message: str) -> None:
+    """An empty batch reply was an IndexError traceback; an undecodable image 'cannot write
+    None: None'."""
+    fake = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    generator_pb2_grpc.add_GeneratorServicer_to_server(_BrokenGenerator(), fake)
+    port = fake.add_insecure_port("127.0.0.1:0")
+    fake.start()
+    try:
+        result = gan_client(f"127.0.0.1:{port}", "batch", "--seeds", seeds, "-o", "g.png")
+    finally:
+        fake.stop(None)
+    assert message in failed_cleanly(result, 1)
+    assert not pathlib.Path("g.png").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C printed click's 'Aborted!' and exited 1, unlike every other command here."""
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        command = [str(BIN / "gan-client"), "--target", target, "info"]
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # past start-up: waiting on the call
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted: nothing was written"

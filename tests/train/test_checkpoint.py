@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import pickle
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -83,6 +85,42 @@ def test_truncated_checkpoint_is_refused(
     path.write_bytes(tiny_checkpoint.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"not a (loadable )?checkpoint"):
         checkpoint.load(path)
+
+
+def test_a_checkpoint_with_damaged_bytes_is_refused_naming_the_member(
+    tmp_path: pathlib.Path, tiny_checkpoint: pathlib.Path
+) -> None:
+    """torch.load does not check the archive's CRCs: weights overwritten on disk were
+    accepted, exported and served."""
+    with zipfile.ZipFile(tiny_checkpoint) as archive:
+        member = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor
+    data = bytearray(tiny_checkpoint.read_bytes())
+    with tiny_checkpoint.open("rb") as f:  # the member's bytes start after its local header
+        f.seek(member.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    start = member.header_offset + 30 + name_len + extra_len
+    data[start : start + 16] = struct.pack("<4f", 10.0, 10.0, 10.0, 10.0)
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"damaged: {member.filename} does not match"):
+        checkpoint.load(path)
+
+
+def test_a_pickle_torch_cannot_read_is_refused_with_torchs_reason(
+    tmp_path: pathlib.Path, tiny_checkpoint: pathlib.Path
+) -> None:
+    """The reason torch gives (on the line after 'WeightsUnpickler error:') was dropped, and
+    its 'Please file an issue' text shown instead."""
+    path = tmp_path / "garbled.pt"
+    with zipfile.ZipFile(tiny_checkpoint) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():  # rewritten with valid CRCs: only the pickle is wrong
+            data = src.read(info)
+            dst.writestr(info, b"\x00" * len(data) if info.filename.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load(path)
+    assert "WeightsUnpickler error: " in str(caught.value)
+    assert "Please file an issue" not in str(caught.value)
+    assert not str(caught.value).endswith("error: )")
 
 
 @pytest.mark.parametrize(

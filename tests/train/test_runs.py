@@ -246,6 +246,7 @@ def test_only_the_built_in_digits_are_judged_by_the_digits_classifier() -> None:
             "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start multi-process",
         ),
         (["--arch", "gan", "--fc-layers", "16"], {}, "parameters (about"),
+        (["--device", "foo"], {}, "Invalid value for '--device': device must be auto, cpu,"),
     ],
 )
 def test_cli_refuses_options_it_could_not_train_with(
@@ -261,7 +262,30 @@ def test_cli_refuses_options_it_could_not_train_with(
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: pathlib.Path) -> None:
+def test_an_existing_out_whose_run_folder_holds_a_run_names_both_fixes(
+    tmp_path: pathlib.Path,
+) -> None:
+    """--overwrite alone was advised, and then refused for the run folder beside --out."""
+    from click.testing import CliRunner
+
+    from ganserve.train.cli import main
+
+    (tmp_path / "m.pt").write_bytes(b"an earlier run's checkpoint")
+    (tmp_path / "m-run").mkdir()
+    (tmp_path / "m-run" / "log.jsonl").write_text("{}\n")
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 1, result.output
+    assert f"pass --overwrite and another --run-dir ({tmp_path / 'm-run'} holds its run)" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
+    tmp_path: pathlib.Path, stop: signal.Signals
+) -> None:
+    """SIGTERM (kill, timeout, docker stop, Kubernetes) ended a run at once with nothing said
+    and up to --checkpoint-every steps lost."""
     out = tmp_path / "m.pt"
     command = [
         str(pathlib.Path(sys.executable).parent / "gan-train"),
@@ -273,9 +297,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: pathlib.Path
         for line in proc.stderr:  # wait until it is training
             if "step 10/100000" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         rest = proc.stderr.read()
-        assert proc.wait(timeout=60) == 130, rest
+        assert proc.wait(timeout=60) == 128 + stop, rest
     finally:
         proc.kill()
     (error,) = [line for line in rest.splitlines() if line.startswith("Error:")]
@@ -373,6 +397,22 @@ def test_progress_bar_draws_step_losses_and_time_left(capsys: pytest.CaptureFixt
     line = capsys.readouterr().err
     assert "[###############...............] 5/10" in line
     assert "d 1.250  g 0.500  900 img/s" in line and "min left" in line
+
+
+def test_progress_bar_times_what_is_left_from_the_steps_this_run_did(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After --resume from step 3600 of 4000, 'time left' divided by 3601 steps, not the ones
+    this run took, and read 0.0 min for a run with minutes to go."""
+    from ganserve.train import cli
+
+    clock = iter([0.0, 60.0, 120.0])  # start; 60 s after the first step; 120 s after the 11th
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    bar = cli.ProgressBar()
+    bar(3601, 4000, {})
+    bar(3611, 4000, {})  # 11 steps in 120 s: 389 more take 70.7 min
+    bar.close()
+    assert capsys.readouterr().err.rstrip().endswith("3611/4000  70.7 min left")
 
 
 def test_progress_is_reported_every_step(tmp_path: pathlib.Path) -> None:
