@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pathlib
@@ -147,19 +148,49 @@ def _write(
         raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+_STOPPED_BY: list[int] = []  # SIGTERM or SIGHUP, once one is stopping this run
+
+
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    """Hand SIGTERM or SIGHUP to whatever handles Ctrl-C now: inside an event loop that is
+    asyncio's, which cancels the run where it waits. Raising from here instead is lost when the
+    signal lands in a weakref callback, whose exceptions Python only prints."""
+    _STOPPED_BY.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # Ctrl-C ignored (a background job): stop all the same
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
+
+
+def _stop_code() -> int:
+    """128 + the signal that stopped the run, as shells report it (130: Ctrl-C)."""
+    return 128 + (_STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT)
+
+
+def _stoppable(command):
+    """Ctrl-C, SIGTERM or SIGHUP: one line and 128 + the signal, after every `finally` ran
+    (the servers a run started are stopped, not orphaned), not click's 'Aborted!' and 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            name = signal.Signals(_stop_code() - 128).name
+            click.echo(f"stopped by {name}: the servers this run started are stopped", err=True)
+            raise SystemExit(_stop_code()) from None
+
+    return wrapper
 
 
 @click.group(context_settings={"show_default": True})
 def main() -> None:
     """Benchmark ganserve: load generation, side-by-side comparisons."""
-    # kill, timeout and a cancelled CI job send SIGTERM (a closed terminal SIGHUP): end as on
-    # Ctrl-C, through every `finally`, so the servers a run started are stopped, not orphaned.
-    # A signal already ignored (nohup) stays ignored.
+    # kill, timeout and a cancelled CI job send SIGTERM (a closed terminal SIGHUP): stop as on
+    # Ctrl-C. A signal already ignored (nohup) stays ignored.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, _exit_on_signal)
+            signal.signal(sig, _stop_like_ctrl_c)
 
 
 @main.command(help=__doc__)
@@ -280,11 +311,11 @@ def run(
                 windows,
             )
         )
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM/SIGHUP
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (_stop_like_ctrl_c)
         if points:
             _write(points, json_path, csv_path, plot_path, title)
             click.echo(f"stopped: the {len(points)} point(s) measured are written", err=True)
-        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
+        raise SystemExit(_stop_code()) from None
     except Exception as exc:  # a dead server is one line, not a traceback
         code = exc.code().name if hasattr(exc, "code") and callable(exc.code) else ""
         details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -408,6 +439,7 @@ async def _run(
     "through ganserve on that backend, batching on and off, and the GPU targets.",
 )
 @_with_windows
+@_stoppable
 def compare(
     out: pathlib.Path,
     triton_python: pathlib.Path,
@@ -509,6 +541,7 @@ def _reliability_run(
     default="build",
     callback=_output_folder,
 )
+@_stoppable
 def soak(calls: int, concurrency: int, warmup_calls: int, rss_budget_mb: float, out) -> None:
     """Many Generate calls against a fresh server: every status documented, none hanging,
     memory flat (exit 1 otherwise)."""
@@ -552,6 +585,7 @@ def soak(calls: int, concurrency: int, warmup_calls: int, rss_budget_mb: float, 
     default="build",
     callback=_output_folder,
 )
+@_stoppable
 def overload(model: str, queue_size: int, factor: float, calls: int, out: pathlib.Path) -> None:
     """Offered load beyond a small queue: shed fast, queue bounded, goodput against capacity
     (exit 1 on an undocumented status or a queue past its size)."""

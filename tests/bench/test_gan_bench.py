@@ -584,3 +584,31 @@ def test_a_terminated_run_writes_the_points_it_measured(
     assert "Traceback" not in err and "point(s) measured are written" in err
     rows = json.loads(out.read_text())["points"]
     assert 1 <= len(rows) < 6 and rows[0]["requests_per_s"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    tasks = pathlib.Path(f"/proc/{pid}/task")
+    return [
+        int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def test_a_terminated_soak_stops_the_server_it_started(tmp_path: pathlib.Path) -> None:
+    """A killed compare, soak or overload left its ganserve running under PID 1."""
+    command = [str(BIN / "gan-bench"), "soak", "--calls", "10000000", "--out", str(tmp_path)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children, "the soak's server did not start"
+        time.sleep(3)  # serving, and the soak under way
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM: the servers this run started are stopped" in err
+    assert "Traceback" not in err
+    for child in children:
+        assert not pathlib.Path(f"/proc/{child}").exists(), "the server outlived gan-bench"
