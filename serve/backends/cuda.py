@@ -83,6 +83,14 @@ def _tensorrt_library_problem() -> str | None:
     return "TensorRT is not installed (pip install tensorrt-cu12, or NVIDIA's libnvinfer packages)"
 
 
+TENSORRT_LIBRARIES = (
+    "libnvinfer",
+    "libnvinfer_builder_resource",
+    "libnvinfer_plugin",
+    "libnvonnxparser",
+)
+
+
 @functools.cache
 def _load_tensorrt_libraries() -> None:
     """Load pip's TensorRT libraries by path: tensorrt-cu12 puts libnvinfer.so.10 and its
@@ -96,7 +104,12 @@ def _load_tensorrt_libraries() -> None:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         return
-    pending = sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("lib*.so*"))
+    folder = pathlib.Path(spec.submodule_search_locations[0])
+    # What the provider opens, and the builder resource libnvinfer opens by name to build;
+    # not the lean and dispatch runtimes, which export libnvinfer's symbols again.
+    pending = sorted(
+        library for name in TENSORRT_LIBRARIES for library in folder.glob(f"{name}.so*")
+    )
     while pending:  # a library loads once those it links are loaded: retry until none does
         failed = []
         for library in pending:

@@ -253,15 +253,18 @@ def test_pips_tensorrt_libraries_are_loaded_from_their_package_folder(
         for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/libz.so.1")
         if pathlib.Path(p).exists()
     )
-    shutil.copy(libz, package / "libfakeinfer.so.10")
-    (package / "libbroken.so.10").write_bytes(b"not a library")  # left for the provider
+    shutil.copy(libz, package / "libnvinfer.so.10")
+    shutil.copy(libz, package / "libnvinfer_lean.so.10")  # libnvinfer's symbols again: not
+    (package / "libnvonnxparser.so.10").write_bytes(b"not a library")  # left to the provider
     monkeypatch.syspath_prepend(str(tmp_path))
     cuda._load_tensorrt_libraries.cache_clear()
     try:
         cuda._load_tensorrt_libraries()
     finally:
         cuda._load_tensorrt_libraries.cache_clear()
-    assert str(package / "libfakeinfer.so.10") in pathlib.Path("/proc/self/maps").read_text()
+    maps = pathlib.Path("/proc/self/maps").read_text()
+    assert str(package / "libnvinfer.so.10") in maps
+    assert str(package / "libnvinfer_lean.so.10") not in maps
 
 
 def test_tensorrt_profile_is_tuned_for_the_largest_preferred_batch() -> None:
