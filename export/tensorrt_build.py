@@ -26,20 +26,6 @@ class BuildError(RuntimeError):
     """TensorRT could not parse the ONNX file or build an engine."""
 
 
-def item_shapes(metadata: ModelMetadata) -> dict[str, tuple[int, ...]]:
-    """Each model input's shape without the batch axis, in input order."""
-    m = metadata
-    shapes = {
-        "z": (m.latent_dim,),
-        "label": (),
-        "truncation": (),
-        "noise": (m.noise_dim,),
-        "z_mix": (m.latent_dim,),
-        "mix_layer": (),
-    }
-    return {name: shapes[name] for name in inputs.input_names(m)}
-
-
 def unavailable() -> str | None:
     """None when an engine can be built here, else the reason (one line)."""
     reason = trt_backend.runtime_unavailable()
@@ -85,7 +71,8 @@ def build_plan(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    for name, item in item_shapes(metadata).items():  # every input shares the batch axis
+    # Every input the model takes (the shape table serving uses), sharing the batch axis.
+    for name, (_, item) in inputs.input_specs(metadata).items():
         profile.set_shape(name, (1, *item), (opt_batch, *item), (max_batch, *item))
     config.add_optimization_profile(profile)
     pinned: list[str] = []
