@@ -167,6 +167,10 @@ def _stop_code() -> int:
     return 128 + (_STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT)
 
 
+def _stop_name() -> str:
+    return signal.Signals(_stop_code() - 128).name
+
+
 def _stoppable(command):
     """Ctrl-C, SIGTERM or SIGHUP: one line and 128 + the signal, after every `finally` ran
     (the servers a run started are stopped, not orphaned), not click's 'Aborted!' and 1."""
@@ -176,8 +180,9 @@ def _stoppable(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            name = signal.Signals(_stop_code() - 128).name
-            click.echo(f"stopped by {name}: the servers this run started are stopped", err=True)
+            click.echo(
+                f"stopped by {_stop_name()}: the servers this run started are stopped", err=True
+            )
             raise SystemExit(_stop_code()) from None
 
     return wrapper
@@ -452,6 +457,7 @@ def compare(
 ) -> None:
     """Engine alone, ganserve (batching on/off), Triton and a 64x64 RGB DCGAN, in one run."""
     from ganserve.bench.compare import (
+        Results,
         accelerator_targets,
         accelerator_unavailable,
         run_accelerator,
@@ -465,32 +471,49 @@ def compare(
         raise click.BadParameter(f"{triton_python} is not a file", param_hint="'--triton-python'")
     python = triton_python if triton_python.is_file() else None
     engine_backend = Backend(backend)
-    if engine_backend is Backend.ONNXRUNTIME_CPU:
-        instances = instances or len(os.sched_getaffinity(0))
-        results = run_compare(
-            out,
-            triton_python=python,
-            windows=windows,
-            concurrency=concurrency,
-            instances=instances,
-            log=_echo_point,
-        )
-        met = targets_met(results)
-    else:
-        reason = accelerator_unavailable(engine_backend)
-        if reason:
-            raise click.ClickException(f"--backend {backend} cannot run here: {reason}")
-        results = run_accelerator(
-            out,
-            backend=engine_backend,
-            windows=windows,
-            concurrency=concurrency,
-            instances=instances or 1,
-            log=_echo_point,
-        )
-        met = accelerator_targets(results)
+    results = Results(backend=backend)
+    try:
+        if engine_backend is Backend.ONNXRUNTIME_CPU:
+            met_by = targets_met
+            run_compare(
+                out,
+                triton_python=python,
+                windows=windows,
+                concurrency=concurrency,
+                instances=instances or len(os.sched_getaffinity(0)),
+                log=_echo_point,
+                results=results,
+            )
+        else:
+            met_by = accelerator_targets
+            reason = accelerator_unavailable(engine_backend)
+            if reason:
+                raise click.ClickException(f"--backend {backend} cannot run here: {reason}")
+            run_accelerator(
+                out,
+                backend=engine_backend,
+                windows=windows,
+                concurrency=concurrency,
+                instances=instances or 1,
+                log=_echo_point,
+                results=results,
+            )
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP: keep what was measured
+        if results.points or results.engine:
+            results.failed.append(f"stopped by {_stop_name()} before the run ended")
+            _write_compare(out, results, met_by(results), echo=False)
+            click.echo(f"stopped: what was measured is written to {out}", err=True)
+        raise
+    _write_compare(out, results, met_by(results), echo=True)
+    if results.failed:  # after writing: what was measured is kept
+        raise click.ClickException("part of the run failed: " + "; ".join(results.failed))
+
+
+def _write_compare(out: pathlib.Path, results, met, *, echo: bool) -> None:
+    """summary.md, results.json and .csv, and the plot of a `compare` run."""
     summary = _summary(results, met)
-    click.echo(summary)
+    if echo:
+        click.echo(summary)
     (out / "summary.md").write_text(summary + "\n")
     _write(
         results.points,
@@ -507,8 +530,6 @@ def compare(
             "machine": _machine(),
         },
     )
-    if results.failed:  # after writing: what was measured is kept
-        raise click.ClickException("part of the run failed: " + "; ".join(results.failed))
 
 
 def _reliability_run(
@@ -646,11 +667,11 @@ def _summary(results, met) -> str:
                 f"| {model} | {batch} | {v['images_per_s']:.0f} | "
                 f"{v['median_ms']:.3f} ({v['threads']} thread(s)) |"
             )
-        p = results.parallel[model]
-        lines.append(
-            f"| {model} | 64, {p['instances']} single-thread engines side by side | "
-            f"{p['images_per_s']:.0f} | |"
-        )
+        if p := results.parallel.get(model):  # not yet measured when a run was stopped
+            lines.append(
+                f"| {model} | 64, {p['instances']} single-thread engines side by side | "
+                f"{p['images_per_s']:.0f} | |"
+            )
     lines += [
         "",
         "## Through gRPC",

@@ -436,6 +436,28 @@ def test_targets_from_a_stage_where_no_call_succeeded_are_unmeasured_not_a_crash
     assert met["Generate c=64 p99 vs Triton"].met is True  # 0.4x
 
 
+def test_a_compare_stopped_part_way_writes_what_it_measured(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C or SIGTERM after minutes of `compare` used to write nothing at all."""
+    from ganserve.bench import compare as compare_module
+
+    def stopped_after_one_point(out: pathlib.Path, *, results: Results, **settings) -> None:
+        results.engine["digits"] = {1: {"images_per_s": 8000.0, "median_ms": 0.12, "threads": 1}}
+        results.points.append(_point("ganserve Generate raw c=1", requests_per_s=700.0))
+        raise KeyboardInterrupt  # what Ctrl-C, or SIGTERM via _stop_like_ctrl_c, raises
+
+    monkeypatch.setattr(compare_module, "run_compare", stopped_after_one_point)
+    result = CliRunner().invoke(main, ["compare", "--out", str(tmp_path)])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert f"stopped: what was measured is written to {tmp_path}" in result.output
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert [row["label"] for row in written["points"]] == ["ganserve Generate raw c=1"]
+    assert written["failed"] == ["stopped by SIGINT before the run ended"]
+    assert "ganserve Generate raw c=1" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "latency.png").is_file()
+
+
 def test_reliability_figures_with_nothing_measured_are_strict_json(tmp_path: pathlib.Path) -> None:
     """overload.json held a bare NaN (no call shed, so no shed latency): invalid JSON."""
     report.dump_json({"shed_latency_ms": {50: math.nan, 99: math.inf}}, tmp_path / "o.json")
