@@ -21,11 +21,13 @@ import dataclasses
 import math
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -48,6 +50,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Run by the server's interpreter before it execs the server: the kernel sends it SIGTERM when
+# gan-bench's thread that started it ends, even by SIGKILL, so an OOM-killed or kill -9'ed
+# gan-bench leaves no server behind. (PR_SET_PDEATHSIG survives execve; subprocess's
+# preexec_fn could set it too, but is unsafe in a process with threads.)
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):  # gan-bench died before that call: do not start
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _dies_with_us(cmd: list[str]) -> list[str]:
+    """``cmd``, started so that it gets SIGTERM when this process dies (Linux; elsewhere as is)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 def _wait(ready: callable, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:  # type: ignore[valid-type]
@@ -93,7 +115,9 @@ def ganserve(
     ready_s: float = 120,
 ) -> Iterator[Server]:
     """A ganserve process on free loopback ports, SERVING once yielded (within ``ready_s``);
-    ``tls_ca`` is the CA to trust when ``args`` turn TLS on."""
+    ``tls_ca`` is the CA to trust when ``args`` turn TLS on. It gets SIGTERM if this process
+    dies first, or if the thread that entered this context ends (enter it from the main thread
+    or one that outlives the server)."""
     port, metrics = free_port(), free_port()
     cmd = [
         str(BIN / "ganserve"),
@@ -113,7 +137,7 @@ def ganserve(
         *args,
     ]
     with log.open("a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_dies_with_us(cmd), stdout=out, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -142,9 +166,14 @@ def triton(
     instances: int,
 ) -> Iterator[Server]:
     port = free_port()
+    # PyTriton copies tritonserver (22 MB) into a workspace it removes only when it stops on its
+    # own; killed, as here, it left one in ~/.cache/pytriton each run. This one is ours to remove.
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="triton-workspace-", dir=log.parent))
     cmd = [
         str(python),
         str(REPO_ROOT / "bench" / "triton_peer.py"),
+        "--workspace",
+        str(scratch / "pytriton"),
         "--model-dir",
         str(model_dir),
         "--grpc-port",
@@ -166,8 +195,12 @@ def triton(
         + os.environ.get("LD_LIBRARY_PATH", ""),
     }
     with log.open("a") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        proc = subprocess.Popen(  # tritonserver, the peer's child, dies with the peer
+            _dies_with_us(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     target = f"127.0.0.1:{port}"
 
@@ -184,12 +217,30 @@ def triton(
         _wait(ready, "Triton", proc, timeout=180)
         yield Server(target, None, proc)
     finally:
+        _stop_group(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the peer's process group (tritonserver and its backend stubs are the peer's
+    children), SIGKILL after 30 s, then wait until none of the group is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # tritonserver is the peer's child
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def _probe(target: str, model: str) -> None:

@@ -37,6 +37,13 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument(
+        "--workspace",
+        type=pathlib.Path,
+        default=None,
+        help="A folder for PyTriton to create (its copy of tritonserver, sockets, model store) "
+        "[default: a new one under ~/.cache/pytriton, left behind when this process is killed].",
+    )
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
     parser.add_argument(
@@ -74,7 +81,7 @@ def main() -> None:
         metrics_port=args.metrics_port,
         log_verbose=0,
     )
-    with Triton(config=config) as triton:
+    with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
             model_name=meta["name"],
             infer_func=[make_infer() for _ in range(args.instances)],

@@ -8,6 +8,7 @@ import csv
 import http.server
 import json
 import math
+import os
 import pathlib
 import signal
 import subprocess
@@ -613,6 +614,38 @@ def _children(pid: int) -> list[int]:
     return [
         int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()
     ]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whichever process adopted it to reap it."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_a_killed_gan_bench_leaves_no_server_behind(tmp_path: pathlib.Path) -> None:
+    """kill -9 (or the OOM killer) runs no `finally`: its servers used to live on under PID 1."""
+    command = [str(BIN / "gan-bench"), "soak", "--calls", "10000000", "--out", str(tmp_path)]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children, "the soak's server did not start"
+        time.sleep(3)  # the server has exec'd and is serving the soak
+        assert "ganserve" in pathlib.Path(f"/proc/{children[0]}/cmdline").read_text()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 60  # SIGTERM: the server drains, then exits
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [child for child in children if _alive(child)]
+    for child in left:
+        os.kill(child, signal.SIGKILL)
+    assert not left, "the server outlived a SIGKILLed gan-bench"
 
 
 def test_a_terminated_soak_stops_the_server_it_started(tmp_path: pathlib.Path) -> None:
