@@ -275,6 +275,49 @@ def test_an_engine_call_hung_for_good_does_not_keep_a_drained_server_alive(
     assert server.process.returncode == 0
 
 
+# As _HANG_HOOK, but every engine call made once the flag exists hangs, on any thread: the
+# replacement instance's warm-up too (a wedged device).
+_WEDGE_HOOK = """
+import os, pathlib, threading
+from ganserve.serve.backends import cpu
+
+flag = pathlib.Path(os.environ["GANSERVE_TEST_HANG_FLAG"])
+run = cpu.OnnxCpuEngine.run
+
+
+def run_or_hang(self, feeds):
+    if flag.exists():
+        threading.Event().wait()
+    return run(self, feeds)
+
+
+cpu.OnnxCpuEngine.run = run_or_hang
+"""
+
+
+def test_a_replacement_hung_in_its_warm_up_does_not_keep_a_drained_server_alive(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement for a hung instance was built on asyncio's default thread pool, which
+    is joined at exit: a build hung on a wedged device kept the process up after SIGTERM."""
+    _load_in_servers(tmp_path, monkeypatch, _WEDGE_HOOK)
+    flag = tmp_path / "hang"
+    monkeypatch.setenv("GANSERVE_TEST_HANG_FLAG", str(flag))
+    args = ["--engine-timeout", "0.5", "--drain-grace", "2", "--shutdown-delay", "0"]
+    args += ["--instances", "1", "--log-level", "INFO"]
+    log = tmp_path / "server.log"
+    with ganserve(BUNDLED_REPOSITORY, log, *args) as server:
+        flag.touch()
+        with generator_stub(server.target) as stub:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=30)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)  # raises TimeoutExpired while the build's thread holds it open
+    assert server.process.returncode == 0
+    assert "replaced the hung engine" not in log.read_text()  # the build really hung
+
+
 _SLOW_LOAD_HOOK = """
 import time
 from ganserve.serve.models import ModelManager
