@@ -140,9 +140,15 @@ class TlsConfig:
             ("client_ca_file", "tls_client_ca"),
         ):
             path = getattr(self, name)
-            if path is not None and not path.is_file():
+            if path is None:
+                continue
+            if not path.is_file():
                 problem = "is a directory, not a file" if path.is_dir() else "does not exist"
                 raise ValueError(f"{key} {path} {problem}")
+            try:  # one the server's user cannot read (a root-owned key, say) was a traceback
+                path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{key} {path} cannot be read: {exc.strerror}") from None
         # gRPC only says it cannot listen; read the files here to say what is wrong with them.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:

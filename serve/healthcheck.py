@@ -66,11 +66,23 @@ def _reason(exc: Exception) -> object:
 def check() -> bool:
     """True when the server on this host reports SERVING."""
     port = os.environ.get("GANSERVE_PORT", "50051")
-    if not (port.isdigit() and 1 <= int(port) <= 65535):
+    # ASCII digits only: str.isdigit() also takes '²' (int() then raises) and '٥٠' (gRPC then
+    # cannot parse the target, which read as "unhealthy" instead of a misconfiguration).
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ProbeError(f"GANSERVE_PORT={port!r} is not a port (1..65535)")
-    target = f"localhost:{port}"
+    target = f"localhost:{int(port)}"
     ca = _pem("GANSERVE_HEALTH_CA")
     if ca is None:
+        given = [
+            f"GANSERVE_HEALTH_{n}"
+            for n in ("CERT", "KEY")
+            if os.environ.get(f"GANSERVE_HEALTH_{n}")
+        ]
+        if given:  # else the probe would dial in plaintext and call a TLS server unhealthy
+            raise ProbeError(
+                f"{' and '.join(given)} set but GANSERVE_HEALTH_CA is not: a TLS probe needs the "
+                "CA that signed the server's certificate"
+            )
         channel = grpc.insecure_channel(target)
     else:
         key, cert = _pem("GANSERVE_HEALTH_KEY"), _pem("GANSERVE_HEALTH_CERT")

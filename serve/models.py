@@ -314,14 +314,17 @@ class ModelManager:
             LOGGER.error("reload failed: %s", exc)
             return [Status("", "", State.FAILED, str(exc))]
         routes = {name: dict(versions) for name, versions in self._routes.items()}
-        # Forget failures of versions the repository no longer has.
-        self._failed = {k: m for k, m in self._failed.items() if k in wanted or k in errors}
-        for (name, version), message in errors.items():
-            changes.append(self._fail(name, version, message))
         # A model whose folder lost every version (deleted, unmounted) keeps serving from
         # memory: a reload never takes a model down because its files went missing.
         listed = {name for name, _ in (*wanted, *errors)}
         gone = sorted(set(routes) - listed)
+        # Forget failures of versions the repository no longer has, but not those of a model
+        # still served from memory: each reload reports it again, and must not count it again.
+        self._failed = {
+            k: m for k, m in self._failed.items() if k in wanted or k in errors or k[0] in gone
+        }
+        for (name, version), message in errors.items():
+            changes.append(self._fail(name, version, message))
         root = self._config.model_repository
         for name in gone:
             for version in routes[name]:

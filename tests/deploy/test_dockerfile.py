@@ -252,6 +252,13 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     [
         ("50051", {"GANSERVE_HEALTH_CA": "/nonexistent/ca.crt"}, "GANSERVE_HEALTH_CA=/nonexistent"),
         ("http", {}, "GANSERVE_PORT='http' is not a port"),
+        ("²", {}, "GANSERVE_PORT='²' is not a port"),  # isdigit(), but int() raised
+        ("٥٠٠٥١", {}, "GANSERVE_PORT='٥٠٠٥١' is not a port"),  # gRPC could not dial it
+        (
+            "50051",
+            {"GANSERVE_HEALTH_CERT": "{dir}/tls.crt", "GANSERVE_HEALTH_KEY": "{dir}/tls.key"},
+            "GANSERVE_HEALTH_CERT and GANSERVE_HEALTH_KEY set but GANSERVE_HEALTH_CA is not",
+        ),
         ("50051", {"GANSERVE_HEALTH_CA": "/etc/hostname"}, "GANSERVE_HEALTH_CA: not a PEM CA"),
         (
             "50051",

@@ -254,6 +254,19 @@ def test_items_per_call_never_exceed_the_queue(start_server) -> None:
     assert "send 1..8 per call" in info.value.details()
 
 
+def test_interpolate_on_a_server_capped_at_one_image_a_call_names_the_settings(
+    start_server,
+) -> None:
+    """It said 'frames 2 is out of range: use 2..1', a range no client can send."""
+    server = start_server(max_items_per_call=1)
+    with GeneratorClient(server.target) as client, pytest.raises(grpc.RpcError) as info:
+        list(client.interpolate(1, 2, 2, 1))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "takes at most 1 image a call for model 'digits' (--max-items-per-call" in (
+        info.value.details()
+    )
+
+
 def test_a_batch_whose_response_would_not_fit_is_refused_up_front(
     start_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

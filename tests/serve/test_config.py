@@ -230,6 +230,16 @@ def test_tls_files_must_exist(tmp_path: pathlib.Path) -> None:
         build_config({"model_repository": "m", "tls_cert": tmp_path, "tls_key": cert})
 
 
+def test_a_tls_file_that_cannot_be_read_is_named_not_a_traceback(tmp_path: pathlib.Path) -> None:
+    """load_cert_chain's plain OSError (a root-owned key the server's user cannot read; here a
+    file whose read fails) was a traceback at start-up."""
+    write_certificates(tmp_path)
+    unreadable = pathlib.Path("/proc/self/mem")  # a regular file; reading offset 0 fails (EIO)
+    settings = {"model_repository": "m", "tls_cert": tmp_path / "tls.crt", "tls_key": unreadable}
+    with pytest.raises(ValueError, match=r"tls_key /proc/self/mem cannot be read: "):
+        build_config(settings)
+
+
 def test_tls_settings_become_a_tls_config(tmp_path: pathlib.Path) -> None:
     write_certificates(tmp_path)
     paths = {

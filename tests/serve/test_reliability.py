@@ -540,6 +540,11 @@ def test_a_deleted_model_folder_keeps_serving_and_the_reload_says_why(
     }
     assert "still serving version 2" in caplog.text  # logged...
     assert scrape(server)["ganserve_model_load_failures_total"] == 1  # ...and metered
+    # Found again by later reloads: reported each time, counted once (it was recounted).
+    for _ in range(2):
+        (change,) = client.reload_models().changes
+        assert change.state == admin_pb2.MODEL_STATE_FAILED
+    assert scrape(server)["ganserve_model_load_failures_total"] == 1
     assert client.generate(seed=2, class_label=2).response.image
     # Put back, the model is healthy again and the failure is forgotten.
     shutil.copytree(BUNDLED_REPOSITORY / "digits" / "2", repo / "digits" / "2")
