@@ -191,6 +191,9 @@ class GeneratorClient:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 1 if retry else 0),
+            # A name with several addresses (a headless Service: one per pod) spreads calls
+            # over all of them; gRPC's default, pick_first, sends every call to the first.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if retry:
             options.append(("grpc.service_config", retry.service_config()))

@@ -34,6 +34,7 @@ from click.core import ParameterSource
 from ganserve.serve import logs, loops
 from ganserve.serve.backends import Backend
 from ganserve.serve.config import (
+    MAX_CONNECTION_AGE_S,
     MAX_DRAIN_S,
     BatchingConfig,
     EventLoop,
@@ -231,6 +232,15 @@ def _option(*decls: str, env: str, **kwargs: Any):
     default=S.drain_grace_s,
     type=click.FloatRange(0, MAX_DRAIN_S),
     help="Then, seconds for accepted work to finish.",
+)
+@_option(
+    "--max-connection-age",
+    "max_connection_age_s",
+    env="MAX_CONNECTION_AGE",
+    default=S.max_connection_age_s,
+    type=click.FloatRange(0, MAX_CONNECTION_AGE_S),
+    help="Seconds after which each client connection is asked to reconnect (GOAWAY; calls in "
+    "flight finish), so clients of a headless Service find new pods. 0: never.",
 )
 @_option(
     "--tls-cert",

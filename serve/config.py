@@ -195,6 +195,10 @@ class ServerConfig:
         shutdown_delay_s: On SIGTERM, keep serving this long after health turns NOT_SERVING,
             so load balancers stop sending traffic before the drain starts.
         drain_grace_s: Then, how long accepted requests may take to finish.
+        max_connection_age_s: Ask each client connection to move on after this long (gRPC's
+            GOAWAY, with its own +-10 % jitter; calls in flight finish on the old one), so
+            clients resolving a name (a headless Service) find pods added since they
+            connected; 0 keeps connections for good.
         tls: TLS settings, or None for plaintext.
         auth_token: Bearer token every RPC but health checks must carry; None disables auth.
         auth_token_file: The file ``auth_token`` was read from, if any: the server reads it
@@ -224,6 +228,7 @@ class ServerConfig:
     concurrent_accepts: int = 32
     shutdown_delay_s: float = 0.0
     drain_grace_s: float = 10.0
+    max_connection_age_s: float = 0.0
     tls: TlsConfig | None = None
     auth_token: str | None = None
     auth_token_file: pathlib.Path | None = None
@@ -250,6 +255,11 @@ class ServerConfig:
                 raise ValueError(
                     f"{name} must be in 0..{MAX_DRAIN_S} seconds, got {getattr(self, name)}"
                 )
+        if not 0 <= self.max_connection_age_s <= MAX_CONNECTION_AGE_S:
+            raise ValueError(
+                f"max_connection_age_s must be in 0..{MAX_CONNECTION_AGE_S} seconds (0: off), "
+                f"got {self.max_connection_age_s}"
+            )
         if self.auth_token is not None:
             check_token(self.auth_token)
         if self.auth_token_file is not None and self.auth_token is None:
@@ -271,6 +281,7 @@ class ServerConfig:
 
 MAX_TOKEN_FILE_BYTES = 4096
 MAX_DRAIN_S = 3600
+MAX_CONNECTION_AGE_S = 86400  # gRPC takes milliseconds in a 32-bit int: 24.8 days at most
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -287,6 +298,7 @@ SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"batching", 
 FILE_ALIASES = {
     "shutdown_delay": "shutdown_delay_s",
     "drain_grace": "drain_grace_s",
+    "max_connection_age": "max_connection_age_s",
     "engine_timeout": "engine_timeout_s",
 }
 FILE_KEYS = (

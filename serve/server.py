@@ -109,6 +109,7 @@ class GanServer:
                 ("grpc.max_receive_message_length", config.max_request_bytes),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *connection_age_options(config.max_connection_age_s),
             ],
         )
         # Unparsable requests -> INVALID_ARGUMENT, counted like every other answer.
@@ -224,3 +225,9 @@ class GanServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def connection_age_options(seconds: float) -> list[tuple[str, int]]:
+    """gRPC server options that send each connection a GOAWAY after ``seconds`` (0: none). No
+    grace is set: gRPC's default lets the calls in flight finish, however long they take."""
+    return [("grpc.max_connection_age_ms", round(seconds * 1000))] if seconds > 0 else []

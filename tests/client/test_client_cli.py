@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerThread, write_certificates
+from conftest import ServerThread, scrape, write_certificates
 from ganserve.client.cli import main
 from ganserve.client.client import GeneratorClient, ImageEncoding, RetryPolicy
 from ganserve.serve.config import TlsConfig
@@ -761,3 +761,17 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: pathlib.Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted: nothing was written"
+
+
+def test_a_target_with_several_addresses_spreads_calls_over_all_of_them(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A headless Service's name resolves to every pod; gRPC's default policy (pick_first) sent
+    every call to the first address. The client balances round robin."""
+    servers = [start_server(), start_server()]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.server.port}" for s in servers)
+    with GeneratorClient(target) as client:
+        for seed in range(20):
+            assert client.generate(seed=seed, class_label=1).response.image
+    served = [scrape(s)["ganserve_requests_total"] for s in servers]
+    assert min(served) >= 5 and sum(served) == 20, served

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, ServerThread, control_engine, generator_stub, scrape
 from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc
 
 PNG = pb.IMAGE_ENCODING_PNG
 RAW = pb.IMAGE_ENCODING_RAW_UINT8
@@ -252,3 +253,28 @@ def test_drain_flips_health_finishes_accepted_work_and_refuses_new(start_server)
         gate.set()
         assert accepted.result(20).image.startswith(b"\x89PNG")
         stopping.result(30)
+
+
+@pytest.mark.parametrize("age_s", [0.0, 1.0], ids=["off", "1 s"])
+def test_max_connection_age_sends_clients_to_reconnect(start_server, age_s: float) -> None:
+    """gRPC clients resolve a name (a headless Service) again only when a connection ends, and
+    the server never ended one: pods the autoscaler added got no traffic from them. With an
+    age, the server sends GOAWAY and the client's next call reconnects (resolving again)."""
+    server = start_server(max_connection_age_s=age_s)
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.insecure_channel(server.target) as channel:
+        channel.subscribe(states.append)
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        assert stub.Generate(pb.GenerateRequest(seed=1, class_label=1), timeout=30).image
+        deadline = time.monotonic() + 4  # 1 s, gRPC's +-10 % jitter, and room for a slow CI
+        while time.monotonic() < deadline and not _left_ready(states):
+            time.sleep(0.05)
+        left = _left_ready(states)
+        assert stub.Generate(pb.GenerateRequest(seed=2, class_label=2), timeout=30).image
+    assert left == (age_s > 0), states
+
+
+def _left_ready(states: list[grpc.ChannelConnectivity]) -> bool:
+    """The channel was READY and then was not (GOAWAY: IDLE until the next call)."""
+    ready = grpc.ChannelConnectivity.READY
+    return ready in states and states[-1] != ready and states.index(ready) < len(states) - 1
