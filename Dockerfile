@@ -21,7 +21,7 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 # Sources, shared by the builders: just what `pip install .` reads.
 FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY serve serve
 COPY client client
 COPY proto proto
@@ -99,6 +99,7 @@ print(next(pathlib.Path(onnxruntime.__file__).parent.glob('capi/libonnxruntime_p
         echo "$MISSING"; exit 1; fi \
     && TRT_LIBS="$(/opt/venv/bin/python -c "import importlib.util; \
 print(importlib.util.find_spec('tensorrt_libs').submodule_search_locations[0])")" \
+    && test -f "${PROVIDER%cuda.so}tensorrt.so" \
     && MISSING="$(LD_LIBRARY_PATH="$TRT_LIBS" ldd "${PROVIDER%cuda.so}tensorrt.so" \
         | grep 'not found' | grep -v 'libcuda\.so\.1' || true)" \
     && if [ -n "$MISSING" ]; then echo "the TensorRT provider needs libraries this base lacks:"; \

@@ -874,3 +874,28 @@ def test_readme_documents_every_top_level_value(chart: helm.Chart) -> None:
     rows = [line for line in (CHART / "README.md").read_text().splitlines() if line[:1] == "|"]
     missing = [key for key in chart.values if not any(f"`{key}" in row for row in rows)]
     assert missing == []
+
+
+def test_names_that_read_as_numbers_or_booleans_stay_strings(chart: helm.Chart) -> None:
+    """Unquoted, YAML retyped them: a subPath of 2024 became an int (the API server refuses
+    it), `on` became true, and `models #2` was cut at the `#` (another folder, in silence)."""
+    values = {
+        "nameOverride": "123",
+        "priorityClassName": "on",
+        "modelRepository": {"source": "persistentVolumeClaim", "claimName": "yes"},
+        "tls": {"enabled": True, "secretName": "123"},
+        "auth": {"enabled": True, "token": TOKEN, "secretKey": "1"},
+    }
+    for sub_path in ("2024", "models #2", "on"):
+        values["modelRepository"]["subPath"] = sub_path
+        objects, _ = render(chart, values)
+        pod = objects["Deployment"]["spec"]["template"]["spec"]
+        (models,) = [m for m in container(objects)["volumeMounts"] if m["mountPath"] == "/models"]
+        assert models["subPath"] == sub_path
+        sources = [(k, v) for volume in pod["volumes"] for k, v in volume.items() if k != "name"]
+        assert any(k == "persistentVolumeClaim" and v["claimName"] == "yes" for k, v in sources)
+        assert any(k == "secret" and v["secretName"] == "123" for k, v in sources)
+        assert pod["priorityClassName"] == "on"
+        assert objects["Deployment"]["metadata"]["labels"]["app.kubernetes.io/name"] == "123"
+        secret = next(o for k, o in objects.items() if k.startswith("Secret"))
+        assert list(secret["stringData"]) == ["1"]

@@ -22,15 +22,15 @@
 {{- end }}
 
 {{- define "ganserve.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "ganserve.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "ganserve.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "ganserve.labels" -}}
-helm.sh/chart: {{ include "ganserve.chart" . }}
+helm.sh/chart: {{ include "ganserve.chart" . | quote }}
 {{ include "ganserve.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- end }}
 
 {{- define "ganserve.serviceAccountName" -}}
