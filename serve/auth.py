@@ -13,28 +13,32 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from ganserve.serve.logs import request_id_metadata
+from ganserve.serve.logs import REQUEST_ID, request_id
 
 LOGGER = logging.getLogger(__name__)
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def _denying_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that only aborts with UNAUTHENTICATED."""
+def _denying_handler(
+    handler: grpc.RpcMethodHandler, method: str, reason: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that logs the refusal under the call's request
+    id (the one its trailer carries) and aborts with UNAUTHENTICATED."""
+    message = f"{reason} bearer token: send metadata 'authorization: Bearer <token>'"
 
     async def deny(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        rid = request_id(context)
+        token = REQUEST_ID.set(rid)  # the log line carries the id the trailer does
+        try:
+            LOGGER.warning("refused %s: %s bearer token", method, reason)
+        finally:
+            REQUEST_ID.reset(token)
         await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            message,
-            trailing_metadata=request_id_metadata(context),
+            grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=(("x-request-id", rid),)
         )
 
     async def deny_stream(request_or_iterator: object, context: grpc.aio.ServicerContext):
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            message,
-            trailing_metadata=request_id_metadata(context),
-        )
+        await deny(request_or_iterator, context)
         yield  # pragma: no cover - makes this an async generator
 
     kwargs = {
@@ -85,7 +89,4 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if self._on_failure is not None:
             self._on_failure()
         reason = "missing" if sent is None else "invalid"
-        LOGGER.warning("refused %s: %s bearer token", details.method, reason)
-        return _denying_handler(
-            handler, f"{reason} bearer token: send metadata 'authorization: Bearer <token>'"
-        )
+        return _denying_handler(handler, details.method, reason)

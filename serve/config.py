@@ -369,7 +369,9 @@ def read_config_file(path: pathlib.Path) -> dict[str, Any]:
         raise ValueError(f"config file {path}: {exc}") from None
 
 
-def _model_configs(raw: Any) -> dict[str, ModelConfig]:
+def _model_configs(raw: Any, backend: Backend) -> dict[str, ModelConfig]:
+    """The [models.<name>] tables; a table without its own ``backend`` takes the server-wide
+    one (a table pinning versions used to reset its model to auto, ignoring --backend)."""
     if not isinstance(raw, Mapping):
         raise ValueError("models must be a table of [models.<name>] tables")
     out = {}
@@ -380,7 +382,7 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
         if unknown:
             raise ValueError(f"models.{name}: unknown key(s) {', '.join(unknown)}")
         try:
-            backend = Backend(table.get("backend", "auto"))
+            model_backend = Backend(table["backend"]) if "backend" in table else backend
         except ValueError:
             choices = ", ".join(b.value for b in Backend)
             raise ValueError(
@@ -391,7 +393,9 @@ def _model_configs(raw: Any) -> dict[str, ModelConfig]:
             raise ValueError(f"models.{name}.versions must be a list of integers")
         try:
             out[name] = ModelConfig(
-                backend=backend, versions=tuple(versions), precision=table.get("precision", "fp32")
+                backend=model_backend,
+                versions=tuple(versions),
+                precision=table.get("precision", "fp32"),
             )
         except ValueError as exc:
             raise ValueError(f"models.{name}: {exc}") from None
@@ -444,8 +448,7 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         tls = TlsConfig(**tls_values)
     batching = {k: settings.pop(k) for k in list(settings) if k in BATCHING_KEYS}
-    models = _model_configs(settings.pop("models", {}))
-    unknown = sorted(set(settings) - SERVER_KEYS)
+    unknown = sorted(set(settings) - SERVER_KEYS - {"models"})
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
     for key, kind in (("backend", Backend), ("log_format", LogFormat), ("event_loop", EventLoop)):
@@ -455,6 +458,7 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
             except ValueError:
                 choices = ", ".join(x.value for x in kind)
                 raise ValueError(f"{key} {settings[key]!r} is not one of {choices}") from None
+    models = _model_configs(settings.pop("models", {}), settings.get("backend", Backend.AUTO))
     for key in ("model_repository", "engine_cache_dir"):
         if settings.get(key) is not None:
             settings[key] = pathlib.Path(settings[key])

@@ -79,6 +79,19 @@ def test_file_settings_reach_every_config_dataclass(tmp_path: pathlib.Path) -> N
     assert config.model("other") == ModelConfig(backend=Backend.ONNXRUNTIME_CPU)
 
 
+def test_a_model_table_without_a_backend_takes_the_server_wide_one(tmp_path: pathlib.Path) -> None:
+    """A table that only pinned versions reset its model to auto, ignoring --backend (which
+    then served on the CPU a model meant for the GPU, in silence)."""
+    text = '[models.digits]\nversions = [1, 2]\n[models.other]\nbackend = "tensorrt"\n'
+    path = write_toml(tmp_path, text)
+    config = build_config(
+        {"model_repository": "models", "backend": "onnxruntime-cuda", **read_config_file(path)}
+    )
+    assert config.model("digits") == ModelConfig(backend=Backend.ONNXRUNTIME_CUDA, versions=(1, 2))
+    assert config.model("other").backend is Backend.TENSORRT  # its own backend wins
+    assert settings_from(tmp_path, text).model("digits").backend is Backend.AUTO
+
+
 def test_unknown_top_level_key_names_the_key_and_the_file(tmp_path: pathlib.Path) -> None:
     path = write_toml(tmp_path, "port = 7000\nmax_batch = 8\n", name="typo.toml")
     with pytest.raises(ValueError, match=r"typo\.toml.*unknown key\(s\) max_batch"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import logging
 import pathlib
 import time
 import urllib.request
@@ -26,6 +27,7 @@ from conftest import ServerThread
 from ganserve.client.client import GeneratorClient
 from ganserve.serve import credentials
 from ganserve.serve.config import TlsConfig
+from ganserve.serve.logs import REQUEST_ID
 from ganserve.serve.server import GanServer
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2_grpc
 from ganserve.v1 import generator_pb2 as pb
@@ -194,6 +196,33 @@ def test_a_refusal_echoes_the_request_id(channel: grpc.Channel) -> None:
         )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert dict(info.value.trailing_metadata())["x-request-id"] == "who-is-this"
+
+
+def test_a_refusal_is_logged_under_the_request_id_its_trailer_carries(
+    channel: grpc.Channel,
+) -> None:
+    """The refusal's log line said `[-]`: no way to find it from the id the caller got back."""
+    seen: list[tuple[str, str]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # in the call's own context
+            seen.append((record.getMessage(), REQUEST_ID.get()))
+
+    stub = generator_pb2_grpc.GeneratorStub(channel)
+    logger, grab = logging.getLogger("ganserve.serve.auth"), Grab()
+    logger.addHandler(grab)
+    try:
+        trailers = []
+        for metadata in ((("x-request-id", "who-is-this"),), ()):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(
+                    pb.GenerateRequest(seed=1, class_label=1), metadata=metadata, timeout=TIMEOUT_S
+                )
+            trailers.append(dict(info.value.trailing_metadata())["x-request-id"])
+    finally:
+        logger.removeHandler(grab)
+    line = "refused /ganserve.v1.Generator/Generate: missing bearer token"
+    assert seen == [(line, trailers[0]), (line, trailers[1])] and trailers[0] == "who-is-this"
 
 
 @pytest.mark.parametrize("service", ["", "ganserve.v1.Generator"])
