@@ -99,7 +99,9 @@ print(next(pathlib.Path(onnxruntime.__file__).parent.glob('capi/libonnxruntime_p
         echo "$MISSING"; exit 1; fi \
     && TRT_LIBS="$(/opt/venv/bin/python -c "import importlib.util; \
 print(importlib.util.find_spec('tensorrt_libs').submodule_search_locations[0])")" \
-    && test -f "${PROVIDER%cuda.so}tensorrt.so" \
+    && if [ ! -f "${PROVIDER%cuda.so}tensorrt.so" ]; then \
+        echo "this onnxruntime-gpu has no TensorRT provider (${PROVIDER%cuda.so}tensorrt.so)"; \
+        exit 1; fi \
     && MISSING="$(LD_LIBRARY_PATH="$TRT_LIBS" ldd "${PROVIDER%cuda.so}tensorrt.so" \
         | grep 'not found' | grep -v 'libcuda\.so\.1' || true)" \
     && if [ -n "$MISSING" ]; then echo "the TensorRT provider needs libraries this base lacks:"; \

@@ -499,27 +499,28 @@ def compare(
                 results=results,
             )
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP: keep what was measured
-        if results.points or results.engine:
+        if results.points or results.engine:  # beside, not over, a finished run's files
             results.failed.append(f"stopped by {_stop_name()} before the run ended")
-            _write_compare(out, results, met_by(results), echo=False)
-            click.echo(f"stopped: what was measured is written to {out}", err=True)
+            _write_compare(out, results, met_by(results), echo=False, stem=".partial")
+            click.echo(f"stopped: what was measured is written to {out}/*.partial.*", err=True)
         raise
     _write_compare(out, results, met_by(results), echo=True)
     if results.failed:  # after writing: what was measured is kept
         raise click.ClickException("part of the run failed: " + "; ".join(results.failed))
 
 
-def _write_compare(out: pathlib.Path, results, met, *, echo: bool) -> None:
-    """summary.md, results.json and .csv, and the plot of a `compare` run."""
+def _write_compare(out: pathlib.Path, results, met, *, echo: bool, stem: str = "") -> None:
+    """summary.md, results.json and .csv, and the plot of a `compare` run (``stem`` before
+    each suffix: ".partial" for a stopped run)."""
     summary = _summary(results, met)
     if echo:
         click.echo(summary)
-    (out / "summary.md").write_text(summary + "\n")
+    (out / f"summary{stem}.md").write_text(summary + "\n")
     _write(
         results.points,
-        out / "results.json",
-        out / "results.csv",
-        out / "latency.png",
+        out / f"results{stem}.json",
+        out / f"results{stem}.csv",
+        out / f"latency{stem}.png",
         "gan-bench compare: latency vs throughput",
         {
             "engine": results.engine,

@@ -167,8 +167,10 @@ def triton(
 ) -> Iterator[Server]:
     port = free_port()
     # PyTriton copies tritonserver (22 MB) into a workspace it removes only when it stops on its
-    # own; killed, as here, it left one in ~/.cache/pytriton each run. This one is ours to remove.
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="triton-workspace-", dir=log.parent))
+    # own; killed, as here, it left one in ~/.cache/pytriton each run. This one is ours to
+    # remove. It holds PyTriton's Unix sockets, whose paths may not pass 107 bytes: a short
+    # folder in the system's temp dir, not under --out.
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-triton-"))
     cmd = [
         str(python),
         str(REPO_ROOT / "bench" / "triton_peer.py"),
@@ -233,14 +235,23 @@ def _stop_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and _group_running(proc.pid):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs: zombies (which only whoever adopted them
+    can reap, and a PID 1 that does not reap never will) do not count."""
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            return True
+    return False
 
 
 async def _probe(target: str, model: str) -> None:

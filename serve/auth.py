@@ -13,26 +13,20 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from ganserve.serve.logs import REQUEST_ID, request_id
+from ganserve.serve.logs import REQUEST_ID, request_id_of
 
 LOGGER = logging.getLogger(__name__)
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def _denying_handler(
-    handler: grpc.RpcMethodHandler, method: str, reason: str
+    handler: grpc.RpcMethodHandler, reason: str, rid: str
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that logs the refusal under the call's request
-    id (the one its trailer carries) and aborts with UNAUTHENTICATED."""
+    """A handler of the same shape as ``handler`` that only aborts with UNAUTHENTICATED, its
+    trailer carrying request id ``rid``."""
     message = f"{reason} bearer token: send metadata 'authorization: Bearer <token>'"
 
     async def deny(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        rid = request_id(context)
-        token = REQUEST_ID.set(rid)  # the log line carries the id the trailer does
-        try:
-            LOGGER.warning("refused %s: %s bearer token", method, reason)
-        finally:
-            REQUEST_ID.reset(token)
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=(("x-request-id", rid),)
         )
@@ -89,4 +83,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if self._on_failure is not None:
             self._on_failure()
         reason = "missing" if sent is None else "invalid"
-        return _denying_handler(handler, details.method, reason)
+        # Logged here, before any request message arrives (one that never does is refused all
+        # the same), under the id the trailer will carry.
+        rid = request_id_of(details.invocation_metadata)
+        token = REQUEST_ID.set(rid)
+        try:
+            LOGGER.warning("refused %s: %s bearer token", details.method, reason)
+        finally:
+            REQUEST_ID.reset(token)
+        return _denying_handler(handler, reason, rid)

@@ -93,6 +93,9 @@ HOLD_MAX_BATCHES = 4
 # deadline computed here from time_remaining() (2 of 16 missed deadlines were counted as
 # cancels): a call ended this close to its deadline is counted as having missed it.
 DEADLINE_SLACK_S = 0.01
+# A full queue of live calls is rescanned for finished ones at most this long after the last
+# scan (`Batcher._drop_dead`): how long a cancelled call's slot may stay taken at worst.
+SCAN_BACKOFF_MAX_S = 0.01
 
 
 def missed_deadline(deadline: float | None, now: float) -> bool:
@@ -217,10 +220,11 @@ class Batcher:
         # runs. Beyond that many hung calls, instances come back only when their calls return.
         self._spare_threads = len(engines)
         self._executor = EngineThreads(2 * len(engines), f"engine-{m.name}-{m.version}")
-        # Replacements are built (and warmed, which runs the engine) on a daemon thread of
-        # their own: on asyncio's default pool, a build hung on a wedged device kept the
-        # process alive after a drain, since that pool's threads are joined at exit.
-        self._spawner = EngineThreads(1, f"engine-spawn-{m.name}-{m.version}")
+        # Replacements are built (and warmed, which runs the engine) on daemon threads of their
+        # own, one per instance so that one hung build does not hold up the others: on
+        # asyncio's default pool, a build hung on a wedged device kept the process alive after
+        # a drain, since that pool's threads are joined at exit.
+        self._spawner = EngineThreads(len(engines), f"engine-spawn-{m.name}-{m.version}")
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = True
@@ -293,11 +297,13 @@ class Batcher:
         full: otherwise the next batch drops them (`_take`), at no cost per request. A scan
         costs the whole queue (0.4 ms at 4,096 images): under overload, one per refused call
         cost more than serving it, so after a scan that freed nothing the next waits 20 times
-        as long as that one took."""
+        as long as that one took, at most ``SCAN_BACKOFF_MAX_S`` (a scan stretched by the
+        scheduler must not keep dead slots for long)."""
         started = time.monotonic()
         live = collections.deque(r for r in self._queue if not r.future.done())
         if len(live) == len(self._queue):
-            self._scan_after = started + 20 * (time.monotonic() - started)
+            took = time.monotonic() - started
+            self._scan_after = started + min(20 * took, SCAN_BACKOFF_MAX_S)
             return
         for request in self._queue:
             if request.future.done():
@@ -642,7 +648,7 @@ class Batcher:
                 self._running, timeout=max(0.0, self._drain_until - time.monotonic())
             )
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._spawner.shutdown(wait=False)
+        self._spawner.shutdown(wait=False, cancel_futures=True)  # no build starts after close
         # From now on an engine that comes back (a late batch, a hung call, a replacement) is
         # closed by _give_back instead of pooled.
         self._closed = True

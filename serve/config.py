@@ -177,7 +177,7 @@ class ServerConfig:
         default_model: Model used when a request's ``model`` is empty; None means the only
             model in the repository (an error if there are several).
         models: Per-model backend and version pinning, by model name.
-        backend: Backend for models without their own entry.
+        backend: Backend for models without their own entry, or whose entry sets none.
         host, port: gRPC bind address; port 0 picks a free one (tests).
         metrics_host, metrics_port: Prometheus ``/metrics``; port 0 picks one, -1 disables.
         intra_op_threads: ONNX Runtime CPU threads per engine instance; 0 lets it choose.
@@ -255,10 +255,11 @@ class ServerConfig:
                 raise ValueError(
                     f"{name} must be in 0..{MAX_DRAIN_S} seconds, got {getattr(self, name)}"
                 )
-        if not 0 <= self.max_connection_age_s <= MAX_CONNECTION_AGE_S:
+        age = self.max_connection_age_s
+        if not (age == 0 or 1 <= age <= MAX_CONNECTION_AGE_S):  # 0.0004 s: a GOAWAY storm
             raise ValueError(
-                f"max_connection_age_s must be in 0..{MAX_CONNECTION_AGE_S} seconds (0: off), "
-                f"got {self.max_connection_age_s}"
+                f"max_connection_age_s must be 0 (off) or 1..{MAX_CONNECTION_AGE_S} seconds, "
+                f"got {age}"
             )
         if self.auth_token is not None:
             check_token(self.auth_token)

@@ -29,7 +29,12 @@ _NOT_ID = re.compile(r"[^A-Za-z0-9._:/+=@-]")
 def request_id(context: Any) -> str:
     """The caller's ``x-request-id`` (the first, if several; at most 128 characters, others
     than ``A-Za-z0-9._:/+=@-`` made ``_``), or a fresh random one."""
-    metadata = context.invocation_metadata() or ()
+    return request_id_of(context.invocation_metadata())
+
+
+def request_id_of(metadata: Any) -> str:
+    """`request_id` from a call's invocation metadata (an interceptor has no context)."""
+    metadata = metadata or ()
     sent = next((v for k, v in metadata if k == "x-request-id" and v), None)
     if sent is None:
         return f"{random.getrandbits(64):016x}"

@@ -321,7 +321,9 @@ class ModelManager:
         # Forget failures of versions the repository no longer has, but not those of a model
         # still served from memory: each reload reports it again, and must not count it again.
         self._failed = {
-            k: m for k, m in self._failed.items() if k in wanted or k in errors or k[0] in gone
+            k: m
+            for k, m in self._failed.items()
+            if k in wanted or k in errors or (k[0] in gone and k[1] in routes[k[0]])
         }
         for (name, version), message in errors.items():
             changes.append(self._fail(name, version, message))

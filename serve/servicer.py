@@ -504,8 +504,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             if cap < 2:  # "use 2..1" would name no frames a client could send
                 raise InvalidArgumentError(
                     f"this server takes at most {cap} image a call for model {m.name!r} "
-                    "(--max-items-per-call, --max-queue-size), and Interpolate needs 2 frames "
-                    "or more"
+                    "(--max-items-per-call, --max-queue-size, and what fits one response), and "
+                    "Interpolate needs 2 frames or more"
                 )
             if not 2 <= frames <= cap:
                 raise InvalidArgumentError(f"frames {frames} is out of range: use 2..{cap}")

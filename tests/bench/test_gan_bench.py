@@ -451,12 +451,14 @@ def test_a_compare_stopped_part_way_writes_what_it_measured(
     monkeypatch.setattr(compare_module, "run_compare", stopped_after_one_point)
     result = CliRunner().invoke(main, ["compare", "--out", str(tmp_path)])
     assert result.exit_code == 130 and "Traceback" not in result.output, result.output
-    assert f"stopped: what was measured is written to {tmp_path}" in result.output
-    written = json.loads((tmp_path / "results.json").read_text())
+    assert f"stopped: what was measured is written to {tmp_path}/*.partial.*" in result.output
+    written = json.loads((tmp_path / "results.partial.json").read_text())
     assert [row["label"] for row in written["points"]] == ["ganserve Generate raw c=1"]
     assert written["failed"] == ["stopped by SIGINT before the run ended"]
-    assert "ganserve Generate raw c=1" in (tmp_path / "summary.md").read_text()
-    assert (tmp_path / "results.csv").is_file() and (tmp_path / "latency.png").is_file()
+    assert "ganserve Generate raw c=1" in (tmp_path / "summary.partial.md").read_text()
+    assert (tmp_path / "results.partial.csv").is_file()
+    assert (tmp_path / "latency.partial.png").is_file()
+    assert not (tmp_path / "results.json").exists()  # a finished run's files are left alone
 
 
 def test_reliability_figures_with_nothing_measured_are_strict_json(tmp_path: pathlib.Path) -> None:
@@ -635,7 +637,8 @@ def test_a_killed_gan_bench_leaves_no_server_behind(tmp_path: pathlib.Path) -> N
             time.sleep(0.1)
         assert children, "the soak's server did not start"
         time.sleep(3)  # the server has exec'd and is serving the soak
-        assert "ganserve" in pathlib.Path(f"/proc/{children[0]}/cmdline").read_text()
+        argv = pathlib.Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
+        assert argv[1].endswith("ganserve"), argv  # not the wrapper (python -c ...) any more
     finally:
         proc.kill()
         proc.wait(30)

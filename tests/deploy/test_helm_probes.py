@@ -121,6 +121,11 @@ BAD_TIMING = {
     "shutdown-delay-huge": ({"config": {"shutdown_delay": 1e300}}, "/config/shutdown_delay"),
     "drain-grace-over-an-hour": ({"config": {"drain_grace": 3601}}, "/config/drain_grace"),
     "pre-stop-over-an-hour": ({"preStopSleepSeconds": 1_000_000}, "/preStopSleepSeconds"),
+    # Under a second: a GOAWAY storm (the server refuses it too).
+    "connection-age-sub-second": (
+        {"config": {"max_connection_age": 0.5}},
+        "/config/max_connection_age",
+    ),
 }
 
 

@@ -532,7 +532,7 @@ def test_a_full_queue_of_live_calls_is_not_rescanned_for_every_refused_call(monk
             except QueueFullError:
                 refused += 1
         queued[0].cancel()  # a slot frees: the next scan, when due, finds it
-        await asyncio.sleep(0.1)
+        await until(lambda: time.monotonic() >= b._scan_after, "the next scan to be due")
         b.submit(work(9999))  # not refused
         engine.gate.set()
         await first

@@ -527,6 +527,11 @@ def test_a_deleted_model_folder_keeps_serving_and_the_reload_says_why(
 ) -> None:
     server = start_server(repo)
     client = GeneratorClient(server.target)
+    broken = repo / "digits" / "3"  # a version that never served: forgotten with the folder
+    shutil.copytree(repo / "digits" / "2", broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    (change,) = client.reload_models().changes
+    assert (change.version, change.state) == ("3", admin_pb2.MODEL_STATE_FAILED)
     shutil.rmtree(repo / "digits")
     assert client.generate(seed=1, class_label=1).response.image  # in memory: unaffected
     with caplog.at_level(logging.ERROR):
@@ -539,12 +544,12 @@ def test_a_deleted_model_folder_keeps_serving_and_the_reload_says_why(
         ("2", admin_pb2.MODEL_STATE_FAILED),
     }
     assert "still serving version 2" in caplog.text  # logged...
-    assert scrape(server)["ganserve_model_load_failures_total"] == 1  # ...and metered
+    assert scrape(server)["ganserve_model_load_failures_total"] == 2  # ...and metered (v3 too)
     # Found again by later reloads: reported each time, counted once (it was recounted).
     for _ in range(2):
         (change,) = client.reload_models().changes
         assert change.state == admin_pb2.MODEL_STATE_FAILED
-    assert scrape(server)["ganserve_model_load_failures_total"] == 1
+    assert scrape(server)["ganserve_model_load_failures_total"] == 2
     assert client.generate(seed=2, class_label=2).response.image
     # Put back, the model is healthy again and the failure is forgotten.
     shutil.copytree(BUNDLED_REPOSITORY / "digits" / "2", repo / "digits" / "2")
