@@ -228,18 +228,23 @@ def _load_in_servers(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, so
     monkeypatch.setenv("PYTHONPATH", path)
 
 
-# Loaded by the server process through PYTHONPATH: the first engine call made after the flag
-# file appears never returns (one call only: the flag is taken by renaming it).
+# Loaded by the server process through PYTHONPATH. Once the flag file appears, the first call
+# made on a batcher's engine thread never returns (one call only: the flag is taken by renaming
+# it); with GANSERVE_TEST_HANG_ALL set, every engine call hangs, on any thread, the replacement
+# instance's warm-up too (a wedged device).
 _HANG_HOOK = """
 import os, pathlib, threading
 from ganserve.serve.backends import cpu
 
 flag = pathlib.Path(os.environ["GANSERVE_TEST_HANG_FLAG"])
+hang_all = bool(os.environ.get("GANSERVE_TEST_HANG_ALL"))
 run = cpu.OnnxCpuEngine.run
 
 
 def run_or_hang(self, feeds):
-    if threading.current_thread().name.startswith("engine-"):
+    if hang_all and flag.exists():
+        threading.Event().wait()
+    if not hang_all and threading.current_thread().name.startswith("engine-"):
         try:
             flag.rename(flag.with_suffix(".taken"))
         except FileNotFoundError:
@@ -275,34 +280,15 @@ def test_an_engine_call_hung_for_good_does_not_keep_a_drained_server_alive(
     assert server.process.returncode == 0
 
 
-# As _HANG_HOOK, but every engine call made once the flag exists hangs, on any thread: the
-# replacement instance's warm-up too (a wedged device).
-_WEDGE_HOOK = """
-import os, pathlib, threading
-from ganserve.serve.backends import cpu
-
-flag = pathlib.Path(os.environ["GANSERVE_TEST_HANG_FLAG"])
-run = cpu.OnnxCpuEngine.run
-
-
-def run_or_hang(self, feeds):
-    if flag.exists():
-        threading.Event().wait()
-    return run(self, feeds)
-
-
-cpu.OnnxCpuEngine.run = run_or_hang
-"""
-
-
 def test_a_replacement_hung_in_its_warm_up_does_not_keep_a_drained_server_alive(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The replacement for a hung instance was built on asyncio's default thread pool, which
     is joined at exit: a build hung on a wedged device kept the process up after SIGTERM."""
-    _load_in_servers(tmp_path, monkeypatch, _WEDGE_HOOK)
+    _load_in_servers(tmp_path, monkeypatch, _HANG_HOOK)
     flag = tmp_path / "hang"
     monkeypatch.setenv("GANSERVE_TEST_HANG_FLAG", str(flag))
+    monkeypatch.setenv("GANSERVE_TEST_HANG_ALL", "1")
     args = ["--engine-timeout", "0.5", "--drain-grace", "2", "--shutdown-delay", "0"]
     args += ["--instances", "1", "--log-level", "INFO"]
     log = tmp_path / "server.log"
