@@ -237,6 +237,10 @@ class Batcher:
         # Metric children resolved once: labels() is a dict lookup under a lock.
         labels = (m.name, m.version)
         self._m_depth = metrics.queue_depth.labels(*labels)
+        # What this batcher has added to the depth gauge. A version reloaded in place has two
+        # batchers under one label pair (the old one draining), so each moves the gauge by
+        # its own change and the gauge shows their sum; a set() would overwrite the other's.
+        self._depth_reported = 0
         self._m_queue_time = metrics.queue_duration.labels(*labels)
         self._m_infer_time = metrics.inference_duration.labels(*labels)
         self._m_encode_time = metrics.encode_duration.labels(*labels)
@@ -253,6 +257,12 @@ class Batcher:
     def queue_depth(self) -> int:
         """Images waiting."""
         return self._queued
+
+    def _report_depth(self) -> None:
+        change = self._queued - self._depth_reported
+        if change:
+            self._m_depth.inc(change)
+            self._depth_reported = self._queued
 
     def submit(self, work: Work, deadline: float | None = None) -> asyncio.Future[bytes]:
         """Queue one request; the future resolves to the encoded image bytes.
@@ -310,7 +320,7 @@ class Batcher:
                 self._dropped(request, started).inc(len(request.works))
         self._queue = live
         self._queued = sum(len(r.works) for r in live)
-        self._m_depth.set(self._queued)
+        self._report_depth()
 
     def _dropped(self, request: _Request, now: float):
         """The dropped counter for a request whose handler is gone: by deadline or cancel."""
@@ -323,7 +333,7 @@ class Batcher:
         if request.deadline is not None and request.deadline < self._earliest:
             self._earliest = request.deadline
         self._queued += len(request.works)
-        self._m_depth.set(self._queued)
+        self._report_depth()
         self._arrived.set()
 
     async def _loop(self) -> None:
@@ -409,7 +419,7 @@ class Batcher:
             else:
                 batch.append(request)
                 images += count
-        self._m_depth.set(self._queued)
+        self._report_depth()
         if self._earliest != math.inf:  # else nothing queued has a deadline: nothing to redo
             # Once per batch, over what still waits (at most a queue's worth of requests).
             self._earliest = min(
@@ -639,7 +649,7 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(error)
             self._queued = 0
-            self._m_depth.set(0)
+            self._report_depth()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)

@@ -94,6 +94,45 @@ def test_batcher_closes_batch_at_max_batch_size(real_engine: OnnxEngine) -> None
     assert len(set(results)) == 8
 
 
+def test_two_batchers_of_one_version_add_up_in_the_depth_gauge(real_engine: OnnxEngine) -> None:
+    """A version reloaded in place drains its old batcher while the new one serves, under one
+    label pair: the gauge shows both queues, and the old one's drain does not zero the new
+    one's."""
+    old_engine, new_engine = RecordingEngine(real_engine), RecordingEngine(real_engine)
+    old_engine.gate.clear()
+    new_engine.gate.clear()
+    config = BatchingConfig(max_batch_size=1)
+    metrics = ServerMetrics(max_batch_size=1)
+    meta = real_engine.metadata
+    labels = {"model": meta.name, "version": str(meta.version)}
+
+    def depth() -> float | None:
+        return metrics.registry.get_sample_value("ganserve_queue_depth", labels)
+
+    async def scenario() -> list[float | None]:
+        seen = []
+        old = Batcher([old_engine], config, metrics)
+        new = Batcher([new_engine], config, metrics)
+        old.start()
+        new.start()
+        old_futures = [old.submit(Work(s, 0, Encoding.RAW_UINT8)) for s in range(4)]
+        new_futures = [new.submit(Work(s, 0, Encoding.RAW_UINT8)) for s in range(10, 13)]
+        await asyncio.to_thread(old_engine.started.wait, 10)
+        await asyncio.to_thread(new_engine.started.wait, 10)
+        seen.append(depth())  # 3 + 2 wait: one of each runs
+        old_engine.gate.set()
+        await asyncio.gather(*old_futures)
+        await old.close(1)
+        seen.append(depth())  # the old queue is gone, the new one still waits
+        new_engine.gate.set()
+        await asyncio.gather(*new_futures)
+        await new.close(1)
+        seen.append(depth())
+        return seen
+
+    assert run(scenario()) == [5, 2, 0]
+
+
 def test_batcher_flushes_partial_batch_at_queue_delay(real_engine: OnnxEngine) -> None:
     engine = RecordingEngine(real_engine)
 
