@@ -13,21 +13,40 @@ import numpy as np
 
 from ganserve.v1 import generator_pb2
 
+# gRPC's name schemes whose addresses are host:port, as `dns:[//authority/]host:port` and
+# `ipv4:addr:port[,addr:port...]` (`ipv6:[addr]:port,...`): each address is checked as a
+# plain target. Other schemes (unix:, a custom resolver's) pass unchecked.
+_SCHEME = re.compile(r"(?i)(dns):(?://[^/]*/)?|(ipv4|ipv6):")
+
 
 def check_target(target: str) -> None:
     """Raise ValueError for a target gRPC cannot dial: empty, not UTF-8, a host without a
     port (gRPC would dial 443), or a host:port whose port is out of range (gRPC would wrap
-    99999 around to another port, 99999 - 65536, instead of failing). Other target forms
-    pass unchecked."""
+    99999 around to another port, 99999 - 65536, instead of failing), also behind a dns:,
+    ipv4: or ipv6: scheme. Other target forms pass unchecked."""
     target = text("target", target)  # TypeError for a target that is not a string
     if not target.strip():
         raise ValueError("the target is empty; give host:port")
+    scheme = _SCHEME.match(target)
+    if scheme is None:
+        _check_address(target, target)
+    elif scheme[1]:
+        _check_address(target[scheme.end() :], target)
+    else:
+        for address in target[scheme.end() :].split(","):
+            _check_address(address, target)
+
+
+def _check_address(target: str, given: str) -> None:
+    """One host:port of ``given`` (the whole --target, for the messages)."""
+    if not target.strip():
+        raise ValueError(f"the target {given!r} has no address; give host:port")
     if re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]+):?", target):
         # gRPC would dial port 443 in silence.
-        raise ValueError(f"the target {target!r} has no port; give host:port")
+        raise ValueError(f"the target {given!r} has no port; give host:port")
     if re.fullmatch(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", target):
         # An IPv6 address alone: gRPC reads no port in it and dials 443.
-        raise ValueError(f"the target {target!r} has no port; write an IPv6 host as [addr]:port")
+        raise ValueError(f"the target {given!r} has no port; write an IPv6 host as [addr]:port")
     match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
     if match and not (len(match[2].lstrip("0")) <= 5 and 1 <= int(match[2]) <= 65535):
         raise ValueError(

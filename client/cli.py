@@ -22,6 +22,7 @@ import os
 import pathlib
 import re
 import ssl
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -155,6 +156,34 @@ def _pem(path: pathlib.Path | None, key: pathlib.Path | None = None) -> bytes | 
 ADMIN_COMMANDS = ("models", "reload")  # ModelAdmin's, served only with `ganserve serve --admin`
 
 
+def _hint(exc: grpc.RpcError, ctx: click.Context | None) -> str:
+    """What to fix, for the statuses whose gRPC details do not say."""
+    details = exc.details() or ""
+    client = getattr(ctx, "obj", None)
+    tls = isinstance(client, GeneratorClient) and client.tls
+    if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+        if ctx is not None and ctx.info_name in ADMIN_COMMANDS:  # only these can be off
+            return " (the server does not serve ModelAdmin: start it with `--admin`)"
+        return " (the server has no ganserve Generator service: is --target right?)"
+    if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+        return ""
+    if "Hostname Verification" in details or "hostname mismatch" in details:
+        return (
+            " (the server's certificate is not made out to the --target host: give the name "
+            "it carries with --server-name)"
+        )
+    if "Socket closed" in details and tls:  # the handshake was refused
+        return (
+            " (a server that requires client certificates closes connections without one: "
+            "are --tls-cert and --tls-key needed?)"
+        )
+    if "Socket closed" in details:
+        return " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
+    if "WRONG_VERSION_NUMBER" in details:  # a TLS handshake answered in plaintext
+        return " (the server does not speak TLS: leave out --tls-ca for a plaintext one)"
+    return ""
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a failed RPC, or a failed write of its images, into one line, not a traceback."""
 
@@ -163,23 +192,27 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            hint = ""
-            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
-                ctx = click.get_current_context(silent=True)
-                if ctx is not None and ctx.info_name in ADMIN_COMMANDS:  # only these can be off
-                    hint = " (the server does not serve ModelAdmin: start it with `--admin`)"
-                else:
-                    hint = " (the server has no ganserve Generator service: is --target right?)"
-            elif exc.code() is grpc.StatusCode.UNAVAILABLE and "Socket closed" in exc.details():
-                hint = " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
-            elif exc.code() is grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in (
-                exc.details() or ""
-            ):  # a TLS handshake answered in plaintext
-                hint = " (the server does not speak TLS: leave out --tls-ca for a plaintext one)"
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}{hint}") from None
+            ctx = click.get_current_context(silent=True)
+            hint = _hint(exc, ctx)
+            # The id, where the server may have logged the call: it echoed the id, or the
+            # call ran out of time (perhaps on the server).
+            rid = getattr(exc, "request_id", None)
+            logged = exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+            logged = logged or any(k == "x-request-id" for k, _ in exc.trailing_metadata() or ())
+            request = f" (request id {rid})" if rid and logged else ""
+            raise click.ClickException(
+                f"{exc.code().name}: {exc.details()}{hint}{request}"
+            ) from None
+        except BrokenPipeError:  # `gan-client ... | head`: the reader left, as for `cat`
+            # Point stdout at /dev/null, or the interpreter's last flush fails once more.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None  # 128 + SIGPIPE, the status `cat` would end with
         except OSError as exc:
-            if exc.filename is None:  # Pillow, on an image in the reply it cannot decode
-                raise click.ClickException(f"cannot read an image in the reply: {exc}") from None
+            if exc.filename is None:  # writing to stdout (the images are saved by `_save`)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise click.ClickException(
+                    f"cannot write to standard output: {exc.strerror or exc}"
+                ) from None
             # Checked before the call, but a disk can still fill up.
             raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from None
         except (ValueError, TypeError) as exc:  # the argument checks (arguments.py), ReplyError
@@ -223,6 +256,12 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Name the server's certificate must carry, when not the --target host (a "
     "port-forward to localhost, say). TLS only.",
 )
+@click.option(
+    "--request-id",
+    default=None,
+    help="x-request-id of the call, which the server writes on its log lines about it "
+    "[default: a random id]. Errors name it.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -233,8 +272,16 @@ def main(
     tls_cert: pathlib.Path | None,
     tls_key: pathlib.Path | None,
     server_name: str | None,
+    request_id: str | None,
 ) -> None:
     """Call a ganserve server."""
+    if request_id is not None:
+        try:
+            metadata_value("--request-id", request_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--request-id'") from None
+        if not request_id:
+            raise click.BadParameter("is empty", param_hint="'--request-id'")
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if server_name is not None:
@@ -255,6 +302,7 @@ def main(
             client_certificate=_pem(tls_cert, tls_key),
             client_key=tls_key.read_bytes() if tls_key else None,
             server_name=server_name,
+            request_id=request_id,
         )
     )
 
@@ -342,21 +390,33 @@ def generate(
 def _save(output: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
     """Write through a temporary file beside ``output``, renamed over it once whole: a save
     that fails (a disk full, a format's size limit such as WebP's 16383 pixels) leaves a file
-    already there as it was."""
+    already there as it was. A symbolic link is written through (its target is replaced,
+    not the link), and a file already there keeps its permissions."""
+    try:
+        target = output.resolve()  # a link's target (which may not exist yet)
+        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links
+        raise click.ClickException(
+            f"cannot save {output}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     try:
         fd, name = tempfile.mkstemp(
-            dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix
+            dir=target.parent, prefix=f".{target.name}.", suffix=output.suffix
         )
     except OSError as exc:  # about output, not the temporary file's made-up name
         raise click.ClickException(f"cannot save {output}: {exc.strerror}") from None
     os.close(fd)
     temp = pathlib.Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
+    if mode is None:  # as a plain open() would have made it
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     try:
         write(temp)
-        temp.chmod(0o666 & ~umask)  # as a plain open() would have made it
-        temp.replace(output)
+        temp.chmod(mode)
+        temp.replace(target)
     except (OSError, ValueError) as exc:  # Pillow's encoders raise both
         temp.unlink(missing_ok=True)
         raise click.ClickException(

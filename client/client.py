@@ -1,7 +1,13 @@
 """Blocking gRPC client for ganserve: Generator and ModelAdmin services.
 
-Retries happen inside gRPC (a service-config retry policy), only on UNAVAILABLE: the status of
-a draining or restarting replica, where the call never started. Every other status is final.
+Retries happen inside gRPC (a service-config retry policy), on UNAVAILABLE: the status of a
+draining or restarting replica, where the call never started; and, when the policy asks for it,
+on RESOURCE_EXHAUSTED (a full queue), after the wait the server asks for. Every other status is
+final.
+
+Every call carries an ``x-request-id`` (the caller's, or one made up here), which the server
+writes on each log line about the call: results carry it as ``request_id``, and so does a
+failed call's ``grpc.RpcError``.
 
 Arguments are checked before anything is sent: a value the wire cannot carry (a negative seed, a
 label over int32, a non-ASCII token) raises ValueError or TypeError naming the argument. What
@@ -17,7 +23,9 @@ import json
 import math
 import operator
 import pathlib
+import random
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -39,17 +47,31 @@ class ImageEncoding(enum.IntEnum):
     RAW_UINT8 = generator_pb2.IMAGE_ENCODING_RAW_UINT8
 
 
+_ENCODINGS = {e.value: e.name for e in ImageEncoding}
+
+
 def _pixels(data: bytes, encoding: int, height: int, width: int, channels: int) -> np.ndarray:
-    if encoding == ImageEncoding.RAW_UINT8:
-        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
-    return np.asarray(Image.open(io.BytesIO(data))).reshape(height, width, channels)
+    try:
+        if encoding == ImageEncoding.RAW_UINT8:
+            return np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+        return np.asarray(Image.open(io.BytesIO(data))).reshape(height, width, channels)
+    except (OSError, ValueError) as exc:  # Pillow's decoders raise both; reshape, ValueError
+        raise ReplyError(
+            f"cannot read an image in the reply as {height}x{width}x{channels} "
+            f"{_ENCODINGS.get(encoding, encoding)}: {exc}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
 class GeneratedImage:
-    """One generated image (a GenerateResponse or an InterpolateFrame) and what produced it."""
+    """One generated image (a GenerateResponse or an InterpolateFrame) and what produced it.
+
+    ``request_id``: the call's ``x-request-id`` as the server echoed it (Interpolate frames,
+    which arrive before the echo, carry the id that was sent), to find the call in its logs.
+    """
 
     response: generator_pb2.GenerateResponse | generator_pb2.InterpolateFrame
+    request_id: str = ""
 
     @property
     def pixels(self) -> np.ndarray:
@@ -72,8 +94,9 @@ class GeneratedImage:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """gRPC transparent retries, on UNAVAILABLE only. Values gRPC's retry policy would refuse
-    (which fails every call) raise ValueError here.
+    """gRPC transparent retries, on UNAVAILABLE (and RESOURCE_EXHAUSTED with
+    ``retry_queue_full``). Values gRPC's retry policy would refuse (which fails every call)
+    raise ValueError here.
 
     Args:
         max_attempts: Attempts per call, the first included: 2..5 (gRPC's limits; pass
@@ -81,12 +104,20 @@ class RetryPolicy:
         initial_backoff_s, max_backoff_s: Backoff bounds in seconds, 0.001..315576000000 (gRPC
             counts whole milliseconds).
         multiplier: Backoff growth per attempt, > 0 (exponential backoff with jitter).
+        retry_queue_full: Also retry RESOURCE_EXHAUSTED, which ganserve answers when a model's
+            queue is full. Generation is deterministic, so a retry is safe; the server says
+            how long to wait (gRPC's retry pushback, spread so that callers refused together
+            come back apart), which replaces the backoff. Off by default: each retry adds
+            load to a server that is already full, up to ``max_attempts`` times the calls.
+            gRPC's own RESOURCE_EXHAUSTED (a message over a size limit) is retried too, in
+            vain.
     """
 
     max_attempts: int = 4
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     multiplier: float = 2.0
+    retry_queue_full: bool = False
 
     def __post_init__(self) -> None:
         low, high = arguments.MAX_ATTEMPTS
@@ -110,6 +141,8 @@ class RetryPolicy:
                 f"multiplier {self.multiplier!r} is out of range: use a finite number > 0 "
                 "(at least 1.4e-45: gRPC reads it as a 32-bit float)"
             )
+        if not isinstance(self.retry_queue_full, bool):
+            raise TypeError(f"retry_queue_full must be a bool, got {self.retry_queue_full!r}")
 
     def service_config(self) -> str:
         methods = [{"service": "ganserve.v1.Generator"}, {"service": "ganserve.v1.ModelAdmin"}]
@@ -123,12 +156,19 @@ class RetryPolicy:
                             "initialBackoff": arguments.duration(float(self.initial_backoff_s)),
                             "maxBackoff": arguments.duration(float(self.max_backoff_s)),
                             "backoffMultiplier": float(self.multiplier),
-                            "retryableStatusCodes": ["UNAVAILABLE"],
+                            "retryableStatusCodes": ["UNAVAILABLE"]
+                            + (["RESOURCE_EXHAUSTED"] if self.retry_queue_full else []),
                         },
                     }
                 ]
             }
         )
+
+
+def _echoed(call: Any, sent: str) -> str:
+    """The ``x-request-id`` the server sent back in the call's trailers, else ``sent``."""
+    trailers = getattr(call, "trailing_metadata", lambda: None)() or ()
+    return next((v for k, v in trailers if k == "x-request-id" and v), sent)
 
 
 class GeneratorClient:
@@ -144,9 +184,13 @@ class GeneratorClient:
         client_certificate, client_key: PEM client certificate and key for mutual TLS.
         server_name: The name the server's certificate must carry, when it is not the target's
             host (a port-forward to ``localhost``, an address); TLS only.
-        request_id: Sent as ``x-request-id`` on every call, to find the calls in server logs.
+        request_id: Sent as ``x-request-id`` on every call that gives none of its own (each
+            method's ``request_id=``), to find the calls in server logs; without either, each
+            call gets a fresh random id.
 
-    ``token`` and ``request_id`` travel as gRPC metadata, so they must be printable ASCII.
+    ``token`` and request ids travel as gRPC metadata, so they must be printable ASCII. A
+    failed call raises ``grpc.RpcError`` with a ``request_id`` attribute: the id the server
+    echoed, or the one sent when no reply carried it (a deadline that passed here, say).
     """
 
     def __init__(
@@ -185,6 +229,7 @@ class GeneratorClient:
         if request_id is not None:
             arguments.metadata_value("request_id", request_id)
         self.target = target
+        self.tls = tls
         self.timeout = arguments.timeout(timeout)
         options = [
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -208,18 +253,35 @@ class GeneratorClient:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        self._metadata: list[tuple[str, str]] = []
+        self._metadata: tuple[tuple[str, str], ...] = ()
         if token:
-            self._metadata.append(("authorization", f"Bearer {token}"))
-        if request_id:
-            self._metadata.append(("x-request-id", request_id))
+            self._metadata = (("authorization", f"Bearer {token}"),)
+        self._request_id = request_id or None
         self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
         self._admin = admin_pb2_grpc.ModelAdminStub(self._channel)
 
-    def _kwargs(self, timeout: float | None) -> dict:
+    def _kwargs(self, timeout: float | None, request_id: str | None) -> tuple[dict, str]:
+        """The call's keyword arguments, and the request id they send."""
         # `timeout or self.timeout` would turn timeout=0 into the default in silence.
         seconds = self.timeout if timeout is None else arguments.timeout(timeout)
-        return {"timeout": seconds, "metadata": self._metadata or None}
+        if request_id:
+            arguments.metadata_value("request_id", request_id)
+        else:  # as the server makes them up
+            request_id = self._request_id or f"{random.getrandbits(64):016x}"
+        metadata = (*self._metadata, ("x-request-id", request_id))
+        return {"timeout": seconds, "metadata": metadata}, request_id
+
+    def _unary(
+        self, method: Any, request: Any, timeout: float | None, request_id: str | None
+    ) -> tuple[Any, str]:
+        """Call a unary method; return its response and the request id the server echoed."""
+        kwargs, sent = self._kwargs(timeout, request_id)
+        try:
+            response, call = method.with_call(request, **kwargs)
+        except grpc.RpcError as exc:
+            exc.request_id = _echoed(exc, sent)  # type: ignore[attr-defined]
+            raise
+        return response, _echoed(call, sent)
 
     def generate(
         self,
@@ -233,6 +295,7 @@ class GeneratorClient:
         style_mix_seed: int | None = None,
         style_mix_layer: int = 0,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> GeneratedImage:
         """One image; style_mix_* mix a second seed's style in (StyleGAN-style models)."""
         request = generator_pb2.GenerateRequest(
@@ -249,7 +312,8 @@ class GeneratorClient:
             ),
             style_mix_layer=arguments.integer("style_mix_layer", style_mix_layer, arguments.INT32),
         )
-        return GeneratedImage(self._stub.Generate(request, **self._kwargs(timeout)))
+        response, echoed = self._unary(self._stub.Generate, request, timeout, request_id)
+        return GeneratedImage(response, echoed)
 
     def generate_batch(
         self,
@@ -260,6 +324,7 @@ class GeneratorClient:
         encoding: ImageEncoding = ImageEncoding.PNG,
         truncation: float | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> list[GeneratedImage]:
         """One image per (seed, class_label) pair, in order, in one round trip."""
         request = generator_pb2.GenerateBatchRequest(
@@ -269,13 +334,13 @@ class GeneratorClient:
             encoding=arguments.encoding(encoding),
             truncation=arguments.truncation(truncation),
         )
-        response = self._stub.GenerateBatch(request, **self._kwargs(timeout))
+        response, echoed = self._unary(self._stub.GenerateBatch, request, timeout, request_id)
         if len(response.images) != len(request.items):  # the contract: one image per item
             raise ReplyError(
                 f"the server answered {len(response.images)} images for {len(request.items)} "
-                "items: it is not keeping ganserve's contract"
+                f"items: it is not keeping ganserve's contract (request id {echoed})"
             )
-        return [GeneratedImage(r) for r in response.images]
+        return [GeneratedImage(r, echoed) for r in response.images]
 
     def interpolate(
         self,
@@ -289,6 +354,7 @@ class GeneratorClient:
         encoding: ImageEncoding = ImageEncoding.PNG,
         truncation: float | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> Iterator[GeneratedImage]:
         """Frames of the walk from seed_start to seed_end, streamed in order. Arguments are
         checked here; the call starts at the first ``next()``."""
@@ -302,33 +368,47 @@ class GeneratorClient:
             encoding=arguments.encoding(encoding),
             truncation=arguments.truncation(truncation),
         )
-        return self._frames(request, self._kwargs(timeout))
+        return self._frames(request, *self._kwargs(timeout, request_id))
 
     def _frames(
-        self, request: generator_pb2.InterpolateRequest, kwargs: dict
+        self, request: generator_pb2.InterpolateRequest, kwargs: dict, sent: str
     ) -> Iterator[GeneratedImage]:
-        for frame in self._stub.Interpolate(request, **kwargs):
-            yield GeneratedImage(frame)
+        try:
+            for frame in self._stub.Interpolate(request, **kwargs):
+                yield GeneratedImage(frame, sent)
+        except grpc.RpcError as exc:
+            exc.request_id = _echoed(exc, sent)  # type: ignore[attr-defined]
+            raise
 
     def model_info(
-        self, model: str = "", *, model_version: str = "", timeout: float | None = None
+        self,
+        model: str = "",
+        *,
+        model_version: str = "",
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> generator_pb2.ModelInfo:
         """What ``model`` (at ``model_version``; default: the newest) takes and returns."""
         request = generator_pb2.GetModelInfoRequest(
             model=arguments.text("model", model),
             model_version=arguments.text("model_version", model_version),
         )
-        return self._stub.GetModelInfo(request, **self._kwargs(timeout))
+        return self._unary(self._stub.GetModelInfo, request, timeout, request_id)[0]
 
-    def list_models(self, *, timeout: float | None = None) -> Sequence[admin_pb2.ModelStatus]:
-        return self._admin.ListModels(admin_pb2.ListModelsRequest(), **self._kwargs(timeout)).models
+    def list_models(
+        self, *, timeout: float | None = None, request_id: str | None = None
+    ) -> Sequence[admin_pb2.ModelStatus]:
+        request = admin_pb2.ListModelsRequest()
+        return self._unary(self._admin.ListModels, request, timeout, request_id)[0].models
 
-    def reload_models(self, *, timeout: float | None = None) -> admin_pb2.ReloadModelsResponse:
+    def reload_models(
+        self, *, timeout: float | None = None, request_id: str | None = None
+    ) -> admin_pb2.ReloadModelsResponse:
         # A reload loads and warms up models: it gets at least 120 s unless a timeout is given.
-        default = max(self.timeout, 120.0)
-        return self._admin.ReloadModels(
-            admin_pb2.ReloadModelsRequest(), **self._kwargs(default if timeout is None else timeout)
-        )
+        if timeout is None:
+            timeout = max(self.timeout, 120.0)
+        request = admin_pb2.ReloadModelsRequest()
+        return self._unary(self._admin.ReloadModels, request, timeout, request_id)[0]
 
     def close(self) -> None:
         self._channel.close()

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,8 @@ DEADLINE_SLACK_S = 0.01
 # A full queue of live calls is rescanned for finished ones at most this long after the last
 # scan (`Batcher._drop_dead`): how long a cancelled call's slot may stay taken at worst.
 SCAN_BACKOFF_MAX_S = 0.01
+# Bounds of the wait a full queue asks refused callers for (gRPC's retry pushback), seconds.
+RETRY_AFTER_S = (0.01, 5.0)
 
 
 def missed_deadline(deadline: float | None, now: float) -> bool:
@@ -198,6 +201,9 @@ class Batcher:
         if not engines:
             raise ValueError("a batcher needs at least one engine")
         self._free = list(engines)
+        # Seconds for the instances together to work through one queued image: a full queue's
+        # refusals tell the caller when to come back (`_retry_after`).
+        self._drain_s = (image_s or 0.0) / len(engines)
         self._spawn = spawn
         self._hung = 0  # instances whose call outlived the engine timeout and has not returned
         self._config = config
@@ -298,8 +304,18 @@ class Batcher:
         if self._queued + count > limit:
             raise QueueFullError(
                 f"model {self.model!r} queue is full ({self._queued} of {limit} images "
-                f"waiting, {count} more asked); retry with backoff"
+                f"waiting, {count} more asked); retry with backoff",
+                self._retry_after(self._queued + count - limit),
             )
+
+    def _retry_after(self, excess: int) -> float | None:
+        """About when ``excess`` more images will have left the queue, spread over 1 to 2
+        times that (callers refused together must not all come back together), within
+        RETRY_AFTER_S; None when the engine's speed is unknown."""
+        if not self._drain_s:
+            return None
+        low, high = RETRY_AFTER_S
+        return min(high, max(low, excess * self._drain_s * random.uniform(1.0, 2.0)))
 
     def _drop_dead(self) -> None:
         """Free the slots of queued calls already over (cancelled, or failed by another of

@@ -24,9 +24,17 @@ class ModelNotFoundError(GanServeError):
 
 
 class QueueFullError(GanServeError):
-    """The model's queue is at capacity; the caller should back off and retry."""
+    """The model's queue is at capacity; the caller should back off and retry.
+
+    ``retry_after_s``: about how long until the queue has room for the refused images (None
+    when unknown), sent as gRPC's ``grpc-retry-pushback-ms`` so that a client whose retry
+    policy retries RESOURCE_EXHAUSTED waits that long instead of its own backoff."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UnavailableError(GanServeError):

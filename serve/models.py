@@ -200,8 +200,8 @@ class ModelManager:
         try:
             for _ in range(batching.instances):
                 engines.append(spawn())
-            if sizes and batching.instances > 1 and batching.parallel_batch_us:
-                image_s = backends.image_seconds(engines[0], max(sizes))  # warmed sizes only
+            if sizes:  # warmed sizes only; a full queue's refusals say when to retry from it
+                image_s = backends.image_seconds(engines[0], max(sizes))
         except BaseException:
             for engine in engines:
                 engine.close()
@@ -216,7 +216,7 @@ class ModelManager:
             backend.value,
             seconds,
             f"; a second batch starts beside a running one from {batcher.parallel_min} images"
-            if image_s
+            if image_s and batching.instances > 1 and batching.parallel_batch_us
             else "",
         )
         if backend is Backend.TENSORRT:  # the plan's own, as export-gan built it

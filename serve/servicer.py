@@ -254,9 +254,11 @@ class _Call:
             with contextlib.suppress(ValueError):
                 REQUEST_ID.reset(self._token)
         if message is not None:
-            await self.context.abort(
-                self.code, message, trailing_metadata=(("x-request-id", self.request_id),)
-            )
+            trailers: tuple[tuple[str, str], ...] = (("x-request-id", self.request_id),)
+            retry_after_s = getattr(exc, "retry_after_s", None)
+            if retry_after_s is not None:  # gRPC's own retry policy waits this long
+                trailers += (("grpc-retry-pushback-ms", str(math.ceil(retry_after_s * 1000))),)
+            await self.context.abort(self.code, message, trailing_metadata=trailers)
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generator"].full_name

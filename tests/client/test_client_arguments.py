@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from conftest import ServerThread
-from ganserve.client.client import GeneratorClient, ImageEncoding, RetryPolicy
+from ganserve.client.client import (
+    GeneratedImage,
+    GeneratorClient,
+    ImageEncoding,
+    ReplyError,
+    RetryPolicy,
+)
+from ganserve.v1 import generator_pb2
 
 
 @pytest.fixture(scope="module")
@@ -336,8 +343,45 @@ def test_metadata_errors_do_not_echo_the_token(server: ServerThread) -> None:
 
 
 def test_printable_ascii_metadata_is_sent(server: ServerThread) -> None:
+    """The id reaches the server, which echoes it with the characters its logs refuse made _."""
     with GeneratorClient(server.target, request_id="job 42: ~all printable!", timeout=10) as c:
-        assert c.generate(1, 1).response.class_label == 1
+        result = c.generate(1, 1)
+    assert result.response.class_label == 1
+    assert result.request_id == "job_42:__all_printable_"
+
+
+def test_each_call_names_its_request_id(server: ServerThread) -> None:
+    """A call's own id wins over the client's; without either, each call gets a fresh one. The
+    results carry the id the server echoed, and so does a failed call's RpcError."""
+    with GeneratorClient(server.target, timeout=10) as c:
+        fresh = {c.generate(1, 1).request_id for _ in range(3)}
+        assert len(fresh) == 3 and all(len(rid) == 16 for rid in fresh)
+        assert c.generate(1, 1, request_id="call-1").request_id == "call-1"
+        images = c.generate_batch([(1, 1), (2, 2)], request_id="batch-1")
+        assert [image.request_id for image in images] == ["batch-1", "batch-1"]
+        frames = list(c.interpolate(1, 2, 3, 4, request_id="walk-1"))
+        assert {frame.request_id for frame in frames} == {"walk-1"}
+        with pytest.raises(grpc.RpcError) as info:
+            c.generate(1, 12, request_id="bad class")
+        assert info.value.request_id == "bad_class"  # as the server echoed it
+        with pytest.raises(grpc.RpcError) as info:
+            list(c.interpolate(1, 2, 1, 4, request_id="walk-2"))
+        assert info.value.request_id == "walk-2"
+        with pytest.raises(ValueError, match="request_id holds"):
+            c.generate(1, 1, request_id="\u00e9")
+    with GeneratorClient(server.target, request_id="job-7", timeout=10) as c:
+        assert c.generate(1, 1).request_id == "job-7"
+        assert c.generate(1, 1, request_id="call-2").request_id == "call-2"
+
+
+def test_an_image_the_reply_cannot_be_read_as_is_a_reply_error() -> None:
+    """It was Pillow's OSError, which the CLI could not tell from a failed write."""
+    for encoding, data in ((ImageEncoding.PNG, b"not a png"), (ImageEncoding.RAW_UINT8, b"abc")):
+        response = generator_pb2.GenerateResponse(
+            image=data, encoding=encoding, height=2, width=2, channels=1
+        )
+        with pytest.raises(ReplyError, match="cannot read an image in the reply as 2x2x1"):
+            GeneratedImage(response).to_pil()
 
 
 @pytest.mark.parametrize(("target", "error"), [(None, ValueError), (52401, TypeError)])

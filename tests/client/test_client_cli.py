@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -224,8 +225,10 @@ def test_class_out_of_range_is_one_line_with_the_status(
     out = tmp_path / "x.png"
     result = gan_client(server.target, "generate", "--seed", "1", "--class", "12", "-o", str(out))
     error = failed_cleanly(result, 1)
-    assert error == (
-        "Error: INVALID_ARGUMENT: class_label 12 is out of range: model 'digits' has classes 0..9"
+    assert re.fullmatch(
+        r"Error: INVALID_ARGUMENT: class_label 12 is out of range: model 'digits' has classes "
+        r"0\.\.9 \(request id [0-9a-f]{16}\)",
+        error,
     )
     assert not out.exists()
 
@@ -362,6 +365,12 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
         (["--target", "localhost:"], "the target 'localhost:' has no port"),
         (["--target", "[::1]:"], "has no port"),
         (["--target", "::1"], "write an IPv6 host as [addr]:port"),
+        # The scheme forms a headless Service is dialled by were not checked at all.
+        (["--target", "dns:///127.0.0.1:118836"], "port 118836 is not in 1..65535"),
+        (["--target", "dns://10.0.0.10/ganserve.svc"], "has no port"),
+        (["--target", "dns:///"], "has no address"),
+        (["--target", "ipv4:127.0.0.1:80,127.0.0.2"], "has no port"),
+        (["--target", "ipv6:[::1]:99999"], "port 99999 is not in 1..65535"),
         (["--target", "\udcff:50051"], "target must be valid UTF-8 text"),
     ],
 )
@@ -472,6 +481,25 @@ def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
     )
 
 
+def test_a_tls_call_without_the_client_certificate_mtls_asks_for_hints_at_it(
+    start_server_module: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    """The hint told a caller who had given --tls-ca to add --tls-ca."""
+    write_certificates(tmp_path, name="localhost")
+    tls = TlsConfig(
+        cert_file=tmp_path / "tls.crt",
+        key_file=tmp_path / "tls.key",
+        client_ca_file=tmp_path / "ca.crt",
+    )
+    target = f"127.0.0.1:{start_server_module(tls=tls).server.port}"
+    ca = ["--tls-ca", str(tmp_path / "ca.crt"), "--server-name", "localhost"]
+    error = failed_cleanly(gan_client(target, *ca, "info"), 1)
+    assert error.startswith("Error: UNAVAILABLE: ")
+    assert "are --tls-cert and --tls-key needed?" in error and "is --tls-ca needed" not in error
+    pair = ["--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key")]
+    assert '"name": "digits"' in succeeded(gan_client(target, *ca, *pair, "info"))
+
+
 def test_a_save_that_fails_leaves_the_file_already_there(
     server: ServerThread, tmp_path: pathlib.Path
 ) -> None:
@@ -500,10 +528,13 @@ def test_server_name_checks_the_certificate_under_another_name(
     """Through a port-forward the target is localhost, but the certificate names the Service."""
     write_certificates(tmp_path)  # names ganserve.serving.svc only
     tls = TlsConfig(cert_file=tmp_path / "tls.crt", key_file=tmp_path / "tls.key")
-    target = f"localhost:{start_server_module(tls=tls).server.port}"
+    # Not localhost, whose ::1 refusal the error could name instead (the server listens on
+    # 127.0.0.1 only).
+    target = f"127.0.0.1:{start_server_module(tls=tls).server.port}"
     ca = ["--tls-ca", str(tmp_path / "ca.crt")]
     error = failed_cleanly(gan_client(target, *ca, "info"), 1)
     assert error.startswith("Error: UNAVAILABLE: ")
+    assert "give the name it carries with --server-name" in error
     ok = gan_client(target, *ca, "--server-name", "ganserve.serving.svc", "info")
     assert '"name": "digits"' in succeeded(ok)
     wrong = gan_client(target, *ca, "--server-name", "other.serving.svc", "info")
@@ -531,7 +562,9 @@ def test_a_tls_call_to_a_plaintext_server_hints_at_plaintext(
     server: ServerThread, tmp_path: pathlib.Path
 ) -> None:
     write_certificates(tmp_path, name="localhost")
-    target = f"localhost:{server.server.port}"
+    # Not localhost, whose ::1 refusal the error could name instead (the server listens on
+    # 127.0.0.1 only).
+    target = f"127.0.0.1:{server.server.port}"
     error = failed_cleanly(gan_client(target, "--tls-ca", str(tmp_path / "ca.crt"), "info"), 1)
     assert error.startswith("Error: UNAVAILABLE: ")
     assert "the server does not speak TLS: leave out --tls-ca" in error
@@ -731,7 +764,7 @@ class _BrokenGenerator(generator_pb2_grpc.GeneratorServicer):
     ("seeds", "message"),
     [
         ("0-3", "the server answered 0 images for 4 items: it is not keeping ganserve's"),
-        ("1-2", "cannot read an image in the reply: cannot identify image file"),
+        ("1-2", "cannot read an image in the reply as 2x2x1 PNG: cannot identify image file"),
     ],
 )
 def test_a_reply_that_breaks_the_contract_is_one_line(seeds: str, message: str) -> None:
@@ -765,6 +798,59 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: pathlib.Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted: nothing was written"
+
+
+def test_an_error_names_the_request_id_the_server_logged(server: ServerThread) -> None:
+    given = gan_client(server.target, "--request-id", "job-7", "info", "--model", "nope")
+    assert failed_cleanly(given, 1).endswith("(request id job-7)")
+    made_up = failed_cleanly(gan_client(server.target, "info", "--model", "nope"), 1)
+    assert re.search(r"\(request id [0-9a-f]{16}\)$", made_up)
+    for bad, message in (("", "is empty"), ("\u00e9", "cannot carry")):
+        error = failed_cleanly(gan_client(server.target, "--request-id", bad, "info"), 2)
+        assert "'--request-id'" in error and message in error
+
+
+def test_a_closed_or_full_standard_output_is_not_blamed_on_the_reply(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """Both were 'cannot read an image in the reply', exit 1. A reader that left (`| head`)
+    ends the command quietly, as `cat` would; a full disk is named."""
+    command = [str(BIN / "gan-client"), "--target", server.target, "generate", "--seed", "3"]
+    command += ["--class", "3", "-o", str(tmp_path / "three.png")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the command prints
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, b"")
+    assert (tmp_path / "three.png").stat().st_size > 0  # the image was written all the same
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(BIN / "gan-client"), "--target", server.target, "info"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "Error: cannot write to standard output: No space left on device\n"
+
+
+def test_an_output_that_is_a_link_is_written_through(
+    server: ServerThread, tmp_path: pathlib.Path
+) -> None:
+    """The rename replaced the link by a file and left its target as it was; a file already
+    there lost its permissions."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "target.png").write_bytes(b"old")
+    (real / "target.png").chmod(0o640)
+    link = tmp_path / "link.png"
+    link.symlink_to(real / "target.png")
+    succeeded(gan_client(server.target, "generate", "--seed", "1", "--class", "1", "-o", str(link)))
+    assert link.is_symlink()
+    with Image.open(real / "target.png") as image:
+        assert image.size == (32, 32)
+    assert (real / "target.png").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in real.iterdir()) == ["target.png"]  # no temporary left
 
 
 def test_a_target_with_several_addresses_spreads_calls_over_all_of_them(

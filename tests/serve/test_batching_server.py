@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from conftest import ServerThread, control_engine, generator_stub, scrape
+from ganserve.client import GeneratorClient, RetryPolicy
+from ganserve.serve.batcher import RETRY_AFTER_S
 from ganserve.v1 import generator_pb2 as pb
 
 
@@ -91,6 +93,57 @@ def test_full_queue_answers_resource_exhausted_at_once(start_server) -> None:
         refused = [call(server, s) for s in range(5, 8)]  # answered while the engine is held
         control.release()
         assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert [f.result(10) for f in [blocker, *queued]] == [grpc.StatusCode.OK] * 5
+
+
+def refused_calls(server: ServerThread) -> float:
+    text = scrape(server)["_text"]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ganserve_requests_total{") and 'code="RESOURCE_EXHAUSTED"' in line
+    )
+
+
+def test_a_full_queue_says_when_to_retry_and_the_client_can_retry_it(start_server) -> None:
+    """A refusal carries gRPC's retry pushback (how long until the queue has room), and the
+    Python client retries RESOURCE_EXHAUSTED only when its policy asks for it."""
+    server = start_server(max_batch_size=1, max_queue_size=4)
+    control = control_engine(server)
+    control.hold()
+    request = pb.GenerateRequest(seed=5, class_label=5)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        blocker = pool.submit(call, server, 0)
+        assert control.entered.wait(10)
+        queued = [pool.submit(call, server, s) for s in range(1, 5)]
+        deadline = time.monotonic() + 10
+        while server.server.models.resolve("digits").batcher.queue_depth < 4:
+            assert time.monotonic() < deadline, "requests never queued"
+            time.sleep(0.01)
+        try:
+            with generator_stub(server.target) as stub, pytest.raises(grpc.RpcError) as info:
+                stub.Generate(request, timeout=10)
+            trailers = dict(info.value.trailing_metadata())
+            low, high = RETRY_AFTER_S
+            assert low * 1000 <= int(trailers["grpc-retry-pushback-ms"]) <= high * 1000
+            attempts = {}
+            for retry_queue_full in (False, True):
+                before = refused_calls(server)
+                policy = RetryPolicy(max_attempts=3, retry_queue_full=retry_queue_full)
+                with (
+                    GeneratorClient(server.target, retry=policy) as client,
+                    pytest.raises(grpc.RpcError) as info,
+                ):
+                    client.generate(5, 5)
+                assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                deadline = time.monotonic() + 5  # counted just after the status is sent
+                while refused_calls(server) == before and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.1)
+                attempts[retry_queue_full] = refused_calls(server) - before
+            assert attempts == {False: 1, True: 3}
+        finally:
+            control.release()
         assert [f.result(10) for f in [blocker, *queued]] == [grpc.StatusCode.OK] * 5
 
 
