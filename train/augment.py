@@ -2,8 +2,11 @@
 images alike before the discriminator, so D cannot overfit a small dataset and G still gets
 gradients through the augmentation.
 
-Policies: "translation" (shift by up to 1/8 of the size, zero fill), "cutout" (zero a square
-of half the size), "color" (brightness, saturation, contrast; RGB only). Images are in [-1, 1].
+Policies: "translation" (shift by up to 1/8 of the size), "cutout" (blank a square of half
+the size), "color" (brightness, saturation, contrast; RGB only). Images are in [-1, 1]; what
+translation uncovers and cutout blanks is black (-1), where the reference code's zeros are
+mid-grey: the built-in digits are white on black, and grey squares would be a feature no real
+image has.
 """
 
 from __future__ import annotations
@@ -84,9 +87,11 @@ def _cutout(x: torch.Tensor, g: torch.Generator | None, ratio: float = 0.5) -> t
     cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g, device=at).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
-    inside = ((ys - cy[:, None, None]).abs() <= ch // 2) & (
-        (xs - cx[:, None, None]).abs() <= cw // 2
-    )  # (N, H, W)
+    # ch rows from cy - ch // 2 and cw columns from cx - cw // 2, cut at the borders, as in
+    # the reference code (|y - cy| <= ch // 2 would be ch + 1 rows for an even ch).
+    row = ys - cy[:, None, None] + ch // 2
+    col = xs - cx[:, None, None] + cw // 2
+    inside = (row >= 0) & (row < ch) & (col >= 0) & (col < cw)  # (N, H, W)
     return torch.where(inside[:, None], torch.full_like(x, -1.0), x)
 
 

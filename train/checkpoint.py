@@ -29,16 +29,39 @@ class CheckpointError(ValueError):
 
 
 def save(payload: dict[str, Any], path: pathlib.Path) -> None:
-    """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    """Write atomically: a crash mid-write, or a power cut after it, never leaves a truncated
+    checkpoint behind (the data reaches the disk before the rename, and the rename before this
+    returns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        with tmp.open("wb") as f:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except (OSError, RuntimeError) as exc:  # a full disk surfaces from torch as RuntimeError
         tmp.unlink(missing_ok=True)  # a truncated file, as large as the disk allowed
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CheckpointError(f"cannot write {path}: {reason}") from None
+    except BaseException:  # a second Ctrl-C mid-save: no full-size .tmp left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _sync_folder(folder: pathlib.Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: pathlib.Path) -> dict[str, Any]:

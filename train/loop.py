@@ -173,6 +173,42 @@ def check_size(gen_config: GeneratorConfig) -> None:
         )
 
 
+def _restore(
+    ckpt: dict[str, Any],
+    G: torch.nn.Module,
+    G_ema: torch.nn.Module,
+    D: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    batch_gen: torch.Generator,
+) -> None:
+    """Load a resumed run's weights, optimiser and random states, or say in one line which part
+    of the checkpoint does not fit this run (torch's own errors list every tensor)."""
+    parts = (
+        ("generator", G.load_state_dict),
+        ("generator_ema", G_ema.load_state_dict),
+        ("discriminator", D.load_state_dict),
+        ("optimizer_g", opt_g.load_state_dict),
+        ("optimizer_d", opt_d.load_state_dict),
+        ("rng torch", lambda state: torch.set_rng_state(state)),
+        ("rng batch", batch_gen.set_state),
+    )
+    for name, load in parts:
+        key, _, sub = name.partition(" ")
+        state = ckpt[key][sub] if sub else ckpt[key]
+        try:
+            load(state)
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            # torch's first line only says which module; the next names the first tensor.
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            if len(detail) > 240:
+                detail = detail[:240] + "..."
+            raise ValueError(
+                f"--resume: the checkpoint's {name.replace(' ', '.')} does not fit this run's "
+                f"model ({detail}); was it written by another gan-train, or edited?"
+            ) from None
+
+
 def _finite_losses(step: int, d_loss: torch.Tensor, g_loss: torch.Tensor, last: str) -> None:
     """Stop a run whose losses are no longer numbers: every later step and checkpoint would be
     NaN too, and a NaN generator is useless to export or evaluate."""
@@ -249,8 +285,6 @@ def train(
                     f"{ckpt['step']} ({later[0]} .. {later[-1]}), from the line of training "
                     "this resume leaves; pick another --run-dir, or move them away"
                 )
-    if lead:  # after every other check: a refused run leaves no folder behind
-        check_outputs(out, run_dir, resume)
     # bfloat16 needs no loss scaling: its exponent range is float32's.
     autocast = functools.partial(
         torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=amp
@@ -270,13 +304,7 @@ def train(
     metrics_step: int | None = None
     start = 0
     if ckpt is not None:
-        G.load_state_dict(ckpt["generator"])
-        G_ema.load_state_dict(ckpt["generator_ema"])
-        D.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["optimizer_g"])
-        opt_d.load_state_dict(ckpt["optimizer_d"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        batch_gen.set_state(ckpt["rng"]["batch"])
+        _restore(ckpt, G, G_ema, D, opt_g, opt_d, batch_gen)
         if world > 1:
             # Only rank 0's batch stream was saved: every rank would draw the same batches.
             # Each goes on from it with a stream of its own (exact resume is one process's).
@@ -286,6 +314,9 @@ def train(
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])
         metrics_step = ckpt.get("metrics_step")  # None in checkpoints from before it was kept
+    if lead:  # after every other check: a refused run leaves no folder behind
+        check_outputs(out, run_dir, resume)
+    if ckpt is not None:
         LOGGER.info("resumed from %s at step %d", resume, start)
 
     conditional = gen_config.num_classes > 0
@@ -313,6 +344,7 @@ def train(
         return x.to(device, non_blocking=True)
 
     def payload(step: int) -> dict[str, Any]:
+        seconds = round(earlier_s + time.monotonic() - started, 2)
         return {
             "generator_config": gen_config.to_dict(),
             "discriminator_config": dataclasses.asdict(disc_config),
@@ -324,7 +356,7 @@ def train(
                 "class_names": list(data.class_names),
             },
             "step": step,
-            "metrics": dict(metrics),
+            "metrics": {**metrics, "train_seconds": seconds},
             "metrics_step": metrics_step,
             "history": list(history),
             "generator": G.state_dict(),
@@ -357,6 +389,12 @@ def train(
         return net(z, y, z_mix=on_device(z_mix), mix_layer=on_device(mix_layer))
 
     started, window_started, window_images = time.monotonic(), time.monotonic(), 0
+    # Training time of the sessions before a resume: every checkpoint carries the total, so a
+    # run resumed from any of them counts all of it (checkpoints from before that carry it only
+    # in the last log record).
+    earlier_s = float(
+        metrics.pop("train_seconds", history[-1].get("seconds", 0.0) if history else 0.0)
+    )
     last_saved = str(resume or "")
     for step in range(start + 1, cfg.steps + 1):
         for _ in range(cfg.n_critic):
@@ -425,7 +463,7 @@ def train(
                 "g_loss": g_loss.item(),
                 **penalties,
                 "images_per_s": round(window_images / (now - window_started), 1),
-                "seconds": round(now - started, 2),
+                "seconds": round(earlier_s + now - started, 2),
             }
             window_started, window_images = now, 0
             history.append(record)
@@ -452,6 +490,7 @@ def train(
         if monitor and saving:
             last_saved = str(monitor.save(payload(step), step))
         if stop_requested and step < cfg.steps and stop_requested():
+            _finite_losses(step, d_loss, g_loss, last_saved)  # no NaN checkpoint to resume
             saved: pathlib.Path | str = ""
             if lead:
                 saved = monitor.save(payload(step), step) if monitor else out
@@ -462,9 +501,6 @@ def train(
                 f"--resume {saved}"
             )
 
-    metrics["train_seconds"] = round(
-        metrics.get("train_seconds", 0.0) + time.monotonic() - started, 2
-    )
     final = payload(cfg.steps)
     if lead:
         checkpoint.save(final, out)

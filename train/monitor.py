@@ -127,11 +127,18 @@ def check_outputs(
         if run_dir.resolve() == out.resolve() or out.resolve() in run_dir.resolve().parents:
             raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
         previous = run_checkpoints(run_dir)
-        if resume is None and (previous or (run_dir / "log.jsonl").exists()):
+        # A resume goes on with the run in the folder only from one of its own checkpoints,
+        # or from the --out it wrote; from anywhere else, the rotation would delete the
+        # folder's run and its log would mix the two.
+        own = resume is not None and (
+            resume.resolve().parent == run_dir.resolve() or resume.resolve() == out.resolve()
+        )
+        if not own and (previous or (run_dir / "log.jsonl").exists()):
             go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
+            other = f" other than the one {resume} comes from" if resume is not None else ""
             raise ValueError(
-                f"the run folder {run_dir} already holds a run; {go_on}pick another --run-dir "
-                "(or delete the folder)"
+                f"the run folder {run_dir} already holds a run{other}; {go_on}pick another "
+                "--run-dir (or delete the folder)"
             )
     made = _absent_folders(out.parent) + (_absent_folders(run_dir) if run_dir else [])
     try:

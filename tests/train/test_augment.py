@@ -34,6 +34,15 @@ def test_cutout_blacks_out_a_square_of_about_a_quarter() -> None:
     assert 0.1 < share < 0.3
 
 
+def test_cutout_is_a_square_of_exactly_half_the_size() -> None:
+    """It was 17x17 at 32x32: |y - cy| <= 8 spans 17 rows."""
+    x = torch.ones(256, 1, 32, 32)
+    cut = diff_augment(x, ("cutout",), torch.Generator().manual_seed(3)) == -1
+    rows, cols = cut.any(dim=3).sum(dim=(1, 2)), cut.any(dim=2).sum(dim=(1, 2))
+    assert rows.max() == cols.max() == 16  # whole squares: 16 by 16
+    assert cut.sum(dim=(1, 2, 3)).max() == 256 and (cut.sum(dim=(1, 2, 3)) == rows * cols).all()
+
+
 def test_same_generator_state_gives_the_same_augmentation() -> None:
     x = torch.rand(4, 3, 8, 8)
     policy = ("color", "translation", "cutout")

@@ -9,9 +9,10 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from ganserve.train.data import DataError, load, load_image_folder
+from ganserve.train.data import DataError, _Decode, load, load_image_folder
 
 
 def write_images(folder: pathlib.Path, count: int, mode: str = "RGB", size: int = 20) -> None:
@@ -95,6 +96,41 @@ def test_npz_images_and_labels(tmp_path: pathlib.Path, layout: str) -> None:
     train, _ = load(str(path), 8)
     assert train.class_names == ("0", "1", "2", "3")
     assert train.images.shape[1:] == ((1 if layout == "nhw" else 3), 8, 8)
+
+
+def test_an_upper_case_npz_suffix_is_a_npz_file(tmp_path: pathlib.Path) -> None:
+    """It was 'not a folder of images'."""
+    images = np.random.default_rng(0).integers(0, 256, (20, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", images=images)
+    (tmp_path / "data.npz").rename(tmp_path / "DATA.NPZ")
+    train, _ = load(str(tmp_path / "DATA.NPZ"), 8)
+    assert train.images.shape[1:] == (1, 8, 8)
+
+
+def test_folder_images_are_resized_where_they_are_decoded(tmp_path: pathlib.Path) -> None:
+    """A folder of large images was held whole at full size, as float32, before one resize:
+    9 MB a 512x512 RGB image. Each now arrives at the training size, and the result is the
+    same as resizing them all together."""
+    write_images(tmp_path / "big", 10, size=64)
+    decoded = _Decode([(f, 0) for f in sorted((tmp_path / "big").iterdir())], 16)
+    assert {decoded[i][3].shape for i in range(len(decoded))} == {(16, 16, 3)}
+    whole = np.stack(
+        [
+            np.asarray(Image.open(f), dtype=np.float32) / 255
+            for f in sorted((tmp_path / "big").iterdir())
+        ]
+    )
+    expected = _resize_all(whole, 16)
+    got = np.stack([decoded[i][3] for i in range(len(decoded))])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return x.permute(0, 2, 3, 1).numpy()
 
 
 @pytest.mark.parametrize(

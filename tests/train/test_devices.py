@@ -36,7 +36,17 @@ def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(
     generator = GeneratorConfig(
         architecture=architecture, width=8, latent_dim=16, embed_dim=8, w_dim=16
     )
-    final = train(generator, config, data, heldout, tmp_path / "g.pt")
+    seen: set[torch.dtype] = set()  # what D's layers compute in, under autocast
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: (
+            seen.add(output.dtype) if isinstance(module, torch.nn.Conv2d) else None
+        )
+    )
+    try:
+        final = train(generator, config, data, heldout, tmp_path / "g.pt")
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in seen, seen
     assert all(
         torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in final["history"]
     )

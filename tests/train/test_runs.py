@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,14 +187,105 @@ def test_resume_refuses_other_data(tmp_path: pathlib.Path) -> None:
 def test_a_checkpoint_that_cannot_be_written_leaves_no_partial_file(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(obj: object, f: object) -> None:
-        pathlib.Path(f).write_bytes(b"half")
+    def full_disk(obj: object, f: Any) -> None:
+        f.write(b"half")
         raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     with pytest.raises(checkpoint.CheckpointError, match=r"cannot write .*x.pt: \[enforce"):
         checkpoint.save({}, tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_ctrl_c_during_a_save_leaves_no_partial_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(obj: object, f: Any) -> None:
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_request_after_the_losses_went_nan_saves_no_checkpoint(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only log and checkpoint steps checked the losses: a Ctrl-C between them saved a NaN
+    checkpoint and said to resume from it."""
+    real = loop.generator_loss
+    monkeypatch.setattr(loop, "generator_loss", lambda *args: real(*args) * float("nan"))
+    calls = iter(range(1000))
+    with pytest.raises(TrainingStopped, match=r"training diverged at step 3 .*g_loss nan"):
+        run(
+            tmp_path,
+            100,
+            log_every=50,
+            sample_every=50,
+            checkpoint_every=50,
+            stop_requested=lambda: next(calls) >= 2,
+        )
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "part"),
+    [
+        (
+            lambda c: c["discriminator"].update(x=c["discriminator"].popitem()[1][:1]),
+            "discriminator",
+        ),
+        (lambda c: c.update(generator={}), "generator"),
+        (lambda c: c["optimizer_g"].update(state={0: {"step": "x"}}), "optimizer_g"),
+        (lambda c: c["rng"].update(torch=c["rng"]["torch"].float()), "rng.torch"),
+    ],
+    ids=["discriminator", "generator", "optimizer", "rng"],
+)
+def test_a_checkpoint_whose_parts_do_not_fit_is_one_error_and_leaves_no_folder(
+    tmp_path: pathlib.Path, damage: Callable[[dict], None], part: str
+) -> None:
+    """Only generator_ema was checked: the rest failed in torch with a traceback, after the
+    run folder was made."""
+    run(tmp_path, 5, name="a")
+    ckpt = checkpoint.load(tmp_path / "a.pt")
+    damage(ckpt)
+    checkpoint.save(ckpt, tmp_path / "damaged.pt")
+    with pytest.raises(
+        ValueError, match=f"--resume: the checkpoint's {part} does not fit this run"
+    ):
+        run(tmp_path, 10, name="b", resume=tmp_path / "damaged.pt")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_resuming_into_a_folder_holding_another_run_is_refused(tmp_path: pathlib.Path) -> None:
+    """The folder's run lost its checkpoints to the rotation, and its log was mixed with the
+    resumed run's."""
+    run(tmp_path, 10, name="a")
+    calls = iter(range(1000))
+    with pytest.raises(TrainingStopped):
+        run(tmp_path, 20, name="b", stop_requested=lambda: next(calls) >= 4)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    with pytest.raises(ValueError, match=r"already holds a run other than the one .*a\.pt"):
+        run(tmp_path, 15, name="b", resume=tmp_path / "a.pt")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    run(tmp_path, 15, name="a", resume=tmp_path / "a.pt")  # its own run: fine
+
+
+def test_every_checkpoint_counts_the_training_time_of_the_runs_before_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Only the final checkpoint carried train_seconds, so a run resumed from a run-folder
+    checkpoint counted the earlier sessions as nothing, and its log's seconds began at 0."""
+    run(tmp_path, 10, name="a")
+    middle = checkpoint.load(tmp_path / "a" / "ckpt_000010.pt")
+    earlier = middle["metrics"]["train_seconds"]
+    assert earlier > 0
+    resumed = run(tmp_path, 15, name="a", resume=tmp_path / "a" / "ckpt_000010.pt")
+    assert resumed["metrics"]["train_seconds"] >= earlier
+    seconds = [record["seconds"] for record in resumed["history"]]
+    assert seconds == sorted(seconds) and seconds[-1] >= earlier
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_training(
@@ -615,3 +707,20 @@ def test_cli_says_at_which_step_the_metrics_were_measured(tmp_path: pathlib.Path
     assert result.exit_code == 0, result.output
     assert "'sample_class_accuracy': " in result.output
     assert ", evaluated at step 2); run: " in result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr_g", -1.0, "lr_g must be a finite number > 0"),
+        ("lr_d", float("nan"), "lr_d must be a finite number > 0"),
+        ("beta1", 1.5, r"beta1 must be in \[0, 1\)"),
+        ("beta2", -3.0, r"beta2 must be in \[0, 1\)"),
+    ],
+)
+def test_train_config_refuses_optimiser_settings_adam_cannot_use(
+    field: str, value: float, message: str
+) -> None:
+    """Only the CLI checked them: TrainConfig took a negative learning rate."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
