@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ganserve.export import onnx_export, publish, tensorrt_build
 from ganserve.export.config import ExportConfig, Precision, TensorRTMode
@@ -37,7 +39,6 @@ from ganserve.serve.metadata import (
 from ganserve.train import checkpoint, sampling
 
 LOGGER = logging.getLogger(__name__)
-FP32_TAIL_LAYERS = 2  # output convolution + Tanh
 
 __all__ = [
     "ExportConfig",
@@ -104,36 +105,84 @@ def export_checkpoint(
         generator = checkpoint.build_generator(ckpt, ema=True)
     except checkpoint.CheckpointError as exc:
         raise ExportError(str(exc)) from exc
-    version = config.version or _next_version(config.repository, config.name)
     trt_reason = None if config.tensorrt is TensorRTMode.OFF else tensorrt_build.unavailable()
     if config.tensorrt is TensorRTMode.ON and trt_reason:
         raise ExportError(f"--tensorrt on was requested but cannot build here: {trt_reason}")
+    # One export of a model at a time, from picking the version number to publishing it: two
+    # at once picked the same number, and the second failed after all its work.
+    known = config.repository / config.name / str(config.version) if config.version else None
+    with publish.model_lock(config.repository, config.name, known):
+        version = config.version or _next_version(config.repository, config.name)
+        metadata = _metadata(ckpt_path, ckpt, generator, config, version)
+        return _export(generator, metadata, config, version, trt_reason, on_published)
 
+
+def _metadata(
+    ckpt_path: pathlib.Path,
+    ckpt: dict[str, Any],
+    generator: torch.nn.Module,
+    config: ExportConfig,
+    version: int,
+) -> ModelMetadata:
     cfg = generator.config
     class_names = tuple(ckpt.get("dataset", {}).get("class_names", ())) if cfg.num_classes else ()
     # The signature (architecture, truncation_mode, noise_dim, style_layers) comes from the
     # generator itself, so the metadata and the exported inputs agree by construction.
-    metadata = sampling.model_metadata(
-        generator,
-        name=config.name,
-        version=str(version),
-        class_names=class_names or tuple(str(i) for i in range(cfg.num_classes)),
-        onnx_opset=config.opset,
-        source_checkpoint_sha256=checkpoint.file_sha256(ckpt_path),
-        training_metrics=dict(ckpt.get("metrics", {})),
-        tool_versions={
-            "torch": str(torch.__version__),
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-        },
-        # metrics_step: the step training_metrics were measured at (None: not evaluated;
-        # absent from checkpoints older than it).
-        extra={
-            "step": int(ckpt["step"]),
-            "metrics_step": ckpt.get("metrics_step"),
-            "dataset": ckpt.get("dataset", {}),
-        },
+    try:
+        return sampling.model_metadata(
+            generator,
+            name=config.name,
+            version=str(version),
+            class_names=class_names or tuple(str(i) for i in range(cfg.num_classes)),
+            onnx_opset=config.opset,
+            source_checkpoint_sha256=checkpoint.file_sha256(ckpt_path),
+            training_metrics=_as_json(ckpt_path, "metrics", dict(ckpt.get("metrics", {}))),
+            tool_versions={
+                "torch": str(torch.__version__),
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+            },
+            # metrics_step: the step training_metrics were measured at (None: not evaluated;
+            # absent from checkpoints older than it).
+            extra={
+                "step": int(ckpt["step"]),
+                "metrics_step": ckpt.get("metrics_step"),
+                "dataset": _as_json(ckpt_path, "dataset", ckpt.get("dataset", {})),
+            },
+        )
+    except ValueError as exc:  # a class name gRPC could not carry, say
+        raise ExportError(f"{ckpt_path}: {exc}") from None
+
+
+def _as_json(ckpt_path: pathlib.Path, where: str, value: Any) -> Any:
+    """A value the checkpoint records, as strict JSON (metadata.json) carries it: numbers held
+    in tensors or numpy as plain numbers, a NaN or infinite metric as null. ExportError names
+    anything else."""
+    size = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic) and size == 1:
+        value = value.item()
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _as_json(ckpt_path, f"{where}.{k}", v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_json(ckpt_path, f"{where}[{i}]", v) for i, v in enumerate(value)]
+    raise ExportError(
+        f"{ckpt_path}: the checkpoint's {where} holds a {type(value).__name__}, which "
+        "metadata.json cannot carry; was it written by gan-train, or edited?"
     )
+
+
+def _export(
+    generator: torch.nn.Module,
+    metadata: ModelMetadata,
+    config: ExportConfig,
+    version: int,
+    trt_reason: str | None,
+    on_published: Callable[[pathlib.Path], object] | None,
+) -> ExportResult:
     # Where the version goes is checked (and its staging folder made) before the work, so an
     # unwritable destination fails in a second, not after the export and its verification.
     staged = publish.stage(config.repository, config.name, version, force=config.force)
@@ -174,20 +223,22 @@ def _build(
     extra: dict[str, Any] = {}
     try:
         onnx_path = staging / MODEL_FILE
-        onnx_export.export_onnx(
-            generator,
-            onnx_path,
-            metadata=metadata,
-            opset=config.opset,
-            optimize=config.optimize,
-        )
-        report = verify(
-            _ort_runner(onnx_path, ["CPUExecutionProvider"]),
-            reference,
-            tolerance=FP32,
-            what="model.onnx (FP32)",
-            **check,
-        )
+        with _one_line("the ONNX export"):
+            onnx_export.export_onnx(
+                generator,
+                onnx_path,
+                metadata=metadata,
+                opset=config.opset,
+                optimize=config.optimize,
+            )
+        with _one_line("the FP32 ONNX check"):
+            report = verify(
+                _ort_runner(onnx_path, ["CPUExecutionProvider"]),
+                reference,
+                tolerance=FP32,
+                what="model.onnx (FP32)",
+                **check,
+            )
         extra["onnx"] = {
             "file": MODEL_FILE,
             "precision": "fp32",
@@ -223,17 +274,28 @@ def _build(
     return notes
 
 
+# ONNX Runtime's own exceptions (Fail, RuntimeException, EPFail, ...) derive from Exception,
+# not RuntimeError.
+_ORT_ERRORS = tuple(
+    cls for cls in vars(ort_state).values() if isinstance(cls, type) and issubclass(cls, Exception)
+)
+
+
 @contextlib.contextmanager
 def _one_line(what: str) -> Iterator[None]:
-    """GPU steps fail in ways of their own: an engine that will not load (out of GPU memory, a
-    signature TensorRT changed) or a CUDA call that fails. Each is one line, not a traceback;
-    a failed check or build keeps its own message."""
+    """Steps that run a model fail in ways of their own: memory that runs out (a large
+    --max-batch), an engine that will not load (a signature TensorRT changed) or a CUDA call
+    that fails. Each is one line, not a traceback; a failed check or build keeps its own
+    message."""
     try:
         yield
     except (VerificationError, tensorrt_build.BuildError, ExportError):
         raise
-    except (GanServeError, RuntimeError) as exc:
-        raise ExportError(f"{what} failed, nothing written: {exc}") from exc
+    except (GanServeError, RuntimeError, MemoryError, *_ORT_ERRORS) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        memory = isinstance(exc, MemoryError) or "alloc" in text.lower() or "memory" in text
+        hint = "; a smaller --max-batch or --verify-batch-sizes needs less" if memory else ""
+        raise ExportError(f"{what} failed, nothing written: {text}{hint}") from exc
 
 
 def _fp16_variant(
@@ -274,7 +336,7 @@ def _tensorrt_plan(
 
     precision = config.tensorrt_precision.value
     opt = config.opt_batch or config.max_batch
-    attempts = [0, FP32_TAIL_LAYERS] if precision == "fp16" else [0]
+    attempts = [False, True] if precision == "fp16" else [False]
     for fp32_tail in attempts:
         record = tensorrt_build.build_plan(
             staging / MODEL_FILE,

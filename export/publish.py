@@ -1,13 +1,20 @@
-"""Where an export lands. `stage` checks the destination and makes a staging folder beside the
-version's folder before any work; `publish` moves the finished folder into place in one rename, with
-Ctrl-C held off meanwhile; `discard` removes the staging folder and any folders `stage` made.
-The repository never holds half a version, and a failed export leaves nothing behind."""
+"""Where an export lands. `model_lock` makes the model's folder and holds an exclusive lock on
+it, so that exports of one model run one at a time (each picks a free version number and
+publishes it before the next looks); `stage` checks the destination and makes a staging folder
+beside the version's folder before any work; `publish` flushes the finished folder to the disk
+and moves it into place in one rename (over a version it replaces, one atomic exchange), with
+Ctrl-C held off meanwhile; `discard` removes the staging folder and any folders made for it.
+The repository never holds half a version, even after a power cut, and a failed export leaves
+nothing behind."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import pathlib
@@ -51,6 +58,11 @@ def _make_folders(folder: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
             raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder")
         try:
             p.mkdir()
+        except FileExistsError:  # another export made it since is_dir() looked
+            if p.is_dir():
+                continue
+            _remove_empty(created)
+            raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder") from None
         except OSError as exc:
             _remove_empty(created)
             raise ExportError(
@@ -64,6 +76,60 @@ def _remove_empty(folders: list[pathlib.Path] | tuple[pathlib.Path, ...]) -> Non
     for p in reversed(folders):
         with contextlib.suppress(OSError):  # not empty (someone else's files): leave it
             p.rmdir()
+
+
+@contextlib.contextmanager
+def model_lock(
+    repository: pathlib.Path, name: str, target: pathlib.Path | None = None
+) -> Iterator[tuple[pathlib.Path, ...]]:
+    """Make ``<repository>/<name>`` (and its missing parents) and hold an exclusive lock on it
+    for the block: another export of the same model waits here (saying so), rather than pick
+    the same version number or swap a version out under this one. Yields the folders made,
+    outermost first. A file system without locks (some network ones) is used unlocked, with a
+    warning. ``target``: what the messages say cannot be written (the version, when known)."""
+    folder = repository / name
+    target = target or folder
+    created = _make_folders(folder, target)
+    while True:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            _remove_empty(created)
+            raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
+        try:
+            _lock(fd, folder)
+            # A folder removed (by an export that made it and failed) while this one waited
+            # is not the repository's any more: lock the one there now.
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        created += _make_folders(folder, target)
+    try:
+        yield tuple(created)
+    finally:
+        _remove_empty(created)  # a failed first export leaves no empty model folder
+        os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, folder: pathlib.Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        LOGGER.warning("another export of %s is running; waiting for it to finish", folder)
+    except OSError as exc:
+        LOGGER.warning(
+            "cannot lock %s (%s): exports of this model running at once could collide",
+            folder,
+            exc.strerror or exc,
+        )
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def stage(repository: pathlib.Path, name: str, version: int, *, force: bool) -> Staging:
@@ -151,30 +217,75 @@ def interrupts_held() -> Iterator[None]:
 
 
 def publish(staging: Staging) -> None:
-    """Move the staging folder to its final name; with --force, the old version is moved
-    aside first and removed after. Call inside `interrupts_held`."""
+    """Move the staging folder to its final name, once its files are on the disk; with
+    --force, exchange it with the old version in one step (a server reloading meanwhile sees
+    one or the other, never neither) and remove the old one after. Call inside
+    `interrupts_held`."""
     final = staging.final
     staging.folder.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
-    old = None
     try:
+        # Files, then their folder: after a power cut the rename could otherwise survive
+        # with the files' contents lost, and a server would refuse the newest version.
+        _sync_folder(staging.folder, files=True)
         if os.path.lexists(final):
             # With --force, `stage` saw a version folder here; otherwise (or if it is no longer
             # a folder) something else wrote it after `stage` looked.
             if not staging.force or final.is_symlink() or not final.is_dir():
                 raise FileExistsError(errno.EEXIST, "another export wrote it meanwhile")
-            old = staging.folder.with_name(staging.folder.name + ".replaced")
-            os.rename(final, old)
-        try:
+            _replace(staging.folder, final)
+        else:
             os.rename(staging.folder, final)
-        except OSError:
-            if old is not None:
-                os.rename(old, final)  # put the old version back
-                old = None
-            raise
+        _sync_folder(final.parent)
     except OSError as exc:
         discard(staging)
         raise ExportError(f"cannot write {final}: {exc.strerror or exc}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        if os.path.lexists(old):
-            LOGGER.warning("replaced version left at %s: remove it by hand", old)
+    # After an exchange the staging name holds the old version.
+    shutil.rmtree(staging.folder, ignore_errors=True)
+    if os.path.lexists(staging.folder):
+        LOGGER.warning("replaced version left at %s: remove it by hand", staging.folder)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _replace(new: pathlib.Path, final: pathlib.Path) -> None:
+    """Put ``new`` in the place of the folder ``final``, leaving the old one at ``new``'s name:
+    one atomic exchange (Linux's renameat2) where the platform has it, else two renames, the
+    old version put back if the second fails."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        done = renameat2(
+            _AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(final), _RENAME_EXCHANGE
+        )
+        if done == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # a real failure
+            raise OSError(code, os.strerror(code))
+    aside = new.with_name(new.name + ".replaced")
+    os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except OSError:
+        os.rename(aside, final)  # put the old version back
+        raise
+    os.rename(aside, new)
+
+
+def _sync_folder(folder: pathlib.Path, *, files: bool = False) -> None:
+    """fsync ``folder`` (and with ``files``, each file in it first)."""
+    if files:
+        for path in folder.iterdir():
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a folder it cannot sync
+            raise
+    finally:
+        os.close(fd)

@@ -5,7 +5,8 @@ TensorRT version they were built with, which are recorded next to the plan. The 
 profile covers batch 1 .. max_batch with ``opt_batch`` as the tuned size, for every input the
 model takes (`ganserve.serve.inputs`: z, label, and a stylegan's truncation, noise, z_mix and
 mix_layer). FP16 engines may keep
-the last layers in FP32 when FP16 drifts (the caller rebuilds with ``fp32_tail`` > 0).
+the output layers in FP32 when FP16 drifts (the caller rebuilds with ``fp32_tail``; see
+`output_tail`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,25 @@ def unavailable() -> str | None:
     return None
 
 
+# TensorRT layer types whose weights set what follows (a Gemm with a bias parses as a matrix
+# product and an element-wise add), and those that compute nothing worth pinning.
+WEIGHTED_LAYERS = frozenset({"CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY"})
+PASSIVE_LAYERS = frozenset({"CONSTANT", "SHUFFLE", "IDENTITY"})
+
+
+def output_tail(types: list[str]) -> list[int]:
+    """Indices of the layers an FP16 plan runs in FP32 when it drifts: from the last weighted
+    layer (in network order, which TensorRT keeps topological) to the output, passive ones
+    left out; the last two computing layers in a network with no weighted one. The DCGAN's
+    output deconvolution and Tanh; the fully connected GAN's matrix product, its bias add and
+    Tanh; the StyleGAN's toRGB convolution, skip additions, upsampling and Tanh."""
+    compute = [i for i, kind in enumerate(types) if kind not in PASSIVE_LAYERS]
+    weighted = [i for i in compute if types[i] in WEIGHTED_LAYERS]
+    if not weighted:
+        return compute[-2:]
+    return [i for i in compute if i >= weighted[-1]]
+
+
 def build_plan(
     onnx_path: pathlib.Path,
     plan_path: pathlib.Path,
@@ -48,7 +68,7 @@ def build_plan(
     precision: str,
     opt_batch: int,
     max_batch: int,
-    fp32_tail: int = 0,
+    fp32_tail: bool = False,
     device_id: int = 0,
 ) -> dict[str, Any]:
     """Write ``plan_path``; return the record for ``metadata.extra["tensorrt"]``."""
@@ -76,23 +96,19 @@ def build_plan(
         profile.set_shape(name, (1, *item), (opt_batch, *item), (max_batch, *item))
     config.add_optimization_profile(profile)
     pinned: list[str] = []
-    if precision == "fp32":
-        # TensorRT allows TF32 (a 10-bit mantissa) by default: an "fp32" plan would not be.
+    if precision == "fp32" or fp32_tail:
+        # TensorRT allows TF32 (a 10-bit mantissa, FP16's) by default: an "fp32" plan, or
+        # the layers an FP16 plan pins to FP32, would not be.
         config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         if fp32_tail:
-            # Keep the last compute layers (the output convolution and Tanh) in FP32: they
-            # set the final pixel values, where FP16 rounding shows up as uint8 drift.
+            # Keep the output layers in FP32: they set the final pixel values, where FP16
+            # rounding shows up as uint8 drift.
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             layers = [network.get_layer(i) for i in range(network.num_layers)]
-            compute = [
-                layer
-                for layer in layers
-                if layer.type
-                not in (trt.LayerType.CONSTANT, trt.LayerType.SHUFFLE, trt.LayerType.IDENTITY)
-            ]
-            for layer in compute[-fp32_tail:]:
+            for index in output_tail([layer.type.name for layer in layers]):
+                layer = layers[index]
                 layer.precision = trt.float32
                 for k in range(layer.num_outputs):
                     layer.set_output_type(k, trt.float32)

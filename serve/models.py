@@ -72,10 +72,15 @@ class ServedVersion:
 
 
 def _fingerprint(path: pathlib.Path) -> tuple[int, ...]:
-    """Sizes and mtimes of the files that define a version, to notice changes on reload. A
-    file that cannot be read (missing, or an I/O error on a network mount) counts as changed:
-    loading it again says what is wrong."""
-    out: list[int] = []
+    """The version folder's identity and the sizes and mtimes of the files that define it, to
+    notice changes on reload (`export-gan --force` swaps in a new folder). A file that cannot
+    be read (missing, or an I/O error on a network mount) counts as changed: loading it again
+    says what is wrong."""
+    try:
+        folder = path.stat()
+        out: list[int] = [folder.st_dev, folder.st_ino]
+    except OSError:
+        out = [-1, -1]
     for name in (MODEL_FILE, FP16_MODEL_FILE, METADATA_FILE, PLAN_FILE):
         try:
             stat = (path / name).stat()
@@ -159,10 +164,11 @@ class ModelManager:
         """Worker thread: open, check and warm up one version (all engine instances)."""
         started = time.monotonic()
         config = self._config
+        # Before any file is read (metadata.json included): a file replaced while this load
+        # runs differs from it, so the next reload loads the new one instead of keeping what
+        # was read here.
+        fingerprint = _fingerprint(config.model_repository / name / version)
         opened = repository.open_version(config.model_repository, name, int(version))
-        # Before any file is read: a file replaced while this load runs differs from it, so
-        # the next reload loads the new one instead of keeping what was read here.
-        fingerprint = _fingerprint(opened.path)
         batching = config.batching
         model_config = config.model(name)
         model_file = FP16_MODEL_FILE if model_config.precision == "fp16" else MODEL_FILE

@@ -12,9 +12,15 @@ import sys
 import pytest
 import torch
 
+from ganserve.export import tensorrt_build
 from ganserve.serve import repository
 
 BIN = pathlib.Path(sys.executable).parent / "export-gan"
+
+NO_TENSORRT = tensorrt_build.unavailable()
+needs_no_tensorrt = pytest.mark.skipif(
+    not NO_TENSORRT, reason="TensorRT and a GPU are present here: it would build"
+)
 
 
 class Payload:
@@ -111,6 +117,7 @@ def test_existing_version_needs_force(
     assert export_gan(*common, "--force").returncode == 0
 
 
+@needs_no_tensorrt
 def test_tensorrt_on_without_tensorrt_is_refused(
     tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -120,6 +127,7 @@ def test_tensorrt_on_without_tensorrt_is_refused(
     assert "--tensorrt on was requested but cannot build here:" in error
 
 
+@needs_no_tensorrt
 def test_tensorrt_auto_without_tensorrt_says_so_in_one_line(
     tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -10,19 +11,25 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from ganserve.export import onnx_export, pipeline, publish
+from ganserve.export import onnx_export, pipeline, publish, tensorrt_build
 from ganserve.export.pipeline import ExportConfig, ExportError, TensorRTMode, export_checkpoint
 from ganserve.serve.config import ModelConfig
 from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.latent import LATENT_SCHEME
 from ganserve.serve.metadata import ModelMetadata
 from ganserve.train import checkpoint
+
+# Why TensorRT cannot build here (None on a machine with it and a GPU, where the export also
+# writes model.plan and checks the FP16 copy on CUDA).
+NO_TENSORRT = tensorrt_build.unavailable()
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +42,16 @@ def exported(tiny_checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFac
 def test_export_writes_fp32_and_fp16_onnx_and_metadata(exported) -> None:
     repo, result = exported
     assert result.version.path == repo / "tiny" / "1"
+    plan = [] if NO_TENSORRT else ["model.plan"]
     assert sorted(p.name for p in result.version.path.iterdir()) == [
         "metadata.json",
         "model.fp16.onnx",
         "model.onnx",
+        *plan,
     ]
 
 
+@pytest.mark.skipif(not NO_TENSORRT, reason="TensorRT and a GPU are present: nothing is skipped")
 def test_missing_tensorrt_is_one_note_not_an_error(exported) -> None:
     _, result = exported
     (note,) = result.notes
@@ -67,7 +77,8 @@ def test_metadata_describes_model_engines_and_provenance(exported, tiny_checkpoi
     assert (fp32["precision"], fp32["batch"]) == ("fp32", "dynamic")
     assert fp32["verification"]["batch_sizes"] == [1, 7, 16]
     assert fp32["verification"]["max_abs_diff"] <= 1e-4
-    assert fp16["precision"] == "fp16" and fp16["verified_on"] == "onnxruntime-cpu"
+    assert fp16["precision"] == "fp16"
+    assert fp16["verified_on"] in ("onnxruntime-cpu", "onnxruntime-cuda")
     assert fp16["verification"]["max_level_diff"] <= 4
     assert fp16["verification"]["min_within_one_level"] >= 0.999
 
@@ -359,3 +370,163 @@ def test_a_model_folder_on_another_file_system_is_published(tmp_path: pathlib.Pa
         assert [p.name for p in elsewhere.iterdir()] == ["1"]
     finally:
         shutil.rmtree(elsewhere)
+
+
+def test_exports_of_one_model_at_once_get_a_version_each(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Both picked the next free number; the second failed after all its work."""
+    config = ExportConfig(repository=tmp_path / "repo", name="tiny", max_batch=2)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: export_checkpoint(tiny_checkpoint, config), range(2)))
+    assert sorted(r.version.version for r in results) == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "repo" / "tiny").iterdir()) == ["1", "2"]
+
+
+def test_an_export_waits_for_the_one_running_on_its_model(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ExportConfig(repository=tmp_path / "repo", name="tiny", max_batch=2)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with publish.model_lock(tmp_path / "repo", "tiny"):
+            waiting = pool.submit(export_checkpoint, tiny_checkpoint, config)
+            deadline = time.monotonic() + 60
+            while "waiting for it to finish" not in caplog.text:
+                assert time.monotonic() < deadline and not waiting.done(), "it did not wait"
+                time.sleep(0.01)
+            assert not waiting.done() and list((tmp_path / "repo" / "tiny").iterdir()) == []
+        assert waiting.result(60).version.version == 1
+
+
+def test_a_model_folder_made_meanwhile_by_another_export_is_used(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first exports of a model: the one whose mkdir came second failed (File exists)."""
+    mkdir = pathlib.Path.mkdir
+
+    def beaten(self: pathlib.Path, *args, **kwargs) -> None:
+        mkdir(self)  # the other export, between the is_dir() check and this mkdir
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", beaten)
+    staged = publish.stage(tmp_path, "tiny", 1, force=False)
+    assert staged.folder.parent == tmp_path / "tiny" and staged.created == ()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_force_swaps_the_version_in_one_step_and_removes_the_old_one(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    """The old version was renamed aside, then the new one into place: a reload in between
+    found no version, and two --force runs at once left the old one behind."""
+    if not exchange:  # a C library without renameat2: two renames, as before
+        monkeypatch.setattr(publish.ctypes, "CDLL", lambda *args, **kwargs: object())
+    (tmp_path / "tiny" / "1").mkdir(parents=True)
+    (tmp_path / "tiny" / "1" / "model.onnx").write_bytes(b"old")
+    staged = publish.stage(tmp_path, "tiny", 1, force=True)
+    (staged.folder / "model.onnx").write_bytes(b"new")
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(
+        publish.os,
+        "fsync",
+        lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd),
+    )
+    publish.publish(staged)
+    assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"new"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "tiny",
+        "tiny/1",
+        "tiny/1/model.onnx",
+    ]
+    # The files and their folder reach the disk before the swap, the model folder after it.
+    assert synced[:2] == [str(staged.folder / "model.onnx"), str(staged.folder)]
+    assert synced[-1] == str(tmp_path / "tiny")
+
+
+def test_a_runtime_failure_while_verifying_is_one_line(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's exceptions are not RuntimeErrors: an allocation that failed at a large
+    --max-batch came out as a traceback."""
+
+    def out_of_memory(*args, **kwargs):
+        raise ort_state.Fail("bfc_arena.cc:359 AllocateRawInternal Failed to allocate memory")
+
+    monkeypatch.setattr(pipeline, "_ort_runner", out_of_memory)
+    config = ExportConfig(repository=tmp_path / "repo", name="tiny", max_batch=2)
+    with pytest.raises(
+        ExportError,
+        match=r"^the FP32 ONNX check failed, nothing written: .*Failed to allocate memory; "
+        r"a smaller --max-batch or --verify-batch-sizes needs less",
+    ):
+        export_checkpoint(tiny_checkpoint, config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recorded_values_are_written_as_strict_json_or_named(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A tensor in the metrics failed after the whole export (TypeError), a NaN metric was
+    written as a bare NaN, which strict JSON readers refuse, and a class name gRPC cannot carry
+    was a traceback."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["metrics"] = {"fid": torch.tensor(12.5), "kid": float("nan"), "n": 3}
+    checkpoint.save(ckpt, tmp_path / "odd.pt")
+    result = export_checkpoint(
+        tmp_path / "odd.pt", ExportConfig(repository=tmp_path / "repo", name="tiny", max_batch=2)
+    )
+    text = (result.version.path / "metadata.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metadata.json"))[
+        "training_metrics"
+    ] == {"fid": 12.5, "kid": None, "n": 3}
+    for key, value, message in (
+        ("dataset", {**ckpt["dataset"], "seen": {1, 2}}, "dataset.seen holds a set"),
+        ("dataset", {**ckpt["dataset"], "class_names": ["\udcff"] * 10}, "not valid UTF-8"),
+    ):
+        checkpoint.save({**ckpt, key: value}, tmp_path / "bad.pt")
+        config = ExportConfig(repository=tmp_path / "bad-repo", name="tiny", max_batch=2)
+        with pytest.raises(ExportError, match=message):
+            export_checkpoint(tmp_path / "bad.pt", config)
+        assert not (tmp_path / "bad-repo").exists()
+
+
+@pytest.mark.parametrize(
+    ("types", "pinned"),
+    [
+        (["DECONVOLUTION", "SCALE", "ACTIVATION", "DECONVOLUTION", "ACTIVATION"], [3, 4]),
+        (
+            [
+                "MATRIX_MULTIPLY",
+                "ACTIVATION",
+                "MATRIX_MULTIPLY",
+                "CONSTANT",
+                "ELEMENTWISE",
+                "ACTIVATION",
+                "SHUFFLE",
+            ],
+            [2, 4, 5],
+        ),
+        (
+            [
+                "CONVOLUTION",
+                "ELEMENTWISE",
+                "CONVOLUTION",
+                "ELEMENTWISE",
+                "RESIZE",
+                "ELEMENTWISE",
+                "ACTIVATION",
+            ],
+            [2, 3, 4, 5, 6],
+        ),
+        (["ELEMENTWISE", "ACTIVATION", "SHUFFLE"], [0, 1]),
+    ],
+    ids=["dcgan", "gan", "stylegan", "no-weights"],
+)
+def test_an_fp16_plan_pins_its_output_layers_from_the_last_weighted_one(
+    types: list[str], pinned: list[int]
+) -> None:
+    """The last two computing layers were pinned: for a Gemm with a bias (parsed as a matrix
+    product and an add) or a StyleGAN's skip additions, the output matrix product or
+    convolution stayed in FP16."""
+    assert tensorrt_build.output_tail(types) == pinned

@@ -661,3 +661,37 @@ def test_a_file_replaced_while_its_version_loads_is_loaded_by_the_next_reload(
         monkeypatch.setattr(backends, "create_engine", create)
         second = [(c.version, c.state) for c in client.reload_models().changes]
         assert second == [("1", admin_pb2.MODEL_STATE_READY)]
+
+
+def test_a_version_folder_swapped_while_it_loads_is_loaded_by_the_next_reload(
+    start_server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export-gan --force` exchanges the whole folder. Swapped just after metadata.json was
+    read, the load kept the old metadata while its fingerprint (taken after) matched the new
+    folder, so no reload ever loaded it; the new files carry the same sizes and times here, so
+    only the folder's identity tells them apart."""
+    from ganserve.serve import repository
+
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+    version = repo / "digits" / "1"
+    shutil.copytree(version, repo / "digits" / ".export-new")  # copy2: the same mtimes
+    open_version = repository.open_version
+    swapped: list[bool] = []
+
+    def open_then_swap(*args, **kwargs):
+        opened = open_version(*args, **kwargs)
+        if not swapped:  # metadata.json is read: the export swaps its version in now
+            swapped.append(True)
+            os.rename(version, repo / "digits" / ".export-old")
+            os.rename(repo / "digits" / ".export-new", version)
+        return opened
+
+    with admin(server) as client:
+        _bump(version / "model.onnx")  # the first reload loads the version again
+        monkeypatch.setattr(repository, "open_version", open_then_swap)
+        first = [(c.version, c.state) for c in client.reload_models().changes]
+        assert first == [("1", admin_pb2.MODEL_STATE_READY)] and swapped
+        monkeypatch.setattr(repository, "open_version", open_version)
+        second = [(c.version, c.state) for c in client.reload_models().changes]
+        assert second == [("1", admin_pb2.MODEL_STATE_READY)]
