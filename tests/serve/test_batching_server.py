@@ -5,7 +5,9 @@ once, and a planted engine failure fails one batch only."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -78,11 +80,14 @@ def test_deadlines_and_cancellations_never_reach_the_engine(start_server) -> Non
     assert server.server.models.resolve("digits").batcher.queue_depth == 0
 
 
-def test_full_queue_answers_resource_exhausted_at_once(start_server) -> None:
+@contextlib.contextmanager
+def full_queue(start_server) -> Iterator[ServerThread]:
+    """A server whose 4-image queue is full behind a held engine. On leaving, the engine is
+    released, and the held call and the queued ones must all succeed."""
     server = start_server(max_batch_size=1, max_queue_size=4)
     control = control_engine(server)
     control.hold()
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
         blocker = pool.submit(call, server, 0)
         assert control.entered.wait(10)
         queued = [pool.submit(call, server, s) for s in range(1, 5)]
@@ -90,10 +95,17 @@ def test_full_queue_answers_resource_exhausted_at_once(start_server) -> None:
         while server.server.models.resolve("digits").batcher.queue_depth < 4:
             assert time.monotonic() < deadline, "requests never queued"
             time.sleep(0.01)
-        refused = [call(server, s) for s in range(5, 8)]  # answered while the engine is held
-        control.release()
-        assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        try:
+            yield server
+        finally:
+            control.release()
         assert [f.result(10) for f in [blocker, *queued]] == [grpc.StatusCode.OK] * 5
+
+
+def test_full_queue_answers_resource_exhausted_at_once(start_server) -> None:
+    with full_queue(start_server) as server:
+        refused = [call(server, s) for s in range(5, 8)]  # answered while the engine is held
+    assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
 
 
 def refused_calls(server: ServerThread) -> float:
@@ -108,43 +120,28 @@ def refused_calls(server: ServerThread) -> float:
 def test_a_full_queue_says_when_to_retry_and_the_client_can_retry_it(start_server) -> None:
     """A refusal carries gRPC's retry pushback (how long until the queue has room), and the
     Python client retries RESOURCE_EXHAUSTED only when its policy asks for it."""
-    server = start_server(max_batch_size=1, max_queue_size=4)
-    control = control_engine(server)
-    control.hold()
-    request = pb.GenerateRequest(seed=5, class_label=5)
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        blocker = pool.submit(call, server, 0)
-        assert control.entered.wait(10)
-        queued = [pool.submit(call, server, s) for s in range(1, 5)]
-        deadline = time.monotonic() + 10
-        while server.server.models.resolve("digits").batcher.queue_depth < 4:
-            assert time.monotonic() < deadline, "requests never queued"
-            time.sleep(0.01)
-        try:
-            with generator_stub(server.target) as stub, pytest.raises(grpc.RpcError) as info:
-                stub.Generate(request, timeout=10)
-            trailers = dict(info.value.trailing_metadata())
-            low, high = RETRY_AFTER_S
-            assert low * 1000 <= int(trailers["grpc-retry-pushback-ms"]) <= high * 1000
-            attempts = {}
-            for retry_queue_full in (False, True):
-                before = refused_calls(server)
-                policy = RetryPolicy(max_attempts=3, retry_queue_full=retry_queue_full)
-                with (
-                    GeneratorClient(server.target, retry=policy) as client,
-                    pytest.raises(grpc.RpcError) as info,
-                ):
-                    client.generate(5, 5)
-                assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                deadline = time.monotonic() + 5  # counted just after the status is sent
-                while refused_calls(server) == before and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                time.sleep(0.1)
-                attempts[retry_queue_full] = refused_calls(server) - before
-            assert attempts == {False: 1, True: 3}
-        finally:
-            control.release()
-        assert [f.result(10) for f in [blocker, *queued]] == [grpc.StatusCode.OK] * 5
+    with full_queue(start_server) as server:
+        with generator_stub(server.target) as stub, pytest.raises(grpc.RpcError) as info:
+            stub.Generate(pb.GenerateRequest(seed=5, class_label=5), timeout=10)
+        trailers = dict(info.value.trailing_metadata())
+        low, high = RETRY_AFTER_S
+        assert low * 1000 <= int(trailers["grpc-retry-pushback-ms"]) <= high * 1000
+        attempts = {}
+        for retry_queue_full in (False, True):
+            before = refused_calls(server)
+            policy = RetryPolicy(max_attempts=3, retry_queue_full=retry_queue_full)
+            with (
+                GeneratorClient(server.target, retry=policy) as client,
+                pytest.raises(grpc.RpcError) as info,
+            ):
+                client.generate(5, 5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            deadline = time.monotonic() + 5  # counted just after the status is sent
+            while refused_calls(server) == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            attempts[retry_queue_full] = refused_calls(server) - before
+        assert attempts == {False: 1, True: 3}
 
 
 def test_planted_engine_failure_fails_one_batch_only(start_server) -> None:
