@@ -28,6 +28,10 @@ from ganserve.export.errors import ExportError
 
 LOGGER = logging.getLogger(__name__)
 
+# Times to make and lock a model folder that other exports keep removing (each made it, failed
+# and removed it again, empty) before giving up.
+RETRIES = 20
+
 # Signals that stop an export: Ctrl-C, and what `kill`, `timeout` and CI cancellation send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -48,28 +52,38 @@ def _kind(path: pathlib.Path) -> str:
 
 def _make_folders(folder: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:
     """Make ``folder`` and its missing parents; the ones made, outermost first. ExportError
-    names the file in the way, or the OS's reason."""
+    names the file in the way, or the OS's reason. A folder another export makes meanwhile is
+    used; one it removes meanwhile (its export failed) is made again."""
     created: list[pathlib.Path] = []
-    for p in [*reversed(folder.parents), folder]:
-        if p.is_dir():
-            continue
-        if os.path.lexists(p):
-            _remove_empty(created)
-            raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder")
+    for _ in range(RETRIES):
         try:
-            p.mkdir()
-        except FileExistsError:  # another export made it since is_dir() looked
-            if p.is_dir():
-                continue
-            _remove_empty(created)
-            raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder") from None
+            for p in [*reversed(folder.parents), folder]:
+                if p.is_dir():
+                    continue
+                if os.path.lexists(p):
+                    raise ExportError(f"cannot write {target}: {p} is a {_kind(p)}, not a folder")
+                try:
+                    p.mkdir()
+                except FileExistsError:  # another export made it since is_dir() looked
+                    if not p.is_dir():
+                        raise ExportError(
+                            f"cannot write {target}: {p} is a {_kind(p)}, not a folder"
+                        ) from None
+                    continue
+                created.append(p)
+            return created
+        except FileNotFoundError:  # a parent another export had made was removed again
+            continue
         except OSError as exc:
             _remove_empty(created)
             raise ExportError(
                 f"cannot write {target}: cannot create folder {p} ({exc.strerror or exc})"
             ) from None
-        created.append(p)
-    return created
+        except ExportError:
+            _remove_empty(created)
+            raise
+    _remove_empty(created)
+    raise ExportError(f"cannot write {target}: {folder.parent} keeps disappearing")
 
 
 def _remove_empty(folders: list[pathlib.Path] | tuple[pathlib.Path, ...]) -> None:
@@ -89,10 +103,17 @@ def model_lock(
     warning. ``target``: what the messages say cannot be written (the version, when known)."""
     folder = repository / name
     target = target or folder
-    created = _make_folders(folder, target)
-    while True:
+    for attempt in range(RETRIES):
+        # Another export of the model that made the folder and failed removes it again: make
+        # it again, and lock the one there now (what an earlier attempt made is gone).
+        created = _make_folders(folder, target)
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if attempt < RETRIES - 1:
+                continue
+            _remove_empty(created)
+            raise ExportError(f"cannot write {target}: {folder} keeps disappearing") from None
         except OSError as exc:
             _remove_empty(created)
             raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -108,7 +129,9 @@ def model_lock(
             os.close(fd)
             raise
         os.close(fd)
-        created += _make_folders(folder, target)
+    else:
+        _remove_empty(created)
+        raise ExportError(f"cannot write {target}: {folder} keeps disappearing")
     try:
         yield tuple(created)
     finally:
@@ -227,7 +250,8 @@ def publish(staging: Staging) -> None:
         # Files, then their folder: after a power cut the rename could otherwise survive
         # with the files' contents lost, and a server would refuse the newest version.
         _sync_folder(staging.folder, files=True)
-        if os.path.lexists(final):
+        replaced = os.path.lexists(final)
+        if replaced:
             # With --force, `stage` saw a version folder here; otherwise (or if it is no longer
             # a folder) something else wrote it after `stage` looked.
             if not staging.force or final.is_symlink() or not final.is_dir():
@@ -235,14 +259,23 @@ def publish(staging: Staging) -> None:
             _replace(staging.folder, final)
         else:
             os.rename(staging.folder, final)
-        _sync_folder(final.parent)
     except OSError as exc:
         discard(staging)
         raise ExportError(f"cannot write {final}: {exc.strerror or exc}") from None
-    # After an exchange the staging name holds the old version.
-    shutil.rmtree(staging.folder, ignore_errors=True)
-    if os.path.lexists(staging.folder):
-        LOGGER.warning("replaced version left at %s: remove it by hand", staging.folder)
+    # Published: what fails from here on is not a failed export.
+    try:
+        _sync_folder(final.parent)
+    except OSError as exc:
+        LOGGER.warning(
+            "published %s, but could not flush its folder to the disk (%s): a power cut now "
+            "could undo the rename",
+            final,
+            exc.strerror or exc,
+        )
+    if replaced:  # after the exchange the staging name holds the old version
+        shutil.rmtree(staging.folder, ignore_errors=True)
+        if os.path.lexists(staging.folder):
+            LOGGER.warning("replaced version left at %s: remove it by hand", staging.folder)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

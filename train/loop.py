@@ -315,7 +315,7 @@ def train(
         start, history, metrics = ckpt["step"], list(ckpt["history"]), dict(ckpt["metrics"])
         metrics_step = ckpt.get("metrics_step")  # None in checkpoints from before it was kept
     if lead:  # after every other check: a refused run leaves no folder behind
-        check_outputs(out, run_dir, resume)
+        check_outputs(out, run_dir, resume, ckpt["history"] if ckpt is not None else None)
     if ckpt is not None:
         LOGGER.info("resumed from %s at step %d", resume, start)
 

@@ -118,7 +118,10 @@ def tile_grid(images: np.ndarray, columns: int) -> Image.Image:
 
 
 def check_outputs(
-    out: pathlib.Path, run_dir: pathlib.Path | None, resume: pathlib.Path | None
+    out: pathlib.Path,
+    run_dir: pathlib.Path | None,
+    resume: pathlib.Path | None,
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
     """Refuse, before any training, outputs that could not be written, and a run folder that
     holds another run (whose checkpoints the rotation would mix with this one's). The folders
@@ -128,10 +131,12 @@ def check_outputs(
             raise ValueError(f"the run folder {run_dir} cannot be --out {out} or inside it")
         previous = run_checkpoints(run_dir)
         # A resume goes on with the run in the folder only from one of its own checkpoints,
-        # or from the --out it wrote; from anywhere else, the rotation would delete the
-        # folder's run and its log would mix the two.
+        # or from the --out that run wrote (its log begins as the checkpoint's history does);
+        # from anywhere else, the rotation would delete the folder's run and its log would
+        # mix the two.
         own = resume is not None and (
-            resume.resolve().parent == run_dir.resolve() or resume.resolve() == out.resolve()
+            resume.resolve().parent == run_dir.resolve()
+            or (resume.resolve() == out.resolve() and _log_begins(run_dir, history or []))
         )
         if not own and (previous or (run_dir / "log.jsonl").exists()):
             go_on = f"continue it with --resume {previous[-1]}, or " if previous else ""
@@ -148,6 +153,18 @@ def check_outputs(
             with contextlib.suppress(OSError):  # not empty, or not made after all
                 folder.rmdir()
         raise
+
+
+def _log_begins(run_dir: pathlib.Path, history: list[dict[str, Any]]) -> bool:
+    """Whether the folder's log begins with the first record of ``history``: the folder holds
+    the run that history belongs to (a folder without a log, or a history without records,
+    cannot be told apart from another run's)."""
+    try:
+        with (run_dir / "log.jsonl").open() as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return bool(history) and first == history[0]
 
 
 def _absent_folders(folder: pathlib.Path) -> list[pathlib.Path]:

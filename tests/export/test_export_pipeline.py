@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -411,6 +412,51 @@ def test_a_model_folder_made_meanwhile_by_another_export_is_used(
     monkeypatch.setattr(pathlib.Path, "mkdir", beaten)
     staged = publish.stage(tmp_path, "tiny", 1, force=False)
     assert staged.folder.parent == tmp_path / "tiny" and staged.created == ()
+
+
+def test_a_model_folder_removed_meanwhile_by_another_export_is_made_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another first export of the model made the folder too, failed and removed it, between
+    this one making it and locking it: the lock failed with 'No such file or directory'."""
+    make = publish._make_folders
+    removed: list[pathlib.Path] = []
+
+    def then_removed(folder: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:
+        made = make(folder, target)
+        if not removed:
+            folder.rmdir()
+            removed.append(folder)
+        return made
+
+    monkeypatch.setattr(publish, "_make_folders", then_removed)
+    with publish.model_lock(tmp_path / "repo", "tiny") as created:
+        assert (tmp_path / "repo" / "tiny").is_dir() and removed
+        assert tmp_path / "repo" / "tiny" in created
+    assert list(tmp_path.iterdir()) == [tmp_path / "repo"]  # made by the first attempt
+
+
+def test_a_folder_that_cannot_be_flushed_after_publishing_is_a_warning(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It failed the export after the version was live (and, with --force, after the old one
+    had been swapped out and was then removed), saying nothing was written."""
+    (tmp_path / "tiny" / "1").mkdir(parents=True)
+    (tmp_path / "tiny" / "1" / "model.onnx").write_bytes(b"old")
+    staged = publish.stage(tmp_path, "tiny", 1, force=True)
+    (staged.folder / "model.onnx").write_bytes(b"new")
+    fsync = os.fsync
+
+    def failing_on_the_model_folder(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path / "tiny"):
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(publish.os, "fsync", failing_on_the_model_folder)
+    publish.publish(staged)
+    assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"new"
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == ["1"]
+    assert "published" in caplog.text and "could not flush its folder" in caplog.text
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])

@@ -270,6 +270,20 @@ def test_resuming_into_a_folder_holding_another_run_is_refused(tmp_path: pathlib
     with pytest.raises(ValueError, match=r"already holds a run other than the one .*a\.pt"):
         run(tmp_path, 15, name="b", resume=tmp_path / "a.pt")
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    # Resuming from the --out of another run, with this folder named: still another run's.
+    data, heldout = load_digits_split(32)
+    config = TrainConfig(steps=15, batch_size=16, keep_last=2, eval_per_class=0)
+    with pytest.raises(ValueError, match=r"already holds a run other than the one .*a\.pt"):
+        train(
+            GEN,
+            config,
+            data,
+            heldout,
+            tmp_path / "a.pt",
+            run_dir=tmp_path / "b",
+            resume=tmp_path / "a.pt",
+        )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
     run(tmp_path, 15, name="a", resume=tmp_path / "a.pt")  # its own run: fine
 
 
