@@ -72,8 +72,13 @@ def _make_folders(folder: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
                     continue
                 created.append(p)
             return created
-        except FileNotFoundError:  # a parent another export had made was removed again
-            continue
+        except FileNotFoundError as exc:
+            if not p.parent.is_dir():  # a parent another export had made was removed again
+                continue
+            _remove_empty(created)  # a file system that makes no folders there (/proc)
+            raise ExportError(
+                f"cannot write {target}: cannot create folder {p} ({exc.strerror or exc})"
+            ) from None
         except OSError as exc:
             _remove_empty(created)
             raise ExportError(
