@@ -184,6 +184,12 @@ def _hint(exc: grpc.RpcError, ctx: click.Context | None) -> str:
     return ""
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null after a write to it failed, or the interpreter's last flush
+    fails once more."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a failed RPC, or a failed write of its images, into one line, not a traceback."""
 
@@ -204,12 +210,11 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                 f"{exc.code().name}: {exc.details()}{hint}{request}"
             ) from None
         except BrokenPipeError:  # `gan-client ... | head`: the reader left, as for `cat`
-            # Point stdout at /dev/null, or the interpreter's last flush fails once more.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _drop_stdout()
             raise SystemExit(141) from None  # 128 + SIGPIPE, the status `cat` would end with
         except OSError as exc:
             if exc.filename is None:  # writing to stdout (the images are saved by `_save`)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                _drop_stdout()
                 raise click.ClickException(
                     f"cannot write to standard output: {exc.strerror or exc}"
                 ) from None

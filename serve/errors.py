@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 
@@ -9,6 +11,10 @@ class GanServeError(Exception):
     """Base class: an error with a gRPC status code and a message meant for the caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata the status carries besides the request id."""
+        return ()
 
 
 class InvalidArgumentError(GanServeError):
@@ -35,6 +41,11 @@ class QueueFullError(GanServeError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after_s is None:
+            return ()
+        return (("grpc-retry-pushback-ms", str(math.ceil(self.retry_after_s * 1000))),)
 
 
 class UnavailableError(GanServeError):

@@ -22,6 +22,7 @@ from ganserve.serve import inputs as model_inputs
 from ganserve.serve.batcher import Work, missed_deadline
 from ganserve.serve.cache import ResponseCache
 from ganserve.serve.errors import (
+    GanServeError,
     InvalidArgumentError,
     ModelNotFoundError,
     UnavailableError,
@@ -254,10 +255,8 @@ class _Call:
             with contextlib.suppress(ValueError):
                 REQUEST_ID.reset(self._token)
         if message is not None:
-            trailers: tuple[tuple[str, str], ...] = (("x-request-id", self.request_id),)
-            retry_after_s = getattr(exc, "retry_after_s", None)
-            if retry_after_s is not None:  # gRPC's own retry policy waits this long
-                trailers += (("grpc-retry-pushback-ms", str(math.ceil(retry_after_s * 1000))),)
+            extra = exc.trailers() if isinstance(exc, GanServeError) else ()
+            trailers = (("x-request-id", self.request_id), *extra)
             await self.context.abort(self.code, message, trailing_metadata=trailers)
 
 
