@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import time
+from collections.abc import Callable
 
 from ganserve.serve import backends, repository
 from ganserve.serve.backends import Backend, EngineOptions, cpu
@@ -169,49 +170,27 @@ class ModelManager:
         # was read here.
         fingerprint = _fingerprint(config.model_repository / name / version)
         opened = repository.open_version(config.model_repository, name, int(version))
-        batching = config.batching
         model_config = config.model(name)
-        model_file = FP16_MODEL_FILE if model_config.precision == "fp16" else MODEL_FILE
-        if not (opened.path / model_file).is_file():
-            raise ModelLoadError(
-                f"{opened.path}: precision fp16 needs {model_file}; export it with "
-                "`export-gan --fp16-onnx`"
-            )
-        options = EngineOptions(
-            model_file=model_file,
-            intra_op_threads=config.intra_op_threads,
-            max_batch_size=batching.max_batch_size,
-            preferred_batch_sizes=batching.preferred_batch_sizes,
-            cache_dir=config.engine_cache_dir,
-        )
-        backend = backends.resolve(model_config.backend, opened.path)
-        if backend is Backend.ONNXRUNTIME_CPU and not options.intra_op_threads:
-            # Auto: 1 thread, or this instance's share of the cores, whichever runs faster.
-            share = max(1, len(os.sched_getaffinity(0)) // batching.instances)
-            threads = cpu.tune_threads(opened.path, opened.metadata, options, [1, share])
-            options = dataclasses.replace(options, intra_op_threads=threads)
-        sizes = self._warmup_sizes(backend) if config.warmup else []
-
-        def spawn() -> backends.Engine:
-            engine = backends.create_engine(opened.path, opened.metadata, backend, options)
+        choices = backends.candidates(model_config.backend, opened.path)
+        for i, backend in enumerate(choices):
             try:
-                backends.check_classes(engine)
-                backends.warmup(engine, sizes)
-            except BaseException:
-                engine.close()
-                raise
-            return engine
-
-        engines, image_s = [], None
-        try:
-            for _ in range(batching.instances):
-                engines.append(spawn())
-            if sizes:  # warmed sizes only; a full queue's refusals say when to retry from it
-                image_s = backends.image_seconds(engines[0], max(sizes))
-        except BaseException:
-            for engine in engines:
-                engine.close()
-            raise
+                engines, image_s, spawn = self._open_engines(
+                    opened, backend, model_config.precision, fingerprint
+                )
+                break
+            except ModelLoadError as exc:
+                if i == len(choices) - 1:
+                    raise
+                # Only under auto: an explicit backend has one candidate.
+                LOGGER.warning(
+                    "model %s v%s: auto backend: %s failed to load (%s); trying %s",
+                    name,
+                    version,
+                    backend.value,
+                    exc,
+                    choices[i + 1].value,
+                )
+        batching = config.batching
         batcher = Batcher(engines, batching, self._metrics, spawn, image_s=image_s)
         seconds = time.monotonic() - started
         self._metrics.model_load_duration.labels(name, version).set(seconds)
@@ -230,6 +209,68 @@ class ModelManager:
         else:
             precision = model_config.precision
         return ServedVersion(opened.metadata, backend, batcher, fingerprint, precision)
+
+    def _open_engines(
+        self,
+        opened: repository.ModelVersionPath,
+        backend: Backend,
+        precision: str,
+        fingerprint: tuple[int, ...],
+    ) -> tuple[list[backends.Engine], float | None, Callable[[], backends.Engine]]:
+        """The version's engine instances on ``backend``, checked and warmed; their seconds
+        per image (None without warm-up); and the function that builds one more (a
+        replacement for a hung one)."""
+        config, batching = self._config, self._config.batching
+        model_file = FP16_MODEL_FILE if precision == "fp16" else MODEL_FILE
+        if backend is not Backend.TENSORRT and not (opened.path / model_file).is_file():
+            raise ModelLoadError(
+                f"{opened.path}: precision fp16 needs {model_file}; export it with "
+                "`export-gan --fp16-onnx`"
+            )
+        options = EngineOptions(
+            model_file=model_file,
+            intra_op_threads=config.intra_op_threads,
+            max_batch_size=batching.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            cache_dir=config.engine_cache_dir,
+        )
+        if backend is Backend.ONNXRUNTIME_CPU and not options.intra_op_threads:
+            # Auto: 1 thread, or this instance's share of the cores, whichever runs faster.
+            share = max(1, len(os.sched_getaffinity(0)) // batching.instances)
+            threads = cpu.tune_threads(opened.path, opened.metadata, options, [1, share])
+            options = dataclasses.replace(options, intra_op_threads=threads)
+        sizes = self._warmup_sizes(backend) if config.warmup else []
+
+        def spawn() -> backends.Engine:
+            # The engines open their files by path. Once those changed on disk (export-gan
+            # --force), a new instance would serve other weights under this version's name
+            # beside the old ones: the reload that the change brings serves the new files.
+            if engines and _fingerprint(opened.path) != fingerprint:
+                raise ModelLoadError(
+                    f"{opened.path}: its files changed on disk since it was loaded; no new "
+                    "instance is built from them (a reload serves the new files)"
+                )
+            engine = backends.create_engine(opened.path, opened.metadata, backend, options)
+            try:
+                backends.check_classes(engine)
+                backends.warmup(engine, sizes)
+            except BaseException:
+                engine.close()
+                raise
+            return engine
+
+        engines: list[backends.Engine] = []
+        image_s = None
+        try:
+            for _ in range(batching.instances):
+                engines.append(spawn())
+            if sizes:  # warmed sizes only; a full queue's refusals say when to retry from it
+                image_s = backends.image_seconds(engines[0], max(sizes))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        return engines, image_s, spawn
 
     def _warmup_sizes(self, backend: Backend) -> list[int]:
         batching = self._config.batching

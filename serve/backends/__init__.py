@@ -21,7 +21,7 @@ import numpy as np
 
 from ganserve.serve import inputs
 from ganserve.serve.errors import ModelLoadError
-from ganserve.serve.metadata import MODEL_FILE, ModelMetadata
+from ganserve.serve.metadata import MODEL_FILE, PLAN_FILE, ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def image_seconds(engine: Engine, batch_size: int, runs: int = 2) -> float:
     best = math.inf
     for _ in range(runs):
         started = time.perf_counter()
-        engine.run(feeds)
+        run_checked(engine, feeds, f"timing batch {batch_size}")
         best = min(best, time.perf_counter() - started)
     return best / batch_size
 
@@ -138,23 +138,35 @@ def _gpu_unavailable(backend: Backend, version_dir: pathlib.Path) -> str | None:
     return tensorrt.unavailable(version_dir)
 
 
-def resolve(requested: Backend, version_dir: pathlib.Path) -> Backend:
-    """Turn AUTO into a concrete backend; refuse an explicit one that cannot run here.
+def candidates(requested: Backend, version_dir: pathlib.Path) -> list[Backend]:
+    """The backends to try, in order: an explicit one alone (refused if it cannot run here),
+    or for AUTO those that can run here of the native TensorRT engine (a model.plan built for
+    this GPU and TensorRT version), ONNX Runtime CUDA, and the CPU, which is always last.
 
-    AUTO prefers the native TensorRT engine when the version folder has a model.plan built
-    for this GPU and TensorRT version, then ONNX Runtime CUDA, then CPU.
+    These checks are cheap (no model is opened), so a candidate can still fail to open: the
+    model loader then tries the next one. A model.plan that cannot be used is named in a
+    warning, since serving without it is slower than its owner expects.
     """
     if requested is not Backend.AUTO:
         reason = _gpu_unavailable(requested, version_dir)
         if reason:
             raise ModelLoadError(f"backend {requested.value} cannot run here: {reason}")
-        return requested
+        return [requested]
+    found = []
     for candidate in (Backend.TENSORRT, Backend.ONNXRUNTIME_CUDA):
         reason = _gpu_unavailable(candidate, version_dir)
         if reason is None:
-            return candidate
-        LOGGER.debug("auto backend: not %s (%s)", candidate.value, reason)
-    return Backend.ONNXRUNTIME_CPU
+            found.append(candidate)
+        elif candidate is Backend.TENSORRT and (version_dir / PLAN_FILE).is_file():
+            LOGGER.warning("%s: auto backend: not using model.plan (%s)", version_dir, reason)
+        else:
+            LOGGER.debug("auto backend: not %s (%s)", candidate.value, reason)
+    return [*found, Backend.ONNXRUNTIME_CPU]
+
+
+def resolve(requested: Backend, version_dir: pathlib.Path) -> Backend:
+    """The first of `candidates`: AUTO made concrete, an explicit backend checked."""
+    return candidates(requested, version_dir)[0]
 
 
 def create_engine(

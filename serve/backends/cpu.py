@@ -83,7 +83,10 @@ class OnnxCpuEngine:
         self._output = check_signature(self._session, metadata, str(onnx_path))
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session.run([self._output], feeds)[0]
+        session = self._session
+        if session is None:  # as the GPU engines say it, not an AttributeError on None
+            raise RuntimeError(f"engine for model {self.metadata.name!r} is closed")
+        return session.run([self._output], feeds)[0]
 
     def close(self) -> None:
         self._session = None

@@ -32,8 +32,12 @@ from ganserve.serve.metadata import METADATA_FILE, PLAN_FILE, ModelMetadata
 LOGGER = logging.getLogger(__name__)
 
 
-_Z_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-_LABEL_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
+# What a plan may hold where the model's contract has float32 or int64: engine-side casts are
+# made while staging on the host (FP16 I/O, int32 labels).
+_INPUT_DTYPES = {
+    np.dtype(np.float32): (np.dtype(np.float32), np.dtype(np.float16)),
+    np.dtype(np.int64): (np.dtype(np.int64), np.dtype(np.int32)),
+}
 _OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
@@ -177,7 +181,9 @@ def _unavailable(version_dir: pathlib.Path) -> str | None:
         return reason
     import tensorrt as trt
 
-    return plan_mismatch(metadata.extra, trt.__version__, gpu_names(import_cudart()))
+    # The GPU the engine will run on (EngineOptions.device_id, 0: the first that
+    # CUDA_VISIBLE_DEVICES shows), not any GPU of the machine.
+    return plan_mismatch(metadata.extra, trt.__version__, gpu_names(import_cudart())[:1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,19 +219,19 @@ def check_plan_signature(
         raise ModelLoadError(
             f"{source}: inputs are {sorted(inputs)}, metadata implies {sorted(expected)}"
         )
-    z = inputs["z"]
-    if len(z.shape) != 2 or z.shape[1] != metadata.latent_dim:
-        raise ModelLoadError(
-            f"{source}: input z has shape {z.shape}, metadata says latent_dim {metadata.latent_dim}"
-        )
-    if z.dtype not in _Z_DTYPES:
-        raise ModelLoadError(f"{source}: input z is {z.dtype}, expected float32 or float16")
-    if "label" in inputs:
-        label = inputs["label"]
-        if len(label.shape) != 1:
-            raise ModelLoadError(f"{source}: input label has shape {label.shape}, expected (N,)")
-        if label.dtype not in _LABEL_DTYPES:
-            raise ModelLoadError(f"{source}: input label is {label.dtype}, expected int64 or int32")
+    for name, (dtype, item_shape) in model_inputs.input_specs(metadata).items():
+        tensor = inputs[name]
+        if len(tensor.shape) != 1 + len(item_shape) or tuple(tensor.shape[1:]) != item_shape:
+            raise ModelLoadError(
+                f"{source}: input {name} has shape {tensor.shape}, metadata implies "
+                f"(N{''.join(f', {d}' for d in item_shape)})"
+            )
+        allowed = _INPUT_DTYPES[dtype]
+        if tensor.dtype not in allowed:
+            raise ModelLoadError(
+                f"{source}: input {name} is {tensor.dtype}, expected "
+                f"{' or '.join(str(d) for d in allowed)}"
+            )
     if len(outputs) != 1:
         raise ModelLoadError(f"{source}: expected one output, found {len(outputs)}")
     out = outputs[0]
@@ -426,8 +432,8 @@ class TensorRTEngine:
         # one that loaded the engine.
         cuda_call(cudart, "cudaSetDevice", cudart.cudaSetDevice(self._device_id))
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        for name, array in feeds.items():
-            buffer = self._buffers[name]
+        for name in model_inputs.input_names(m):  # a feed the model does not take is ignored
+            buffer, array = self._buffers[name], feeds[name]
             # Casts to the plan's dtype (int64 labels into an int32 plan, say) while staging.
             np.copyto(buffer.host[:n], array, casting="same_kind")
             if not context.set_input_shape(name, (n, *buffer.item_shape)):
