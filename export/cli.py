@@ -94,7 +94,12 @@ def _interrupts_reported() -> Iterator[list[pathlib.Path]]:
     default="models",
     help="Model repository root.",
 )
-@click.option("--name", default="digits", help="Model name.")
+@click.option(
+    "--name",
+    default=None,
+    help="Model name [default: the training data's: digits for the built-in digits, else the "
+    "data folder's or file's name].",
+)
 @click.option(
     "--version",
     type=click.IntRange(1),
@@ -155,7 +160,7 @@ def _export(
     published: list[pathlib.Path],
     *,
     repository: pathlib.Path,
-    name: str,
+    name: str | None,
     version: int | None,
     force: bool,
     opset: int,

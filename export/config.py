@@ -23,13 +23,25 @@ class Precision(enum.Enum):
     FP16 = "fp16"
 
 
+def check_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can be a model's folder and its name on the wire."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"name {name!r} is not a valid folder name")
+    # Lone surrogates (undecodable bytes of a shell argument) are not printable either.
+    if not name.isprintable():
+        raise ValueError(f"name {name!r} is not printable UTF-8 text: clients send it over gRPC")
+    if len(name.encode()) > 200:  # file systems allow 255 bytes; staging adds a suffix
+        raise ValueError(f"name {name[:20]!r}... is over 200 bytes; use a shorter one")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     """One export.
 
     Args:
         repository: Model repository root.
-        name: Model name (the folder under the repository).
+        name: Model name (the folder under the repository); None takes the training data's
+            (`default_name`).
         version: Version folder; None takes the highest existing version + 1.
         force: Replace an existing version folder instead of refusing.
         opset: ONNX opset.
@@ -46,7 +58,7 @@ class ExportConfig:
     """
 
     repository: pathlib.Path
-    name: str
+    name: str | None = None
     version: int | None = None
     force: bool = False
     opset: int = 18
@@ -60,15 +72,8 @@ class ExportConfig:
     device_id: int = 0
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"name {self.name!r} is not a valid folder name")
-        # Lone surrogates (undecodable bytes of a shell argument) are not printable either.
-        if not self.name.isprintable():
-            raise ValueError(
-                f"name {self.name!r} is not printable UTF-8 text: clients send it over gRPC"
-            )
-        if len(self.name.encode()) > 200:  # file systems allow 255 bytes; staging adds a suffix
-            raise ValueError(f"name {self.name[:20]!r}... is over 200 bytes; use a shorter one")
+        if self.name is not None:
+            check_name(self.name)
         if self.version is not None and self.version < 1:
             raise ValueError(f"version must be >= 1, got {self.version}")
         if not 17 <= self.opset <= 23:

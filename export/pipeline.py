@@ -23,7 +23,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ganserve.export import onnx_export, publish, tensorrt_build
-from ganserve.export.config import ExportConfig, Precision, TensorRTMode
+from ganserve.export.config import ExportConfig, Precision, TensorRTMode, check_name
 from ganserve.export.errors import ExportError
 from ganserve.export.verify import FP32, REDUCED_PRECISION, Runner, VerificationError, verify
 from ganserve.serve import repository
@@ -37,6 +37,7 @@ from ganserve.serve.metadata import (
     ModelMetadata,
 )
 from ganserve.train import checkpoint, sampling
+from ganserve.train.data import TRAIN_SUFFIX
 
 LOGGER = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ def export_checkpoint(
         generator = checkpoint.build_generator(ckpt, ema=True)
     except checkpoint.CheckpointError as exc:
         raise ExportError(str(exc)) from exc
+    if config.name is None:
+        config = dataclasses.replace(config, name=default_name(ckpt, ckpt_path))
     trt_reason = None if config.tensorrt is TensorRTMode.OFF else tensorrt_build.unavailable()
     if config.tensorrt is TensorRTMode.ON and trt_reason:
         raise ExportError(f"--tensorrt on was requested but cannot build here: {trt_reason}")
@@ -115,6 +118,25 @@ def export_checkpoint(
         version = config.version or _next_version(config.repository, config.name)
         metadata = _metadata(ckpt_path, ckpt, generator, config, version)
         return _export(generator, metadata, config, version, trt_reason, on_published)
+
+
+def default_name(ckpt: dict[str, Any], ckpt_path: pathlib.Path) -> str:
+    """The model name of an export without one: its training data's (``digits`` for the
+    built-in digits and a digits.npz, the folder's or the file's name otherwise), so that a
+    model trained on other data does not become the newest version of the digits model."""
+    data = str((ckpt.get("dataset") or {}).get("name") or "")
+    name = data.removesuffix(TRAIN_SUFFIX)
+    if not data.endswith(TRAIN_SUFFIX) or not name:
+        raise ExportError(
+            f"{ckpt_path} does not record the name of its training data: name the model with --name"
+        )
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ExportError(
+            f"the training data's name cannot name the model ({exc}); name it with --name"
+        ) from None
+    return name
 
 
 def _metadata(

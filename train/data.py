@@ -20,6 +20,9 @@ from ganserve.serve.metadata import is_utf8
 
 DIGITS_CLASS_NAMES = tuple(str(i) for i in range(10))
 LOGGER = logging.getLogger(__name__)
+# A training set is named after its data with this suffix ("digits-train"; the held-out part
+# "-heldout"): checkpoints record it, and export-gan names a model after it.
+TRAIN_SUFFIX = "-train"
 HELDOUT_FRACTION = 0.2
 SPLIT_SEED = 0
 NPZ_HINT = "save it with numpy.savez(file, images=..., labels=...)"
@@ -66,7 +69,7 @@ def load_digits_split(image_size: int = 32) -> tuple[ImageDataset, ImageDataset]
     """(train, held-out): 80% / 20% of a fixed stratified split of the 1797 8x8 digits."""
     x_train, x_held, y_train, y_held = _digits_split()
     return (
-        _to_dataset("digits-train", x_train, y_train, image_size),
+        _to_dataset(f"digits{TRAIN_SUFFIX}", x_train, y_train, image_size),
         _to_dataset("digits-heldout", x_held, y_held, image_size),
     )
 
@@ -117,7 +120,7 @@ def _finish(
         random_state=SPLIT_SEED,
     )
     return (
-        ImageDataset(f"{name}-train", x[idx_train], y[idx_train], class_names),
+        ImageDataset(f"{name}{TRAIN_SUFFIX}", x[idx_train], y[idx_train], class_names),
         ImageDataset(f"{name}-heldout", x[idx_held], y[idx_held], class_names),
     )
 

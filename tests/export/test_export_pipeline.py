@@ -120,6 +120,51 @@ def test_fp16_variant_is_served_within_one_level(exported, start_server) -> None
             assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize(
+    ("data", "model"),
+    [("digits-train", "digits"), ("faces-train", "faces"), ("my photos-train", "my photos")],
+)
+def test_a_model_is_named_after_its_training_data_by_default(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, data: str, model: str
+) -> None:
+    """Named "digits" whatever the data, a faces model became the newest version of the
+    digits model, and its clients' class labels were refused from the next start."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["dataset"]["name"] = data
+    checkpoint.save(ckpt, tmp_path / "m.pt")
+    config = ExportConfig(repository=tmp_path / "repo", max_batch=8, tensorrt=TensorRTMode.OFF)
+    result = export_checkpoint(tmp_path / "m.pt", config)
+    assert result.version.path == tmp_path / "repo" / model / "1"
+    assert ModelMetadata.read(result.version.path / "metadata.json").name == model
+
+
+@pytest.mark.parametrize(
+    ("dataset", "match"),
+    [
+        (None, "does not record the name of its training data: name the model with --name"),
+        ({"name": "-train"}, "does not record the name of its training data"),
+        (
+            {"name": ".hidden-train"},
+            r"training data's name cannot name the model \(name '\.hidden'",
+        ),
+    ],
+    ids=["no-record", "empty", "hidden-folder"],
+)
+def test_without_a_usable_data_name_the_export_asks_for_one(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, dataset: dict | None, match: str
+) -> None:
+    ckpt = checkpoint.load(tiny_checkpoint)
+    if dataset is None:
+        del ckpt["dataset"]
+    else:
+        ckpt["dataset"] = {**ckpt["dataset"], **dataset}
+    checkpoint.save(ckpt, tmp_path / "m.pt")
+    config = ExportConfig(repository=tmp_path / "repo", max_batch=8, tensorrt=TensorRTMode.OFF)
+    with pytest.raises(ExportError, match=match):
+        export_checkpoint(tmp_path / "m.pt", config)
+    assert not (tmp_path / "repo").exists()
+
+
 def test_next_export_is_the_next_version_and_existing_needs_force(
     exported,
     tiny_checkpoint,
