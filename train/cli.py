@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import shlex
 import signal
 import sys
 import threading
@@ -47,6 +48,21 @@ from ganserve.train.losses import Loss
 from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
 
 _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
+
+
+def resume_command(args: list[str], checkpoint: str) -> str:
+    """The command that goes on from ``checkpoint``: this run's own options (the architecture
+    and the losses are not read from the checkpoint, so ``--resume`` alone would refuse it or
+    change the run), with its ``--resume`` replaced."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    return shlex.join(["gan-train", *kept, "--resume", checkpoint])
 
 
 def _check_policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -281,7 +297,10 @@ def main(
                 error.exit_code = stop.exit_code
                 raise error from None
     except TrainingStopped as exc:
-        error = click.ClickException(str(exc))
+        message = str(exc)
+        if exc.resume:
+            message += f"; continue with: {resume_command(sys.argv[1:], exc.resume)}"
+        error = click.ClickException(message)
         error.exit_code = stop.exit_code if stop.requested() else 1
         raise error from None
     except (DataError, CheckpointError, ValueError) as exc:

@@ -140,7 +140,12 @@ def _check_resume(ckpt: dict[str, Any], gen_config: GeneratorConfig, cfg: TrainC
 
 class TrainingStopped(ValueError):
     """Training ended early: it diverged or was interrupted; the message says what was kept
-    and how to go on."""
+    and how to go on. ``resume``: the checkpoint to go on from, when there is one (gan-train
+    turns it into the command that goes on)."""
+
+    def __init__(self, message: str, resume: str | None = None) -> None:
+        super().__init__(message)
+        self.resume = resume
 
 
 # Parameters of G and D together beyond which training is refused (~64 GB with Adam's states).
@@ -497,8 +502,7 @@ def train(
                 if not monitor:
                     checkpoint.save(payload(step), out)
             raise TrainingStopped(
-                f"interrupted after step {step} of {cfg.steps}: saved {saved}; continue with "
-                f"--resume {saved}"
+                f"interrupted after step {step} of {cfg.steps}: saved {saved}", resume=str(saved)
             )
 
     final = payload(cfg.steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from ganserve.train import checkpoint, loop
+from ganserve.train.cli import resume_command
 from ganserve.train.data import ImageDataset, load_digits_split
 from ganserve.train.loop import TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
@@ -110,9 +112,10 @@ def test_a_stop_request_saves_a_checkpoint_that_resumes_exactly(tmp_path: pathli
     gives the same weights as a run that never stopped."""
     straight = run(tmp_path, 12, name="straight")
     calls = iter(range(1000))
-    with pytest.raises(TrainingStopped, match=r"interrupted after step 7 of 12: saved .*"):
+    with pytest.raises(TrainingStopped, match=r"interrupted after step 7 of 12: saved .*") as stop:
         run(tmp_path, 12, name="stopped", stop_requested=lambda: next(calls) >= 6)
     saved = tmp_path / "stopped" / "ckpt_000007.pt"
+    assert stop.value.resume == str(saved)
     assert not (tmp_path / "stopped.pt").exists()
     resumed = run(tmp_path, 12, name="stopped", resume=saved)
     for key in ("generator", "generator_ema", "discriminator"):
@@ -386,6 +389,18 @@ def test_an_existing_out_whose_run_folder_holds_a_run_names_both_fixes(
     )
 
 
+@pytest.mark.parametrize(
+    "given",
+    [["--resume", "old.pt"], ["--resume=old.pt"], []],
+    ids=["resume-arg", "resume=arg", "no-resume"],
+)
+def test_the_resume_command_keeps_the_options_and_replaces_resume(given: list[str]) -> None:
+    args = ["--out", "my run.pt", *given, "--width", "8"]
+    assert resume_command(args, "r/ckpt_000010.pt") == (
+        "gan-train --out 'my run.pt' --width 8 --resume r/ckpt_000010.pt"
+    )
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
     tmp_path: pathlib.Path, stop: signal.Signals
@@ -410,7 +425,11 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
         proc.kill()
     (error,) = [line for line in rest.splitlines() if line.startswith("Error:")]
     assert "Traceback" not in rest
-    saved = pathlib.Path(error.split("continue with --resume ")[1])
+    # The whole command, since --resume alone would not rebuild this run's --width 8 model.
+    again = shlex.split(error.split("; continue with: ")[1])
+    assert again[: len(command)] == ["gan-train", *command[1:]]
+    assert again[len(command)] == "--resume"
+    saved = pathlib.Path(again[-1])
     assert checkpoint.load(saved)["step"] >= 10
 
 
