@@ -9,7 +9,9 @@
 # Each builder stage makes a virtual environment in /opt/venv; the runtime stages copy that venv
 # and nothing else from it (no compiler, no pip cache, no source tree). The serving images never
 # contain torch: `pip install .` is the serving install, and the train/dev extras are only
-# installed in the train target. Both serving images run as UID 65532 and work with a read-only
+# installed in the train target. The serving installs take their versions from
+# docker/constraints.txt (pip -c): a rebuild installs what was tested, not the newest release in
+# pyproject.toml's ranges. Both serving images run as UID 65532 and work with a read-only
 # root filesystem: the only writable paths they need are /tmp (HOME and TMPDIR point there) and,
 # for TensorRT engine caches, /var/cache/ganserve. See docs/deploy.md.
 
@@ -22,6 +24,7 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
+COPY docker/constraints.txt docker/
 COPY serve serve
 COPY client client
 COPY proto proto
@@ -30,12 +33,13 @@ COPY export export
 COPY bench bench
 
 # ---------------------------------------------------------------------------------------------
-# CPU builder: the serving install (onnxruntime, grpcio, ...; no torch) into /opt/venv.
+# CPU builder: the serving install (onnxruntime, grpcio, ...; no torch) into /opt/venv, every
+# package at its docker/constraints.txt version.
 FROM ${PYTHON_IMAGE} AS builder-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=source /src /src
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install /src \
+    && /opt/venv/bin/pip install -c /src/docker/constraints.txt /src \
     && /opt/venv/bin/ganserve serve --help >/dev/null
 
 # ---------------------------------------------------------------------------------------------
@@ -81,15 +85,19 @@ RUN apt-get update \
 # loads on a GPU. libnvinfer is in the tensorrt_libs package folder, which ganserve loads by
 # path before a TensorRT session opens, as the check's LD_LIBRARY_PATH stands in for.
 # (libcuda.so.1 is the driver's, mounted by the NVIDIA container runtime at run time.)
+# docker/constraints.txt pins the packages shared with the CPU image, the gpu extra's, pip and
+# tensorrt-cu12, but not the TensorRT and CUDA wheels tensorrt-cu12 pulls in: they come from
+# NVIDIA's index through stub packages and could not be resolved where the list was made.
 FROM cuda-python AS builder-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=source /src /src
 RUN python3.11 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install "/src[gpu]" \
+    && /opt/venv/bin/pip install -c /src/docker/constraints.txt --upgrade pip \
+    && /opt/venv/bin/pip install -c /src/docker/constraints.txt "/src[gpu]" \
     && ORT_GPU="$(/opt/venv/bin/pip show onnxruntime-gpu | sed -n 's/^Version: //p')" \
     && /opt/venv/bin/pip uninstall -y onnxruntime \
-    && /opt/venv/bin/pip install --force-reinstall --no-deps "onnxruntime-gpu==${ORT_GPU}" \
+    && /opt/venv/bin/pip install -c /src/docker/constraints.txt --force-reinstall --no-deps \
+        "onnxruntime-gpu==${ORT_GPU}" \
     && /opt/venv/bin/python -c "import onnxruntime as ort, sys; \
 sys.exit('CUDAExecutionProvider' not in ort.get_available_providers())" \
     && PROVIDER="$(/opt/venv/bin/python -c "import onnxruntime, pathlib; \

@@ -39,9 +39,11 @@ VALUES = {"default": DEFAULT, "gpu-hpa-tls-auth-monitor": FULL}
 Manifests = dict[str, dict[str, Any]]
 
 
-def render(chart: helm.Chart, values: dict[str, Any]) -> tuple[Manifests, str]:
+def render(
+    chart: helm.Chart, values: dict[str, Any], release: str = RELEASE
+) -> tuple[Manifests, str]:
     """The rendered objects by kind (Services by "Service/<name>") and the NOTES text."""
-    out = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    out = chart.render(copy.deepcopy(values), name=release, namespace=NAMESPACE)
     objects: Manifests = {}
     notes = ""
     for path, text in out.items():

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import dockerfile_lint
+import grpc
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -37,6 +38,8 @@ from chart_render import (
     render,
 )
 from click.testing import CliRunner
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import ROOT, ServerThread, write_certificates
 from ganserve.client import cli as client_cli
@@ -138,6 +141,27 @@ VARIANTS = {
         "podDisruptionBudget": {"minAvailable": "60%"},
     },
     "longest-name": {"fullnameOverride": "g" * 63, "service": {"headless": {"enabled": True}}},
+    "hpa-behavior-and-resources": {
+        "autoscaling": {
+            "enabled": True,
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 30,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Pods", "value": 4, "periodSeconds": 60},
+                        {"type": "Percent", "value": 100, "periodSeconds": 60},
+                    ],
+                },
+                "scaleDown": {"selectPolicy": "Disabled"},
+            },
+        },
+        "resources": {
+            "requests": {"cpu": 0.5, "memory": "512Mi", "ephemeral-storage": "1G"},
+            "limits": {"memory": 2147483648, "example.com/fpga": 1},
+        },
+    },
+    "admin-behind-a-token": {"config": {"admin": True}, "auth": {"enabled": True, "token": TOKEN}},
     "numbers-past-a-million": {
         "tmpSizeLimit": 268435456,
         "config": {"cache_bytes": 2**40, "max_queue_size": 10_000_000},
@@ -328,6 +352,59 @@ BAD_VALUES = {
         {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15 seconds"}}},
         "/metrics/serviceMonitor/interval",
     ),
+    # Kubernetes would refuse these at install time, or (a misspelt key) ignore them.
+    "resources-misspelt-requests": ({"resources": {"request": {"cpu": "1"}}}, "/resources"),
+    "resources-not-a-quantity": (
+        {"resources": {"requests": {"cpu": "2 cores"}}},
+        "/resources/requests/cpu",
+    ),
+    "resources-negative": ({"resources": {"limits": {"memory": -1}}}, "/resources/limits/memory"),
+    "hpa-window-as-a-duration": (
+        {"autoscaling": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": "5m"}}}},
+        "/autoscaling/behavior/scaleDown/stabilizationWindowSeconds",
+    ),
+    "hpa-window-over-an-hour": (
+        {"autoscaling": {"behavior": {"scaleUp": {"stabilizationWindowSeconds": 3601}}}},
+        "/autoscaling/behavior/scaleUp/stabilizationWindowSeconds",
+    ),
+    "hpa-policy-type": (
+        {
+            "autoscaling": {
+                "behavior": {
+                    "scaleUp": {"policies": [{"type": "Pod", "value": 1, "periodSeconds": 60}]}
+                }
+            }
+        },
+        "/autoscaling/behavior/scaleUp/policies/0/type",
+    ),
+    "hpa-policy-without-period": (
+        {"autoscaling": {"behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 1}]}}}},
+        "missing property 'periodSeconds'",
+    ),
+    "hpa-policy-period-over-30-minutes": (
+        {
+            "autoscaling": {
+                "behavior": {
+                    "scaleDown": {
+                        "policies": [{"type": "Percent", "value": 10, "periodSeconds": 3600}]
+                    }
+                }
+            }
+        },
+        "/autoscaling/behavior/scaleDown/policies/0/periodSeconds",
+    ),
+    "hpa-select-policy": (
+        {"autoscaling": {"behavior": {"scaleDown": {"selectPolicy": "Maximum"}}}},
+        "/autoscaling/behavior/scaleDown/selectPolicy",
+    ),
+    "hpa-behavior-unknown-direction": (
+        {"autoscaling": {"behavior": {"scaleOut": {"stabilizationWindowSeconds": 0}}}},
+        "/autoscaling/behavior",
+    ),
+    "run-as-user-not-a-number": (
+        {"securityContext": {"runAsUser": "root"}},
+        "/securityContext/runAsUser",
+    ),
     # null removes a value from the chart's defaults; what the templates need is required.
     "tls-null": ({"tls": None}, "missing property 'tls'"),
     "service-port-null": ({"service": {"port": None}}, "missing property 'port'"),
@@ -379,6 +456,12 @@ REFUSED = {
         "customMetric",
     ),
     "grace-period": ({"terminationGracePeriodSeconds": 25}, "terminationGracePeriodSeconds"),
+    # Covers the drain but not the ~3 s the server needs after it to close and exit.
+    "grace-period-without-time-to-exit": (
+        {"terminationGracePeriodSeconds": 29},
+        "terminationGracePeriodSeconds (29) must be at least preStopSleepSeconds + "
+        "config.shutdown_delay + config.drain_grace + 5 (30)",
+    ),
     "pdb-without-a-budget": (
         {"podDisruptionBudget": {"maxUnavailable": None}},
         "podDisruptionBudget.enabled needs podDisruptionBudget.maxUnavailable or "
@@ -437,6 +520,25 @@ REFUSED = {
     "env-sets-the-token": (
         {"extraEnv": [{"name": "GANSERVE_AUTH_TOKEN", "value": "0123456789abcdef-t"}]},
         "set auth.existingSecret (or auth.token) instead",
+    ),
+    # Anyone who reaches the port could list and reload models.
+    "admin-without-auth": (
+        {"config": {"admin": True}},
+        "config.admin is true but auth.enabled is false, so anyone who reaches the gRPC port "
+        "could list and reload models: set auth.enabled true",
+    ),
+    # The kubelet would refuse to start the container (runAsNonRoot with UID 0).
+    "root-container-must-be-non-root": (
+        {"securityContext": {"runAsUser": 0}},
+        "securityContext.runAsUser is 0 (root) but securityContext.runAsNonRoot is true",
+    ),
+    "root-pod-must-be-non-root": (
+        {"podSecurityContext": {"runAsUser": 0}, "securityContext": {"runAsUser": None}},
+        "podSecurityContext.runAsUser is 0 (root) but securityContext.runAsNonRoot is true",
+    ),
+    "root-container-in-a-non-root-pod": (
+        {"securityContext": {"runAsUser": 0, "runAsNonRoot": None}},
+        "securityContext.runAsUser is 0 (root) but podSecurityContext.runAsNonRoot is true",
     ),
     # Kubernetes or Prometheus would reject the objects.
     "service-ports-collide": (
@@ -589,6 +691,41 @@ def test_token_the_server_would_refuse_fails_without_showing_it(
     assert not secret or secret not in str(error.value)
 
 
+def test_root_is_refused_only_where_the_kubelet_refuses_it(chart: helm.Chart) -> None:
+    """The container's runAsNonRoot false wins over the pod's true: the kubelet starts it as
+    root, so the chart does too (REFUSED has the combinations it refuses)."""
+    values = {"securityContext": {"runAsUser": 0, "runAsNonRoot": False}}
+    security = container(render(chart, values)[0])["securityContext"]
+    assert (security["runAsUser"], security["runAsNonRoot"]) == (0, False)
+
+
+def test_extra_env_docs_name_the_variables_that_pass(chart: helm.Chart) -> None:
+    """values.yaml's comment said every other GANSERVE_* variable is refused, but only the
+    `ganserve serve` ones of settings the chart sets are: each variable it names as refused is,
+    and each it names as passing (gan-client's GANSERVE_TARGET among them) renders."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    end = lines.index("extraEnv: []")
+    start = max(i for i in range(end) if not lines[i].startswith("#")) + 1
+    comment = " ".join(line.lstrip("# ") for line in lines[start:end])
+    said: dict[str, set[str]] = {"refused": set(), "pass": set()}
+    for sentence in comment.split(". "):
+        for verdict, names in said.items():
+            if verdict in sentence:
+                # GANSERVE_TLS_* stands for each TLS variable: one of them.
+                names |= {
+                    n.replace("_*", "_CERT") for n in re.findall(r"GANSERVE_\w+\*?", sentence)
+                }
+    assert "GANSERVE_TARGET" in said["pass"] and len(said["refused"]) >= 3, said
+    for name in said["refused"]:
+        with pytest.raises(helm.HelmRenderError, match=f"extraEnv sets {name}"):
+            render(chart, {"extraEnv": [{"name": name, "value": "1"}]})
+    for name in said["pass"]:
+        objects, _ = render(chart, {"extraEnv": [{"name": name, "value": "1"}]})
+        assert {"name": name, "value": "1"} in container(objects)["env"]
+    readme = (CHART / "README.md").read_text()
+    assert "GANSERVE_TARGET" in readme and "`GANSERVE_*` variable\n  but" not in readme
+
+
 # --- the chart matches the server ---------------------------------------------------------------
 
 
@@ -602,6 +739,26 @@ def test_ports_are_the_servers_defaults(chart: helm.Chart, rendered: Manifests) 
     assert by_name["grpc"]["targetPort"] == "grpc" and by_name["metrics"]["targetPort"] == "metrics"
     assert f"port = {GRPC_PORT}\n" in config_file(rendered)
     assert f"metrics_port = {METRICS_PORT}\n" in config_file(rendered)
+
+
+def test_pods_get_no_service_link_variables(chart: helm.Chart) -> None:
+    """Release `ganserve` names its Service ganserve, and Kubernetes' service links would set
+    GANSERVE_PORT=tcp://<ip>:50051 in every pod of the namespace: the server's --port variable
+    (test_server_refuses_a_service_link_port shows it refusing one)."""
+    objects, _ = render(chart, DEFAULT, release="ganserve")
+    assert "Service/ganserve" in objects
+    assert objects["Deployment"]["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_server_refuses_a_service_link_port(default: Manifests, tmp_path: pathlib.Path) -> None:
+    """Why the pods get no service links: the variable a Service named ganserve injects."""
+    path = tmp_path / "ganserve.toml"
+    path.write_text(config_file(default))
+    env = {k: None for k in os.environ if k.startswith("GANSERVE_")}
+    env["GANSERVE_PORT"] = "tcp://10.96.0.12:50051"
+    result = CliRunner().invoke(cli.main, ["serve", "--dry-run", "--config", str(path)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "GANSERVE_PORT" in result.output and "tcp://10.96.0.12:50051" in result.output
 
 
 def test_hpa_custom_metric_is_a_per_pod_gauge_of_the_server(
@@ -669,6 +826,35 @@ def test_pod_annotations_point_prometheus_at_metrics(default: Manifests) -> None
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "annotated"),
+    [
+        ({}, True),
+        # A Prometheus that reads both would scrape each pod twice.
+        ({"serviceMonitor": {"enabled": True}}, False),
+        ({"podAnnotations": None, "serviceMonitor": {"enabled": True}}, False),
+        ({"podAnnotations": True, "serviceMonitor": {"enabled": True}}, True),
+        ({"podAnnotations": False}, False),
+    ],
+    ids=["default", "with-service-monitor", "null-with-service-monitor", "both-asked-for", "off"],
+)
+def test_pod_annotations_default_off_beside_a_service_monitor(
+    chart: helm.Chart, metrics: dict[str, Any], annotated: bool
+) -> None:
+    values = {"metrics": metrics}
+    service_monitor = bool(metrics.get("serviceMonitor"))
+    objects, notes = render(chart, values)
+    annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert ("prometheus.io/scrape" in annotations) is annotated
+    assert ("ServiceMonitor" in objects) is service_monitor
+    assert ("pods carry prometheus.io/scrape" in notes) is (annotated and not service_monitor)
+    if not annotated:  # the annotations are the user's to set then
+        values["podAnnotations"] = {"prometheus.io/scrape": "false"}
+        objects, _ = render(chart, values)
+        annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "false"
 
 
 def _dry_run(config_text: str, tmp_path: pathlib.Path) -> dict[str, Any]:
@@ -761,9 +947,35 @@ def test_cpu_values_pick_the_cpu_image(default: Manifests) -> None:
     assert "nvidia.com/gpu" not in str(container(default)["resources"])
 
 
-def test_pod_is_locked_down(rendered: Manifests) -> None:
+# Volume sources Kubernetes always mounts read-only.
+READ_ONLY_SOURCES = {"configMap", "secret", "downwardAPI", "projected"}
+LOCKED_DOWN = {
+    **VALUES,
+    "engine-cache-claim-and-models-over-nfs": {
+        "gpu": {"enabled": True, "engineCache": {"existingClaim": "trt-engines"}},
+        "modelRepository": VARIANTS["models-from-nfs"]["modelRepository"],
+    },
+}
+
+
+def _writable_paths(objects: Manifests) -> set[str]:
+    """Mount paths the container can write to: a mount not marked readOnly, of a volume that is
+    not read-only itself (emptyDir, a claim without readOnly, nfs, hostPath, ...)."""
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    writable = set()
+    for mount in container(objects)["volumeMounts"]:
+        (source, spec), *_ = [(k, v) for k, v in volumes[mount["name"]].items() if k != "name"]
+        read_only = source in READ_ONLY_SOURCES or (spec or {}).get("readOnly", False)
+        if not (mount.get("readOnly") or read_only):
+            writable.add(mount["mountPath"])
+    return writable
+
+
+@pytest.mark.parametrize("values", LOCKED_DOWN.values(), ids=list(LOCKED_DOWN))
+def test_pod_is_locked_down(chart: helm.Chart, values: dict[str, Any]) -> None:
     """Issue 7's checklist: non-root, read-only root, no privilege escalation, no capabilities,
     the runtime's seccomp profile, no API token."""
+    rendered, _ = render(chart, values)
     pod = rendered["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -775,14 +987,11 @@ def test_pod_is_locked_down(rendered: Manifests) -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    # The only writable paths: /tmp (HOME and TMPDIR in the image) and, on GPU, the engine cache.
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    writable = {
-        m["mountPath"]
-        for m in container(rendered)["volumeMounts"]
-        if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
-    }
+    # The only writable paths: /tmp (HOME and TMPDIR in the image) and, on GPU, the engine cache
+    # (an emptyDir or gpu.engineCache.existingClaim); the models' claim or volume is read-only.
+    writable = _writable_paths(rendered)
     assert "/tmp" in writable <= {"/tmp", "/var/cache/ganserve"}
+    assert ("/var/cache/ganserve" in writable) is bool(values.get("gpu"))
 
 
 def test_image_writes_only_where_the_chart_mounts_volumes(default: Manifests) -> None:
@@ -835,6 +1044,34 @@ def test_the_notes_client_commands_work_against_mutual_tls_and_a_token(
         result = CliRunner().invoke(client_cli.main, argv)
         assert result.exit_code == 0, result.output
     assert (tmp_path / "seven.png").is_file()
+
+
+def test_notes_grpcurl_lines_send_the_token_reflection_needs(
+    chart: helm.Chart, start_server: Callable[..., ServerThread]
+) -> None:
+    """grpcurl asks server reflection for a method before calling it, and reflection is not
+    exempt from auth (only grpc.health.v1.Health is): under auth.enabled the health check line
+    needs the bearer header as much as the Generate line. Run here as grpcurl would, with the
+    header the line passes, against a real server with a token."""
+    _, notes = render(chart, {"auth": {"enabled": True, "token": TOKEN}})
+    lines = [line for line in notes.splitlines() if line.lstrip().startswith("grpcurl ")]
+    assert len(lines) == 2 and any("grpc.health.v1.Health/Check" in line for line in lines)
+    for line in lines:
+        assert '-H "authorization: Bearer $(cat token)"' in line, line
+    header = re.search(r'-H "(\S+): Bearer \$\(cat token\)"', lines[-1])[1]
+    server = start_server(auth_token=TOKEN)
+    with grpc.insecure_channel(server.target) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")
+        with pytest.raises(grpc.RpcError) as refused:
+            list(reflection.ServerReflectionInfo(iter([ask]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        metadata = ((header, f"Bearer {TOKEN}"),)
+        (answer,) = reflection.ServerReflectionInfo(iter([ask]), metadata=metadata, timeout=10)
+        assert answer.file_descriptor_response.file_descriptor_proto
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_notes_name_the_port_a_headless_name_resolves_to(chart: helm.Chart) -> None:

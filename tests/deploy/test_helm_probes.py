@@ -70,8 +70,10 @@ def test_tls_probes_run_the_images_healthcheck_command(full: Manifests) -> None:
         (DEFAULT, 5 + 20 + 5),
         (FULL, 31),  # preStop 3 + shutdown_delay 2.5 + drain_grace 20 + 5, rounded up
         ({"terminationGracePeriodSeconds": 60}, 60),
+        # The least accepted: the drain and 5 s to close and exit (29 is refused).
+        ({"terminationGracePeriodSeconds": 30}, 30),
     ],
-    ids=["default", "full", "explicit"],
+    ids=["default", "full", "explicit", "explicit-least"],
 )
 def test_termination_grace_outlasts_the_drain(
     chart: helm.Chart, values: dict[str, Any], expected: int
@@ -84,7 +86,26 @@ def test_termination_grace_outlasts_the_drain(
         + merged["config"]["shutdown_delay"]
         + merged["config"]["drain_grace"]
     )
-    assert spec["terminationGracePeriodSeconds"] == expected > drain
+    assert spec["terminationGracePeriodSeconds"] == expected >= drain + 5
+
+
+@pytest.mark.parametrize(
+    ("values", "budget_s"),
+    [
+        (DEFAULT, 180),
+        # TensorRT builds engines at start-up (minutes each, on every restart with an emptyDir
+        # engine cache): 3 minutes would kill GPU pods in the middle of a build.
+        ({"gpu": {"enabled": True}}, 600),
+        ({"gpu": {"enabled": True}, "probes": {"startup": {"failureThreshold": 60}}}, 120),
+        ({"probes": {"startup": {"failureThreshold": 150}}}, 300),
+    ],
+    ids=["cpu", "gpu", "gpu-explicit", "cpu-explicit"],
+)
+def test_startup_probe_allows_gpu_pods_longer(
+    chart: helm.Chart, values: dict[str, Any], budget_s: int
+) -> None:
+    probe = container(render(chart, values)[0])["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == budget_s
 
 
 def test_longest_drain_still_fits_the_grace_period(chart: helm.Chart) -> None:
@@ -194,11 +215,15 @@ def test_tls_probe_fails_without_a_client_certificate(
     result = run_probe(
         full, mtls_server, tls_dir, GANSERVE_HEALTH_CERT=None, GANSERVE_HEALTH_KEY=None
     )
-    assert result.returncode != 0
+    # 1 and the gRPC code: the server turned the handshake down (2 would be the probe's own
+    # settings, a crash anything else).
+    assert result.returncode == 1, result.stderr.decode()
+    assert "health check failed: UNAVAILABLE" in result.stderr.decode()
 
 
 def test_tls_probe_fails_for_a_certificate_of_another_name(
     full: Manifests, mtls_server: ServerThread, tls_dir: pathlib.Path
 ) -> None:
     result = run_probe(full, mtls_server, tls_dir, GANSERVE_HEALTH_SERVER_NAME="other.example")
-    assert result.returncode != 0
+    assert result.returncode == 1, result.stderr.decode()
+    assert "health check failed: UNAVAILABLE" in result.stderr.decode()

@@ -69,24 +69,47 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{/*
 Seconds Kubernetes waits between the start of termination and SIGKILL: the preStop sleep, then
 the server's shutdown_delay and drain_grace after SIGTERM (server defaults 0 and 10 when
-unset), plus 5 s to exit. An explicit
-terminationGracePeriodSeconds must exceed the first three together.
+unset), plus 5 s to exit: after the drain the server still gives its connections at least 1 s
+to close (serve/server.py) and then exits, up to about 3 s in all. An explicit
+terminationGracePeriodSeconds must be at least the same sum, or SIGKILL can cut that short.
 */}}
 {{- define "ganserve.terminationGracePeriodSeconds" -}}
 {{- $delay := .Values.config.shutdown_delay }}
 {{- if kindIs "invalid" $delay }}{{ $delay = 0 }}{{ end }}
 {{- $drain := .Values.config.drain_grace }}
 {{- if kindIs "invalid" $drain }}{{ $drain = 10 }}{{ end }}
-{{- $needed := addf (.Values.preStopSleepSeconds | default 0) $delay $drain }}
+{{- $needed := addf (.Values.preStopSleepSeconds | default 0) $delay $drain 5 }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- ceil (addf $needed 5) | int }}
-{{- else if le (float64 .Values.terminationGracePeriodSeconds) $needed }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be greater than preStopSleepSeconds + config.shutdown_delay + config.drain_grace (%v), or the drain is cut short by SIGKILL" .Values.terminationGracePeriodSeconds $needed) }}
+{{- ceil $needed | int }}
+{{- else if lt (float64 .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + config.shutdown_delay + config.drain_grace + 5 (%v): after the drain the server needs up to about 3 s more to close its connections and exit, which SIGKILL would cut short; raise it to %d, or leave it null to have it computed" .Values.terminationGracePeriodSeconds $needed (ceil $needed | int)) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds | int }}
 {{- end }}
 {{- end }}
 
+
+{{/* "true" when the pods carry prometheus.io annotations: metrics.podAnnotations when set, else
+only without a ServiceMonitor (Prometheus setups that read both would scrape each pod twice). */}}
+{{- define "ganserve.prometheusAnnotations" -}}
+{{- $m := .Values.metrics }}
+{{- if $m.enabled }}
+{{- if kindIs "invalid" $m.podAnnotations }}
+{{- if not $m.serviceMonitor.enabled }}true{{ end }}
+{{- else if $m.podAnnotations }}true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The startup probe's timing: probes.startup, with failureThreshold (null: 90, i.e. 3 min at
+periodSeconds 2, or 300, 10 min, with gpu.enabled, where TensorRT engine builds take minutes). */}}
+{{- define "ganserve.startupProbe" -}}
+{{- $probe := deepCopy (.Values.probes.startup | default dict) }}
+{{- if kindIs "invalid" $probe.failureThreshold }}
+{{- $_ := set $probe "failureThreshold" (ternary 300 90 (eq .Values.gpu.enabled true)) }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
 
 {{/* One probe's action: kubelet's native gRPC probe, or the health check command under TLS. */}}
 {{- define "ganserve.probeAction" -}}

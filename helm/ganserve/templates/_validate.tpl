@@ -105,6 +105,10 @@ the schema's config properties (a test keeps the two lists and the server's flag
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* ModelAdmin lists and reloads models; without a token anyone who reaches the port could. */}}
+{{- if and $v.config.admin (not $v.auth.enabled) }}
+{{- fail "config.admin is true but auth.enabled is false, so anyone who reaches the gRPC port could list and reload models: set auth.enabled true (with auth.existingSecret or auth.token), or config.admin false" }}
+{{- end }}
 {{- /* The server strips the token file and needs printable ASCII (gRPC metadata); the
 schema checks the length. The token is not repeated here, so it stays out of logs. */}}
 {{- if and $v.auth.token (not (regexMatch "^[!-~]([ -~]*[!-~])?$" $v.auth.token)) }}
@@ -118,13 +122,33 @@ schema checks the length. The token is not repeated here, so it stays out of log
 {{- end }}
 {{- end }}
 {{- $ownAnnotations := list "checksum/config" }}
-{{- if and $v.metrics.enabled $v.metrics.podAnnotations }}
+{{- if include "ganserve.prometheusAnnotations" . }}
 {{- $ownAnnotations = concat $ownAnnotations (list "prometheus.io/scrape" "prometheus.io/port" "prometheus.io/path") }}
 {{- end }}
 {{- range $key := $ownAnnotations }}
 {{- if hasKey ($v.podAnnotations | default dict) $key }}
 {{- fail (printf "podAnnotations sets %s, which the chart sets itself: remove it from podAnnotations (the prometheus.io ones go with metrics.podAnnotations false)" $key) }}
 {{- end }}
+{{- end }}
+
+{{- /* The security contexts: the container's settings win over the pod's. The kubelet refuses to
+     start a container that must run as non-root but is told to run as UID 0 (with no
+     runAsUser at all it checks the image's USER, 65532 in ganserve's images). */}}
+{{- $podSc := $v.podSecurityContext | default dict }}
+{{- $sc := $v.securityContext | default dict }}
+{{- $nonRootFrom := "" }}
+{{- if not (kindIs "invalid" $sc.runAsNonRoot) }}
+{{- if $sc.runAsNonRoot }}{{ $nonRootFrom = "securityContext.runAsNonRoot" }}{{ end }}
+{{- else if $podSc.runAsNonRoot }}{{ $nonRootFrom = "podSecurityContext.runAsNonRoot" }}
+{{- end }}
+{{- $userFrom := "" }}
+{{- if not (kindIs "invalid" $sc.runAsUser) }}
+{{- if eq (int64 $sc.runAsUser) 0 }}{{ $userFrom = "securityContext.runAsUser" }}{{ end }}
+{{- else if and (not (kindIs "invalid" $podSc.runAsUser)) (eq (int64 $podSc.runAsUser) 0) }}
+{{- $userFrom = "podSecurityContext.runAsUser" }}
+{{- end }}
+{{- if and $nonRootFrom $userFrom }}
+{{- fail (printf "%s is 0 (root) but %s is true, so the kubelet would refuse to start the container (CreateContainerConfigError): set %s to a non-root UID (the image's user is 65532), or remove it" $userFrom $nonRootFrom $userFrom) }}
 {{- end }}
 
 {{- /* Metrics and the ServiceMonitor. */}}
