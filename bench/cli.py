@@ -16,12 +16,14 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
 import pathlib
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -137,6 +139,7 @@ def _write(
     title: str,
     extra: dict | None = None,
 ) -> None:
+    """The points as JSON (with ``extra``: what made them), CSV and a plot, where asked."""
     try:
         if json_path:
             report.write_json(points, json_path, extra)
@@ -290,6 +293,11 @@ def run(
     items = 64 if items is None else items
     if server == "triton" and (rpc != "generate" or not model):
         raise click.UsageError("--server triton needs --model and takes --rpc generate only")
+    if server == "triton" and encoding == "png":
+        raise click.UsageError(
+            "--encoding png: Triton answers with raw uint8 tensors; leave --encoding out (raw) "
+            "with --server triton"
+        )
     if rate is not None and rate * window < 1:
         raise click.UsageError(
             f"a {window:g} s window at {rate:g} calls/s holds less than one call: "
@@ -298,6 +306,32 @@ def run(
     windows = Windows(warmup_s=warmup, window_s=window, max_windows=max_windows)
     title = f"gan-bench: {server} {rpc} {encoding}"
     points: list[Point] = []  # filled point by point, so an interrupted run keeps its points
+    levels = concurrency or ([] if rate else [1, 8, 64, 256])
+    made_by = {  # what made these points, written next to them (as `compare` does)
+        "run": {
+            "target": target,
+            "server": server,
+            "rpc": rpc,
+            "encoding": encoding,
+            "items": items if rpc == "batch" else 1,
+            "model": model,
+            "num_classes": num_classes,
+            "concurrency": levels,
+            "rate": rate,
+            "poisson": poisson,
+            "metrics_url": metrics_url,
+            "windows": dataclasses.asdict(windows),
+        },
+        "machine": _machine(),
+    }
+    write = functools.partial(
+        _write,
+        json_path=json_path,
+        csv_path=csv_path,
+        plot_path=plot_path,
+        title=title,
+        extra=made_by,
+    )
     try:
         asyncio.run(
             _run(
@@ -309,7 +343,7 @@ def run(
                 encoding,
                 model,
                 num_classes,
-                concurrency or ([] if rate else [1, 8, 64, 256]),
+                levels,
                 rate,
                 poisson,
                 metrics_url,
@@ -318,15 +352,18 @@ def run(
         )
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (_stop_like_ctrl_c)
         if points:
-            _write(points, json_path, csv_path, plot_path, title)
+            write(points)
             click.echo(f"stopped: the {len(points)} point(s) measured are written", err=True)
         raise SystemExit(_stop_code()) from None
     except Exception as exc:  # a dead server is one line, not a traceback
         code = exc.code().name if hasattr(exc, "code") and callable(exc.code) else ""
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        if points:  # minutes of measuring are kept: a later point's failure is not theirs
+            write(points)
+            click.echo(f"failed: the {len(points)} point(s) measured are written", err=True)
         raise click.ClickException(f"{code}: {details}".strip(": ")) from None
     click.echo(report.table(points))
-    _write(points, json_path, csv_path, plot_path, title)
+    write(points)
     empty = [p.label for p in points if not p.requests_per_s]
     if empty:  # a script must see it: the table alone would pass for a (slow) result
         raise click.ClickException(f"no call succeeded at {', '.join(empty)}: see the error codes")
@@ -387,11 +424,14 @@ async def _run(
             )
             shape = f"batch({items})" if rpc == "batch" else rpc
             name = f"ganserve {info.name} {shape} {encoding}"
+            scraped = info.name  # the server may answer other models meanwhile
         else:
+            await targets.triton_ready(ch, target, model)
             classes = 10 if num_classes is None else num_classes
             call = targets.triton_infer(ch, model=model, num_classes=classes)
             name = f"triton {model}"
-        scrape = targets.ganserve_scraper(metrics_url) if metrics_url else None
+            scraped = model
+        scrape = targets.ganserve_scraper(metrics_url, model=scraped) if metrics_url else None
         for load in concurrency:
             points.append(
                 await measure(
@@ -470,6 +510,8 @@ def compare(
     if given is not ParameterSource.DEFAULT and not triton_python.is_file():
         raise click.BadParameter(f"{triton_python} is not a file", param_hint="'--triton-python'")
     python = triton_python if triton_python.is_file() else None
+    if python is not None:  # now, not as "Triton exited" minutes into the run
+        _check_pytriton(python)
     engine_backend = Backend(backend)
     results = Results(backend=backend)
     try:
@@ -509,6 +551,26 @@ def compare(
         raise click.ClickException("part of the run failed: " + "; ".join(results.failed))
 
 
+def _check_pytriton(python: pathlib.Path) -> None:
+    """BadParameter, in one line, unless ``python`` runs and imports pytriton."""
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import pytriton"], capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it did not answer in 120 s"
+        raise click.BadParameter(
+            f"cannot run {python}: {why}", param_hint="'--triton-python'"
+        ) from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise click.BadParameter(
+            f"{python} cannot import pytriton ({last}): give the Python of a PyTriton "
+            "environment (make bench creates build/triton-venv)",
+            param_hint="'--triton-python'",
+        )
+
+
 def _write_compare(out: pathlib.Path, results, met, *, echo: bool, stem: str = "") -> None:
     """summary.md, results.json and .csv, and the plot of a `compare` run (``stem`` before
     each suffix: ".partial" for a stopped run)."""
@@ -537,12 +599,16 @@ def _reliability_run(
     out: pathlib.Path, name: str, repo: pathlib.Path, server_args: list[str], run
 ) -> None:
     """Start ganserve on ``repo``, await run(server), print and save its figures; exit 1 when
-    the run's verdict is a failure."""
-    from ganserve.bench.compare import ganserve
+    the run's verdict is a failure, or, in one line naming its log, when the server does not
+    start."""
+    from ganserve.bench.compare import ServerStartError, ganserve
 
     out.mkdir(parents=True, exist_ok=True)
-    with ganserve(repo, out / f"{name}-server.log", *server_args) as server:
-        figures = asyncio.run(run(server))
+    try:
+        with ganserve(repo, out / f"{name}-server.log", *server_args) as server:
+            figures = asyncio.run(run(server))
+    except ServerStartError as exc:
+        raise click.ClickException(str(exc)) from None
     figures["machine"] = _machine()
     report.dump_json(figures, out / f"{name}.json")
     width = max(map(len, figures))
@@ -688,8 +754,15 @@ def _summary(results, met) -> str:
     ]
     for t in met:
         verdict = "n/a" if t.met is None else ("yes" if t.met else "**no**")
+        verdict = "not judged" if t.note else verdict
         lines.append(f"| {t.name} | {t.value:.2f} | {t.goal} | {verdict} |")
-    notes = [*results.notes, *(f"failed: {f}" for f in results.failed)]
+    if not met:
+        lines.append("| (none: the points they need were not measured; see below) | | | |")
+    notes = [
+        *results.notes,
+        *(f"{t.name}: {t.note}" for t in met if t.note),
+        *(f"failed: {f}" for f in results.failed),
+    ]
     lines += ["", *[f"- {n}" for n in notes], "", "Machine: " + json.dumps(_machine())]
     return "\n".join(lines)
 

@@ -9,6 +9,9 @@ the last `stable_windows` agree within `tolerance` in throughput and p99 latency
 perf_analyzer judges), or `max_windows` pass (the point is then reported unstable). Figures come
 from the stable windows together. Calls that got no reply in all of those windows (a hung
 server) are counted as `NO_REPLY` errors, so a point with nothing back never shows no errors.
+A fixed-rate point at which the calls sent fell under `KEEP_UP` of the rate offered, or whose
+send lag p99 passed its p99 latency, measured something other than the offered load (as
+perf_analyzer warns, "not able to keep up"): it is marked not stable, with a note saying why.
 
 Call numbers (which the targets turn into seeds) never repeat within a process and start at a
 random place in each, so a server's response cache cannot answer a later point, or a later
@@ -37,6 +40,10 @@ Scrape = Callable[[], dict[str, float]]
 CALL_NUMBERS = itertools.count(random.SystemRandom().randrange(1 << 40))
 # The error code of calls still unanswered when a point ends, after its measured windows.
 NO_REPLY = "NO_REPLY"
+# The error code of arrivals the client dropped (max_in_flight calls already in flight).
+CLIENT_SATURATED = "CLIENT_SATURATED"
+# A fixed-rate point whose calls sent fall under this share of the rate offered fell behind.
+KEEP_UP = 0.90
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +65,23 @@ class Windows:
     max_windows: int = 8
     tolerance: float = 0.10
 
+    def __post_init__(self) -> None:
+        # Each would make a point that never ends, divides by zero, or is judged on nothing.
+        for name in ("warmup_s", "window_s", "tolerance"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (value == 0 and name == "window_s"):
+                raise ValueError(
+                    f"Windows.{name} is {value}: give a finite number >= 0"
+                    + (" (and > 0)" if name == "window_s" else "")
+                )
+        if self.stable_windows < 1:
+            raise ValueError(f"Windows.stable_windows is {self.stable_windows}: give 1 or more")
+        if self.max_windows < self.stable_windows:
+            raise ValueError(
+                f"Windows.max_windows is {self.max_windows}: give at least stable_windows "
+                f"({self.stable_windows})"
+            )
+
 
 @dataclasses.dataclass
 class Point:
@@ -77,8 +101,11 @@ class Point:
     error_details: dict[str, str] = dataclasses.field(default_factory=dict)  # first per code
     # Fixed rate only: p99 of how late the client started calls after their scheduled arrivals.
     send_lag_ms: float | None = None
+    # What a reader must know to trust the figures: a client that fell behind, a counter reset.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def row(self) -> dict[str, object]:
+        """The point as one flat row: the table's and the CSV's columns."""
         return {
             "label": self.label,
             "mode": self.mode,
@@ -93,7 +120,18 @@ class Point:
             "client_cpu": round(self.client_cpu, 2),
             **({} if self.send_lag_ms is None else {"send_lag_p99_ms": round(self.send_lag_ms, 3)}),
             **{f"server_{k}": round(v, 3) for k, v in self.server.items()},
+            "notes": "; ".join(self.notes),
         }
+
+    def record(self) -> dict[str, object]:
+        """The point for JSON: ``row()`` with the errors as an object by status code, the first
+        call's details of each, and the notes as a list."""
+        record = self.row()
+        del record["error_codes"]
+        record["errors"] = dict(sorted(self.errors.items()))
+        record["error_details"] = {c: self.error_details.get(c, "") for c in sorted(self.errors)}
+        record["notes"] = list(self.notes)
+        return record
 
 
 class _Recorder:
@@ -183,7 +221,7 @@ async def measure(
             # Yields even when late, so the calls already started, and the windows, run too.
             await asyncio.sleep(max(next_at - time.perf_counter(), 0.0))
             if len(tasks) >= max_in_flight:
-                recorder.add(0.0, 0, "CLIENT_SATURATED")  # offered load the client dropped
+                recorder.add(0.0, 0, CLIENT_SATURATED)  # offered load the client dropped
                 continue
             task = asyncio.create_task(_timed(call, next(counter), recorder, next_at))
             tasks.add(task)
@@ -266,13 +304,19 @@ async def _windows(
         if c == "OK"
     ]
     pct = np.percentile(ok_latency, [50, 90, 95, 99]) * 1e3 if ok_latency else [math.nan] * 4
-    server_figures = _server_figures(server[-k - 1], server[-1])
+    server_figures, notes = _server_figures(server[-k - 1], server[-1])
     lags = [
         lag
         for lag, c in zip(recorder.lag[first:last], recorder.codes[first:last], strict=True)
-        if c != "CLIENT_SATURATED"
+        if c != CLIENT_SATURATED
     ]
     send_lag = float(np.percentile(lags, 99)) * 1e3 if rate is not None and lags else None
+    if rate is not None:
+        # Calls sent, whatever their answer: a server that refuses calls fast is still sent the
+        # offered load; arrivals dropped by the client (CLIENT_SATURATED) were not sent.
+        behind = keeping_up(rate, len(lags) / elapsed, send_lag, float(pct[3]))
+        notes += behind
+        stable = stable and not behind
     return Point(
         label=label,
         mode="concurrency" if concurrency else "rate",
@@ -293,15 +337,60 @@ async def _windows(
         client_cpu=(cpu[-1] - cpu[-k - 1]) / elapsed,
         server=server_figures,
         send_lag_ms=send_lag,
+        notes=notes,
     )
 
 
-def _server_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean batch size and queue time over the window, from histogram sums and counts."""
-    out = {}
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    if d.get("batch_count", 0) > 0:
-        out["mean_batch"] = d["batch_sum"] / d["batch_count"]
-    if d.get("queue_count", 0) > 0:
-        out["mean_queue_ms"] = d["queue_sum"] / d["queue_count"] * 1e3
-    return out
+def keeping_up(
+    offered: float, sent_per_s: float, send_lag_ms: float | None, p99_ms: float
+) -> list[str]:
+    """Why a fixed-rate point did not measure its offered load (none: it did), as
+    perf_analyzer's "not able to keep up" judges it, by the calls sent and their lateness.
+
+    Lateness is judged tail against tail: the event loop's timers wake on a ~1 ms grid, so a
+    lag p99 of 1-2 ms is this client's normal burstiness, as large as a fast server's p50; a
+    lag p99 past the latency p99 is client timing that outweighs anything the latencies show."""
+    notes = []
+    if sent_per_s < KEEP_UP * offered:
+        notes.append(
+            f"fell behind: sent {sent_per_s:.0f} calls/s of the {offered:g}/s offered (under "
+            f"{KEEP_UP:.0%}): the client, or a server that queues calls, could not keep up"
+        )
+    if send_lag_ms is not None and math.isfinite(p99_ms) and send_lag_ms > p99_ms:
+        notes.append(
+            f"fell behind: send lag p99 {send_lag_ms:.2f} ms is above the p99 latency "
+            f"{p99_ms:.2f} ms: calls started late, so the latencies are not those of the "
+            "offered arrivals"
+        )
+    return notes
+
+
+# Histograms whose sum and count give a mean: (sum, count, figure, scale).
+_MEANS = (
+    ("batch_sum", "batch_count", "mean_batch", 1.0),
+    ("queue_sum", "queue_count", "mean_queue_ms", 1e3),
+)
+
+
+def _server_figures(
+    before: dict[str, float], after: dict[str, float]
+) -> tuple[dict[str, float], list[str]]:
+    """Mean batch size and queue time over the windows, from histogram sums and counts; and
+    a note for each histogram whose counters went down.
+
+    Prometheus' rule for counters (as ``increase()`` applies it): one that went down was reset
+    (a server restart) and counted from zero since, so its increase is its value now. A
+    histogram's sum and count reset together: either going down resets both."""
+    out: dict[str, float] = {}
+    notes: list[str] = []
+    for total, count, figure, scale in _MEANS:
+        if count not in after:
+            continue
+        d_sum = after[total] - before.get(total, 0.0)
+        d_count = after[count] - before.get(count, 0.0)
+        if d_sum < 0 or d_count < 0:
+            d_sum, d_count = after[total], after[count]
+            notes.append(f"server {figure} since its counters reset (they went down: a restart?)")
+        if d_count > 0:
+            out[figure] = d_sum / d_count * scale
+    return out, notes

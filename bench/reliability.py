@@ -127,9 +127,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def _num_classes(ch: grpc.aio.Channel) -> int:
-    info = await generator_pb2_grpc.GeneratorStub(ch).GetModelInfo(pb.GetModelInfoRequest())
-    return info.num_classes
+async def _model_info(ch: grpc.aio.Channel) -> pb.ModelInfo:
+    """The default model's info: the model the calls of a run get."""
+    return await generator_pb2_grpc.GeneratorStub(ch).GetModelInfo(pb.GetModelInfoRequest())
 
 
 async def soak(
@@ -144,7 +144,8 @@ async def soak(
 ) -> dict[str, object]:
     """The soak run's figures and verdict (see the module docstring)."""
     async with targets.channel(target) as ch:
-        call = generate_call(ch, num_classes=await _num_classes(ch), timeout=timeout)
+        info = await _model_info(ch)
+        call = generate_call(ch, num_classes=info.num_classes, timeout=timeout)
         warm = await drive(call, calls=warmup_calls, concurrency=concurrency)
         rss_warm = rss_mb(pid)
         run = await drive(call, calls=calls, concurrency=concurrency, first=warmup_calls)
@@ -173,8 +174,8 @@ class QueueSampler:
     scrape that fails ends the sampling and is kept in ``error``: a verdict on the queue must
     not rest on samples that were never taken."""
 
-    def __init__(self, metrics_url: str, every_s: float = 0.02) -> None:
-        self._scrape = targets.ganserve_scraper(metrics_url)
+    def __init__(self, metrics_url: str, *, model: str, every_s: float = 0.02) -> None:
+        self._scrape = targets.ganserve_scraper(metrics_url, model=model)
         self._every = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="queue-sampler")
@@ -213,14 +214,15 @@ async def overload(
 ) -> dict[str, object]:
     """Capacity at half the queue size in flight, then arrivals at ``factor`` times that
     capacity (see the module docstring)."""
-    scrape = targets.ganserve_scraper(metrics_url)
     async with targets.channel(target) as ch:
-        call = generate_call(ch, num_classes=await _num_classes(ch), timeout=timeout)
+        info = await _model_info(ch)
+        scrape = targets.ganserve_scraper(metrics_url, model=info.name)
+        call = generate_call(ch, num_classes=info.num_classes, timeout=timeout)
         await drive(call, calls=max(200, calls // 10), concurrency=queue_size // 2)  # warm-up
         capacity = await drive(call, calls=calls, concurrency=queue_size // 2, first=10**6)
         before = scrape()
         offered = factor * capacity.rate()
-        with QueueSampler(metrics_url) as sampler:
+        with QueueSampler(metrics_url, model=info.name) as sampler:
             over = await drive_rate(call, calls=calls, rate=offered, first=10**7)
         after = scrape()
     batches = after["batch_count"] - before["batch_count"]

@@ -53,6 +53,8 @@ def table(points: Sequence[Point]) -> str:
                 if key == "load"
                 else f"{value:.1f}"
                 if isinstance(value, float) and key == "server_mean_batch"
+                else f"{value:.2f}"  # cores, always to the hundredth: 0.40, not 0.4
+                if isinstance(value, float) and key == "client_cpu"
                 else ("yes" if value else "NO")
                 if key == "stable"
                 else str(value)
@@ -65,11 +67,13 @@ def table(points: Sequence[Point]) -> str:
             lines.append(
                 f"{point.label}: {count} {code}" + (f" (first: {detail})" if detail else "")
             )
+        lines += [f"{point.label}: {note}" for note in point.notes]
     return "\n".join(lines)
 
 
 def write_json(points: Sequence[Point], path: pathlib.Path, extra: dict | None = None) -> None:
-    dump_json({"points": [p.row() for p in points], **(extra or {})}, path, sort_keys=True)
+    """The points (`Point.record`: errors as an object by status code), and ``extra``."""
+    dump_json({"points": [p.record() for p in points], **(extra or {})}, path, sort_keys=True)
 
 
 def dump_json(value: object, path: pathlib.Path, *, sort_keys: bool = False) -> None:

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import grpc
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,6 +91,75 @@ def triton_infer(ch: grpc.aio.Channel, *, model: str, num_classes: int) -> Call:
     return call
 
 
+def _model_ready_messages() -> tuple[type, type]:
+    """Triton's ModelReadyRequest {string name = 1; string version = 2} and ModelReadyResponse
+    {bool ready = 1}, built here: ganserve's predict.proto, which other code shares, carries
+    only the calls the load itself makes. A pool of their own, so no name can clash."""
+    S, B = (
+        descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+    )
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    file = descriptor_pb2.FileDescriptorProto(
+        name="gan_bench/model_ready.proto", package="inference", syntax="proto3"
+    )
+    for message, fields in (
+        ("ModelReadyRequest", [("name", 1, S), ("version", 2, S)]),
+        ("ModelReadyResponse", [("ready", 1, B)]),
+    ):
+        file.message_type.add(name=message).field.extend(
+            descriptor_pb2.FieldDescriptorProto(name=n, number=i, type=t, label=optional)
+            for n, i, t in fields
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{name}"))
+        for name in ("ModelReadyRequest", "ModelReadyResponse")
+    )
+
+
+ModelReadyRequest, ModelReadyResponse = _model_ready_messages()
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+
+
+async def triton_ready(ch: grpc.aio.Channel, target: str, model: str) -> None:
+    """Raise ValueError, in one line saying what to fix, unless the Triton server at ``target``
+    is ready and so is its ``model`` (its gRPC ServerReady and ModelReady): before any load is
+    sent, not after a run of failed calls."""
+    stub = predict_pb2_grpc.GRPCInferenceServiceStub(ch)
+    try:
+        server = await stub.ServerReady(predict_pb2.ServerReadyRequest(), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        raise ValueError(
+            f"{target} does not serve Triton's GRPCInferenceService (ServerReady is "
+            "UNIMPLEMENTED there): for ganserve, leave out --server triton"
+        ) from None
+    if not server.ready:
+        raise ValueError(f"Triton at {target} is not ready (ServerReady says no): wait, or fix it")
+    model_ready = ch.unary_unary(
+        MODEL_READY,
+        request_serializer=ModelReadyRequest.SerializeToString,
+        response_deserializer=ModelReadyResponse.FromString,
+    )
+    try:
+        reply = await model_ready(ModelReadyRequest(name=model), timeout=10)
+        ready = reply.ready
+    except grpc.aio.AioRpcError as exc:
+        # Triton says ready: false for a model it does not have; other KServe v2 servers
+        # answer with one of these.
+        if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise
+        ready = False
+    if not ready:
+        raise ValueError(
+            f"model {model!r} is not ready on Triton at {target}: check --model (the name "
+            "Triton serves it under)"
+        )
+
+
 def health_check(ch: grpc.aio.Channel) -> Call:
     """A bare gRPC round trip (the health service): the floor under any unary RPC."""
     stub = health_pb2_grpc.HealthStub(ch)
@@ -102,7 +172,8 @@ def health_check(ch: grpc.aio.Channel) -> Call:
     return call
 
 
-# The families scraped, and the sample of each that gan-bench sums over every model version.
+# The families scraped, and the sample of each that gan-bench sums over the versions of the
+# model measured.
 SCRAPED = {
     "ganserve_batch_size_sum": "batch_sum",
     "ganserve_batch_size_count": "batch_count",
@@ -112,9 +183,10 @@ SCRAPED = {
 }
 
 
-def ganserve_scraper(metrics_url: str) -> Scrape:
+def ganserve_scraper(metrics_url: str, *, model: str) -> Scrape:
     """Sums of ganserve's batch-size and queue-time histograms (for per-window deltas), and the
-    queue depth now, over every model version."""
+    queue depth now, over the versions of ``model``: another model the server answers
+    meanwhile must not mix its batches into this one's figures."""
 
     def fail(why: str) -> NoReturn:
         raise RuntimeError(f"cannot scrape metrics from {metrics_url}: {why}")
@@ -133,7 +205,7 @@ def ganserve_scraper(metrics_url: str) -> Scrape:
             for family in text_string_to_metric_families(text):
                 families.add(family.name)
                 for sample in family.samples:
-                    if sample.name in SCRAPED:
+                    if sample.name in SCRAPED and sample.labels.get("model") == model:
                         out[SCRAPED[sample.name]] += sample.value
         except ValueError as exc:
             fail(f"not Prometheus text ({str(exc)[:80]})")
