@@ -304,7 +304,7 @@ async def _windows(
         if c == "OK"
     ]
     pct = np.percentile(ok_latency, [50, 90, 95, 99]) * 1e3 if ok_latency else [math.nan] * 4
-    server_figures, notes = _server_figures(server[-k - 1], server[-1])
+    server_figures, notes = server_figures_between(server[-k - 1], server[-1])
     lags = [
         lag
         for lag, c in zip(recorder.lag[first:last], recorder.codes[first:last], strict=True)
@@ -372,7 +372,7 @@ _MEANS = (
 )
 
 
-def _server_figures(
+def server_figures_between(
     before: dict[str, float], after: dict[str, float]
 ) -> tuple[dict[str, float], list[str]]:
     """Mean batch size and queue time over the windows, from histogram sums and counts; and

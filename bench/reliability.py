@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from ganserve.bench import targets
+from ganserve.bench.load import server_figures_between
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc
 
@@ -225,8 +226,8 @@ async def overload(
         with QueueSampler(metrics_url, model=info.name) as sampler:
             over = await drive_rate(call, calls=calls, rate=offered, first=10**7)
         after = scrape()
-    batches = after["batch_count"] - before["batch_count"]
-    images = after["batch_sum"] - before["batch_sum"]
+    # Prometheus' increase() rule, so a server restarted mid-run does not give a negative mean.
+    figures, reset_notes = server_figures_between(before, after)
     undocumented = {c: n for c, n in over.codes.items() if c not in DOCUMENTED}
     return {
         "queue_size": queue_size,
@@ -241,7 +242,8 @@ async def overload(
         "max_queue_depth_seen": max(sampler.max_depth, 0.0),
         "queue_samples": sampler.samples,
         "queue_sampling_error": sampler.error,
-        "mean_batch_size": round(images / batches, 2) if batches else 0.0,
+        "mean_batch_size": round(figures.get("mean_batch", 0.0), 2),
+        "counter_notes": reset_notes,
         "undocumented_codes": undocumented,
         "passed": not undocumented
         and sampler.error is None

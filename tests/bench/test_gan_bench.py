@@ -34,10 +34,10 @@ from ganserve.bench.load import (
     NO_REPLY,
     Point,
     Windows,
-    _server_figures,
     agree,
     keeping_up,
     measure,
+    server_figures_between,
 )
 from ganserve.bench.reliability import QueueSampler
 from ganserve.serve.errors import ModelLoadError
@@ -531,14 +531,14 @@ def test_windows_that_cannot_measure_a_point_are_refused(settings: dict, message
 def test_server_figures_treat_a_counter_that_went_down_as_reset() -> None:
     """A restarted server's counters start again from 0: after - before gave a mean batch of
     -34. Prometheus' rule: a counter that went down counts from 0 since."""
-    figures, notes = _server_figures(
+    figures, notes = server_figures_between(
         {"batch_sum": 2000, "batch_count": 100, "queue_sum": 5.0, "queue_count": 100},
         {"batch_sum": 300, "batch_count": 150, "queue_sum": 6.0, "queue_count": 150},
     )
     assert figures["mean_batch"] == pytest.approx(2.0)  # 300 / 150: the histogram reset
     assert figures["mean_queue_ms"] == pytest.approx(20.0)  # (6 - 5) / 50: it did not
     assert len(notes) == 1 and "mean_batch" in notes[0] and "reset" in notes[0]
-    figures, notes = _server_figures(
+    figures, notes = server_figures_between(
         {"batch_sum": 300, "batch_count": 150}, {"batch_sum": 500, "batch_count": 200}
     )
     assert figures == {"mean_batch": pytest.approx(4.0)} and notes == []
