@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ganserve.export.errors import ExportError
+from ganserve.train.checkpoint import sync_folder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,10 +109,17 @@ def model_lock(
     warning. ``target``: what the messages say cannot be written (the version, when known)."""
     folder = repository / name
     target = target or folder
+    created: list[pathlib.Path] = []  # by every attempt, outermost first
     for attempt in range(RETRIES):
         # Another export of the model that made the folder and failed removes it again: make
-        # it again, and lock the one there now (what an earlier attempt made is gone).
-        created = _make_folders(folder, target)
+        # it again, and lock the one there now. The parents an earlier attempt made are still
+        # this export's to remove.
+        try:
+            made = _make_folders(folder, target)
+        except ExportError:
+            _remove_empty(created)
+            raise
+        created += [p for p in made if p not in created]
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -254,7 +262,7 @@ def publish(staging: Staging) -> None:
     try:
         # Files, then their folder: after a power cut the rename could otherwise survive
         # with the files' contents lost, and a server would refuse the newest version.
-        _sync_folder(staging.folder, files=True)
+        sync_folder(staging.folder, files=True)
         replaced = os.path.lexists(final)
         if replaced:
             # With --force, `stage` saw a version folder here; otherwise (or if it is no longer
@@ -269,7 +277,7 @@ def publish(staging: Staging) -> None:
         raise ExportError(f"cannot write {final}: {exc.strerror or exc}") from None
     # Published: what fails from here on is not a failed export.
     try:
-        _sync_folder(final.parent)
+        sync_folder(final.parent)
     except OSError as exc:
         LOGGER.warning(
             "published %s, but could not flush its folder to the disk (%s): a power cut now "
@@ -310,20 +318,3 @@ def _replace(new: pathlib.Path, final: pathlib.Path) -> None:
         os.rename(aside, final)  # put the old version back
         raise
     os.rename(aside, new)
-
-
-def _sync_folder(folder: pathlib.Path, *, files: bool = False) -> None:
-    """fsync ``folder`` (and with ``files``, each file in it first)."""
-    if files:
-        for path in folder.iterdir():
-            if path.is_file():
-                with path.open("rb") as f:
-                    os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a folder it cannot sync
-            raise
-    finally:
-        os.close(fd)

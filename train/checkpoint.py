@@ -8,6 +8,7 @@ executes code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pathlib
@@ -40,7 +41,7 @@ def save(payload: dict[str, Any], path: pathlib.Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _sync_folder(path.parent)
+        sync_folder(path.parent)
     except (OSError, RuntimeError) as exc:  # a full disk surfaces from torch as RuntimeError
         tmp.unlink(missing_ok=True)  # a truncated file, as large as the disk allowed
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -50,16 +51,20 @@ def save(payload: dict[str, Any], path: pathlib.Path) -> None:
         raise
 
 
-def _sync_folder(folder: pathlib.Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+def sync_folder(folder: pathlib.Path, *, files: bool = False) -> None:
+    """Make the renames in ``folder`` durable by fsyncing it (and with ``files``, each file in
+    it first). A file system that cannot sync a folder is let be; other failures raise."""
+    if files:
+        for path in folder.iterdir():
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a folder it cannot sync
+            raise
     finally:
         os.close(fd)
 

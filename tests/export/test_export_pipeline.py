@@ -477,8 +477,10 @@ def test_a_model_folder_removed_meanwhile_by_another_export_is_made_again(
     monkeypatch.setattr(publish, "_make_folders", then_removed)
     with publish.model_lock(tmp_path / "repo", "tiny") as created:
         assert (tmp_path / "repo" / "tiny").is_dir() and removed
-        assert tmp_path / "repo" / "tiny" in created
-    assert list(tmp_path.iterdir()) == [tmp_path / "repo"]  # made by the first attempt
+        assert created == (tmp_path / "repo", tmp_path / "repo" / "tiny")
+    # The repository folder, made by the first attempt, is removed with the model folder: it
+    # was left behind, empty.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_that_cannot_be_flushed_after_publishing_is_a_warning(
