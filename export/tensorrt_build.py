@@ -11,6 +11,7 @@ the output layers in FP32 when FP16 drifts (the caller rebuilds with ``fp32_tail
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pathlib
 from typing import Any
@@ -85,7 +86,8 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    onnx = onnx_path.read_bytes()
+    if not parser.parse(onnx):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
@@ -116,7 +118,8 @@ def build_plan(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError("TensorRT failed to build the engine (see its log above)")
-    plan_path.write_bytes(bytes(serialized))
+    plan = bytes(serialized)
+    plan_path.write_bytes(plan)
     LOGGER.info(
         "built %s (%s, batch 1..%d, opt %d) for %s with TensorRT %s",
         plan_path.name,
@@ -132,4 +135,8 @@ def build_plan(
         "precision": precision,
         "profile": {"min": 1, "opt": opt_batch, "max": max_batch},
         "fp32_layers": pinned,
+        # What the server checks the files against: a plan copied in from another export, or
+        # a model.onnx replaced beside it, is refused rather than served under this record.
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "onnx_sha256": hashlib.sha256(onnx).hexdigest(),
     }

@@ -5,8 +5,8 @@ streams.
 A plan is not portable: it only deserializes under the TensorRT version that built it and is
 tuned for one GPU, so export-gan records both in ``metadata.json`` (``extra.tensorrt``:
 ``{"version": ..., "gpu": ...}``) and this backend refuses a plan whose record does not match
-the machine. ``tensorrt`` and ``cuda-python`` are imported lazily: the module imports cleanly
-on a CPU-only machine.
+the machine, or whose files are not the ones recorded (their SHA-256). ``tensorrt`` and
+``cuda-python`` are imported lazily: the module imports cleanly on a CPU-only machine.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import numpy as np
 from ganserve.serve import inputs as model_inputs
 from ganserve.serve.backends import Backend, EngineOptions
 from ganserve.serve.errors import GanServeError, ModelLoadError
-from ganserve.serve.metadata import METADATA_FILE, PLAN_FILE, ModelMetadata
+from ganserve.serve.metadata import METADATA_FILE, MODEL_FILE, PLAN_FILE, ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +123,35 @@ def plan_mismatch(extra: Mapping[str, Any], trt_version: str, gpus: Sequence[str
             f"{PLAN_FILE} was built for GPU model {gpu!r} but this machine has "
             f"{', '.join(repr(name) for name in gpus)} (rebuild the plan on this GPU model)"
         )
+    return None
+
+
+def provenance_mismatch(
+    extra: Mapping[str, Any], plan: bytes, version_dir: pathlib.Path
+) -> str | None:
+    """None if ``plan`` (model.plan's bytes) and the folder's model.onnx are the files
+    export-gan recorded in ``extra.tensorrt`` (a record from before those hashes is taken as
+    it is), else which one was replaced since the export."""
+    record = extra.get("tensorrt")
+    record = record if isinstance(record, Mapping) else {}
+    want = record.get("plan_sha256")
+    if isinstance(want, str) and hashlib.sha256(plan).hexdigest() != want:
+        return (
+            f"{PLAN_FILE} is not the plan {METADATA_FILE} records (its SHA-256 differs): it was "
+            "replaced after the export; export the model again rather than copy a plan in"
+        )
+    want = record.get("onnx_sha256")
+    onnx = version_dir / MODEL_FILE
+    if isinstance(want, str) and onnx.is_file():
+        digest = hashlib.sha256()
+        with onnx.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != want:
+            return (
+                f"{PLAN_FILE} was built from another {MODEL_FILE} (its SHA-256 differs from the "
+                "one recorded), so the two would give different images; export the model again"
+            )
     return None
 
 
@@ -330,6 +360,9 @@ class TensorRTEngine:
             plan = plan_path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"{plan_path}: cannot read it ({exc})") from exc
+        mismatch = provenance_mismatch(self.metadata.extra, plan, plan_path.parent)
+        if mismatch:
+            raise ModelLoadError(f"{plan_path}: {mismatch}")
 
         self._runtime = trt.Runtime(trt_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(plan)

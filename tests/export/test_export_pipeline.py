@@ -59,6 +59,18 @@ def test_missing_tensorrt_is_one_note_not_an_error(exported) -> None:
     assert note.startswith("TensorRT engine skipped: ")
 
 
+@pytest.mark.skipif(bool(NO_TENSORRT), reason=f"needs TensorRT and a GPU: {NO_TENSORRT}")
+def test_the_plan_record_holds_the_sha256_of_the_plan_and_of_the_onnx_it_came_from(
+    exported,
+) -> None:
+    """What the server checks the files against before it serves a plan."""
+    _, result = exported
+    folder = result.version.path
+    record = json.loads((folder / "metadata.json").read_text())["extra"]["tensorrt"]
+    assert record["plan_sha256"] == checkpoint.file_sha256(folder / "model.plan")
+    assert record["onnx_sha256"] == checkpoint.file_sha256(folder / "model.onnx")
+
+
 def test_metadata_describes_model_engines_and_provenance(exported, tiny_checkpoint) -> None:
     _, result = exported
     meta = json.loads((result.version.path / "metadata.json").read_text())

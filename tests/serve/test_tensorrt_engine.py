@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import pathlib
@@ -140,6 +141,50 @@ def test_a_plan_of_another_tensorrt_version_is_refused_naming_both(
     folder = _version(tmp_path, {"version": "0.0.0", "gpu": "Fake GPU"})
     reason = tensorrt.unavailable(folder)
     assert "built with TensorRT 0.0.0 but this machine has TensorRT 10.99.0" in reason
+
+
+def _recorded(root: pathlib.Path) -> pathlib.Path:
+    """A version whose record carries the hashes of its plan and ONNX, as export-gan writes."""
+    folder = _version(root)
+    record = {
+        **RECORD,
+        "plan_sha256": hashlib.sha256((folder / PLAN_FILE).read_bytes()).hexdigest(),
+        "onnx_sha256": hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest(),
+    }
+    extra = {**METADATA.extra, "tensorrt": record}
+    dataclasses.replace(METADATA, extra=extra).write(folder / METADATA_FILE)
+    return folder
+
+
+def test_a_plan_or_onnx_replaced_after_the_export_is_refused(
+    tmp_path: pathlib.Path, fake: fake_tensorrt.FakeTensorRT
+) -> None:
+    """Both files' SHA-256 is recorded at export: a plan copied in from another export, or a
+    model.onnx replaced beside the plan, would serve under a record that is not theirs."""
+    folder = _recorded(tmp_path / "as-exported")
+    fake.plan = _plan(folder)
+    _engine(folder).close()
+    replaced = _recorded(tmp_path / "plan")
+    (replaced / PLAN_FILE).write_bytes(b"another plan")
+    with pytest.raises(ModelLoadError, match=r"is not the plan metadata\.json records"):
+        _engine(replaced)
+    replaced = _recorded(tmp_path / "onnx")
+    with (replaced / MODEL_FILE).open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelLoadError, match=r"was built from another model\.onnx"):
+        _engine(replaced)
+    assert not fake.cuda.live
+
+
+def test_auto_serves_on_the_next_backend_when_the_plan_was_replaced(
+    tmp_path: pathlib.Path, fake: fake_tensorrt.FakeTensorRT, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _recorded(tmp_path)
+    fake.plan = _plan(folder)
+    (folder / PLAN_FILE).write_bytes(b"another plan")
+    with caplog.at_level(logging.WARNING):
+        assert _served_backend(tmp_path, backend=Backend.AUTO) is Backend.ONNXRUNTIME_CPU
+    assert "is not the plan metadata.json records" in caplog.text
 
 
 # --- choosing the backend ---------------------------------------------------------------------
