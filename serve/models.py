@@ -54,6 +54,34 @@ class Status:
     precision: str = ""  # of a READY version's engine, as ModelInfo.precision
 
 
+class Calls:
+    """The calls routed to a version and not yet answered (the servicer counts them), and what
+    runs once the last has ended after the version was retired: a stream can still be sending
+    frames its client has not read when the version's queue has drained."""
+
+    __slots__ = ("_on_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._on_idle: Callable[[], None] | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._on_idle is not None:
+            callback, self._on_idle = self._on_idle, None
+            callback()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` now if no call is in flight, else when the last one ends."""
+        if self.count == 0:
+            callback()
+        else:
+            self._on_idle = callback
+
+
 @dataclasses.dataclass(frozen=True)
 class ServedVersion:
     """A loaded, warmed-up model version and the batcher in front of its engines."""
@@ -63,6 +91,7 @@ class ServedVersion:
     batcher: Batcher
     fingerprint: tuple[int, ...]
     precision: str = "fp32"  # of the engine: ModelInfo.precision
+    calls: Calls = dataclasses.field(default_factory=Calls, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -462,7 +491,10 @@ class ModelManager:
         )
         self._retiring[task] = served.batcher
         task.add_done_callback(lambda done: self._retiring.pop(done, None))
-        task.add_done_callback(lambda _: self._forget(name, version))
+        # Its gauges go when its last call has ended too, not while a stream still sends.
+        task.add_done_callback(
+            lambda _: served.calls.when_idle(lambda: self._forget(name, version))
+        )
 
     def _forget(self, name: str, version: str) -> None:
         """Drop a retired version's gauges, unless the same version serves again (its files

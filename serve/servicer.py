@@ -316,6 +316,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         call.served = served
         call.in_flight = self._series(call.method, *served.key).in_flight
         call.in_flight.inc()
+        served.calls.enter()
         return served
 
     def count_unparsable(self, path: str) -> None:
@@ -337,6 +338,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         series = self._series(call.method, model, version)
         if call.in_flight is not None:
             call.in_flight.dec()
+            call.served.calls.leave()  # the last call of a retired version drops its gauges
         code = call.code.name
         series.count(code)
         series.duration.observe(seconds)

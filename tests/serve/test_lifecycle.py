@@ -207,22 +207,33 @@ def test_a_retired_version_finishes_its_queue_however_long_it_takes(
     assert sample(server, "ganserve_inflight_requests", version="2") == 0
 
 
-def test_a_stream_outliving_its_retired_version_does_not_leave_its_gauge_at_minus_one(
+def test_a_stream_outliving_its_retired_version_is_in_flight_until_it_ends(
     start_server, tmp_path: pathlib.Path
 ) -> None:
     """An Interpolate stream still being read when its version has drained and closed: its end
-    lowered a fresh copy of the dropped in-flight series, which then read -1 for good."""
+    lowered a fresh copy of the dropped in-flight series, which then read -1 for good; and
+    the gauge was dropped while the stream was still in flight."""
     repo = copy_repository(tmp_path)
     server = start_server(repo, max_items_per_call=1024)
     manager = server.server.models
-    with admin(server) as client:
-        frames = client.interpolate(1, 2, 1024, 3, encoding=ImageEncoding.RAW_UINT8)
-        next(frames)  # 1 MB of frames: the stream waits on flow control until they are read
+    # gRPC's window stays at its initial 64 kB (no bandwidth probing to widen it): the 1 MB
+    # stream waits on flow control until its frames are read.
+    options = [("grpc.http2.bdp_probe", 0)]
+    with admin(server) as client, grpc.insecure_channel(server.target, options) as channel:
+        request = pb.InterpolateRequest(
+            seed_start=1, seed_end=2, frames=1024, class_label=3, encoding=pb.IMAGE_ENCODING_RAW_UINT8
+        )
+        frames = generator_pb2_grpc.GeneratorStub(channel).Interpolate(request, timeout=60)
+        next(frames)
         add_version(repo, 2)
         client.reload_models()
         wait_until(lambda: not manager._retiring, "version 1 to close")
+        assert sample(server, "ganserve_inflight_requests", version="1") == 1
         assert sum(1 for _ in frames) == 1023
-    assert sample(server, "ganserve_inflight_requests", version="1") is None
+    wait_until(
+        lambda: sample(server, "ganserve_inflight_requests", version="1") is None,
+        "version 1's gauge to go once its stream ended",
+    )
 
 
 def test_a_reload_that_replaces_a_versions_files_is_never_answered_from_the_cache(
