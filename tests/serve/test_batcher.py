@@ -47,6 +47,7 @@ class RecordingEngine:
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
+        self.inside = 0  # batches inside run() right now
         self.fail_next = False
         self.nan_rows: set[int] = set()
 
@@ -55,12 +56,16 @@ class RecordingEngine:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self.batches.append(len(feeds["z"]))
-        self.started.set()
-        self.gate.wait(10)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("injected engine fault")
-        out = self.engine.run(feeds)
+        self.inside += 1
+        try:
+            self.started.set()
+            self.gate.wait(10)
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("injected engine fault")
+            out = self.engine.run(feeds)
+        finally:
+            self.inside -= 1
         for row in self.nan_rows:
             out[row] = np.nan
         return out
@@ -117,8 +122,8 @@ def test_two_batchers_of_one_version_add_up_in_the_depth_gauge(real_engine: Onnx
         new.start()
         old_futures = [old.submit(Work(s, 0, Encoding.RAW_UINT8)) for s in range(4)]
         new_futures = [new.submit(Work(s, 0, Encoding.RAW_UINT8)) for s in range(10, 13)]
-        await asyncio.to_thread(old_engine.started.wait, 10)
-        await asyncio.to_thread(new_engine.started.wait, 10)
+        assert await asyncio.to_thread(old_engine.started.wait, 10)
+        assert await asyncio.to_thread(new_engine.started.wait, 10)
         seen.append(depth())  # 3 + 2 wait: one of each runs
         old_engine.gate.set()
         await asyncio.gather(*old_futures)
@@ -157,7 +162,7 @@ def test_requests_queued_while_engine_busy_form_the_next_batch(real_engine: Onnx
         batcher = make_batcher(engine, max_batch_size=64, max_queue_delay_us=0)
         batcher.start()
         first = batcher.submit(Work(0, 0, Encoding.PNG))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         rest = [batcher.submit(Work(s, s % 10, Encoding.PNG)) for s in range(1, 11)]
         engine.gate.set()
         await asyncio.gather(first, *rest)
@@ -175,7 +180,7 @@ def test_full_queue_is_refused_at_once(real_engine: OnnxEngine) -> None:
         batcher = make_batcher(engine, max_batch_size=1, max_queue_size=2)
         batcher.start()
         running = batcher.submit(Work(0, 0, Encoding.PNG))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         queued = [batcher.submit(Work(s, 0, Encoding.PNG)) for s in (1, 2)]
         with pytest.raises(QueueFullError, match="queue is full"):
             batcher.submit(Work(3, 0, Encoding.PNG))
@@ -194,7 +199,7 @@ def test_expired_and_cancelled_requests_never_reach_the_engine(real_engine: Onnx
         batcher = make_batcher(engine, max_batch_size=8)
         batcher.start()
         running = batcher.submit(Work(0, 0, Encoding.PNG))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         expired = batcher.submit(Work(1, 1, Encoding.PNG), deadline=time.monotonic() - 1)
         cancelled = batcher.submit(Work(2, 2, Encoding.PNG))
         cancelled.cancel()
@@ -307,9 +312,10 @@ def test_instances_run_batches_concurrently(real_engine: OnnxEngine) -> None:
         batcher = make_batcher(first, second, max_batch_size=2)
         batcher.start()
         futures = batcher.submit_many([Work(s, 1, Encoding.PNG) for s in range(4)])
-        # Both instances hold a batch at the same time: neither has been released yet.
-        await asyncio.to_thread(first.started.wait, 10)
-        await asyncio.to_thread(second.started.wait, 10)
+        # Both instances hold a batch at the same time, before either is released. (A gate
+        # that times out lets its batch end; the next one then runs alone, never beside it.)
+        await until(lambda: first.inside == 1 and second.inside == 1, "a batch in each instance")
+        assert not first.gate.is_set() and not second.gate.is_set()
         first.gate.set()
         second.gate.set()
         await asyncio.gather(*futures)
@@ -446,7 +452,7 @@ def test_a_drain_without_end_is_cut_short_by_hurry(real_engine: OnnxEngine) -> N
         batcher = make_batcher(engine, max_batch_size=1, max_queue_delay_us=0)
         batcher.start()
         running = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         queued = batcher.submit(Work(1, 1, Encoding.RAW_UINT8))
         closing = asyncio.ensure_future(batcher.close(math.inf))
         await asyncio.sleep(0.3)
@@ -472,7 +478,7 @@ def test_a_drain_without_end_stops_when_no_instance_comes_back(real_engine: Onnx
         batcher = make_batcher(engine, max_batch_size=1, max_queue_delay_us=0, engine_timeout_s=0.2)
         batcher.start()
         hung = batcher.submit(Work(0, 0, Encoding.RAW_UINT8))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         queued = batcher.submit(Work(1, 1, Encoding.RAW_UINT8))
         try:
             await asyncio.wait_for(batcher.close(math.inf, stall_s=0.5), 10)
@@ -540,7 +546,7 @@ def test_submit_many_is_all_or_nothing(real_engine: OnnxEngine) -> None:
         batcher = make_batcher(engine, max_batch_size=1, max_queue_size=3)
         batcher.start()
         running = batcher.submit(Work(0, 0, Encoding.PNG))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         with pytest.raises(QueueFullError, match="4 more asked"):
             batcher.submit_many([Work(s, 0, Encoding.PNG) for s in range(4)])
         assert batcher.queue_depth == 0
@@ -561,7 +567,7 @@ def test_a_many_image_call_queues_in_whole_groups_packed_with_other_calls(
         batcher = make_batcher(engine, max_batch_size=4, max_queue_delay_us=1_000_000)
         batcher.start()
         blocker = batcher.submit(Work(100, 0, Encoding.RAW_UINT8))
-        await asyncio.to_thread(engine.started.wait, 10)
+        assert await asyncio.to_thread(engine.started.wait, 10)
         first = batcher.submit(Work(101, 1, Encoding.RAW_UINT8))
         groups = batcher.submit_many([Work(s, s % 10, Encoding.RAW_UINT8) for s in range(6)])
         last = batcher.submit(Work(102, 2, Encoding.RAW_UINT8))

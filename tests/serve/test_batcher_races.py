@@ -136,7 +136,7 @@ def test_an_engine_whose_batch_outlives_close_is_closed_when_it_ends():
         b = make([e], max_batch_size=4)
         b.start()
         fut = b.submit(work(1))
-        await asyncio.to_thread(e.started.wait, 5)
+        assert await asyncio.to_thread(e.started.wait, 5)
         await b.close(0.1)  # retire/shutdown: grace runs out while the batch runs
         closed_at_close = e.closed
         e.gate.set()
@@ -211,7 +211,7 @@ async def _full_queue_of_a_cancelled_call(e: FakeEngine):
     b = make([e], max_batch_size=4, max_queue_size=8)
     b.start()
     blocker = b.submit(work(0))
-    await asyncio.to_thread(e.started.wait, 5)
+    assert await asyncio.to_thread(e.started.wait, 5)
     call = asyncio.create_task(generate_batch_like(b, [work(s) for s in range(1, 9)]))
     await asyncio.sleep(0.01)
     call.cancel()  # client cancels (or its deadline passes: gRPC cancels the handler)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -160,11 +161,43 @@ def test_planted_engine_failure_fails_one_batch_only(start_server) -> None:
 
 @pytest.mark.parametrize("instances", [2])
 def test_several_instances_serve_one_version(start_server, instances: int) -> None:
+    """Each instance runs a batch of its own: with the engines held, as many batches are inside
+    engines at the same moment as there are instances, and all are served once released."""
     server = start_server(instances=instances, max_batch_size=4)
+    batcher = server.server.models.resolve("digits").batcher
+    control = control_engine(server)
+    inside = 0  # batches inside an engine right now
+    lock = threading.Lock()
+
+    def counted(run: Callable) -> Callable:
+        def run_counted(feeds):
+            nonlocal inside
+            with lock:
+                inside += 1
+            try:
+                return run(feeds)
+            finally:
+                with lock:
+                    inside -= 1
+
+        return run_counted
+
+    for engine in batcher._free:
+        engine.run = counted(engine.run)
+    control.hold()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda s: call(server, s), range(32)))
+        futures = [pool.submit(call, server, s) for s in range(8 * instances)]
+        try:
+            deadline = time.monotonic() + 10
+            while inside < instances:
+                assert time.monotonic() < deadline, f"only {inside} batch(es) in engines at once"
+                time.sleep(0.01)
+            assert not control.gate.is_set()  # none was released to make room for another
+        finally:
+            control.release()
+        codes = [f.result(30) for f in futures]
     assert set(codes) == {grpc.StatusCode.OK}
-    assert len(server.server.models.resolve("digits").batcher._free) == instances
+    assert len(batcher._free) == instances
 
 
 @pytest.mark.parametrize("warmup", [True, False])

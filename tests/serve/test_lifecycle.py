@@ -221,7 +221,11 @@ def test_a_stream_outliving_its_retired_version_is_in_flight_until_it_ends(
     options = [("grpc.http2.bdp_probe", 0)]
     with admin(server) as client, grpc.insecure_channel(server.target, options) as channel:
         request = pb.InterpolateRequest(
-            seed_start=1, seed_end=2, frames=1024, class_label=3, encoding=pb.IMAGE_ENCODING_RAW_UINT8
+            seed_start=1,
+            seed_end=2,
+            frames=1024,
+            class_label=3,
+            encoding=pb.IMAGE_ENCODING_RAW_UINT8,
         )
         frames = generator_pb2_grpc.GeneratorStub(channel).Interpolate(request, timeout=60)
         next(frames)

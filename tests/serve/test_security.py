@@ -136,17 +136,28 @@ def test_call_with_wrong_token_is_unauthenticated(
     )
 
 
-def test_token_without_bearer_scheme_is_invalid(channel: grpc.Channel) -> None:
+# The right token under any other scheme, or with no space after "Bearer", is refused: the
+# scheme is checked, not just the characters after the first space.
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("Basic " + TOKEN, id="Basic"),
+        pytest.param("Token " + TOKEN, id="Token"),
+        pytest.param("Bearer" + TOKEN, id="Bearer without a space"),
+        pytest.param(TOKEN, id="no scheme"),
+    ],
+)
+def test_token_without_bearer_scheme_is_invalid(channel: grpc.Channel, value: str) -> None:
     stub = generator_pb2_grpc.GeneratorStub(channel)
-    expect_status(
+    details = expect_status(
         grpc.StatusCode.UNAUTHENTICATED,
         lambda: stub.Generate(
             pb.GenerateRequest(seed=1, class_label=1),
-            metadata=(("authorization", TOKEN),),
+            metadata=(("authorization", value),),
             timeout=TIMEOUT_S,
         ),
-        "invalid bearer token",
     )
+    assert details == "invalid bearer token: send metadata 'authorization: Bearer <token>'"
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
