@@ -245,8 +245,24 @@ async def overload(
         "mean_batch_size": round(figures.get("mean_batch", 0.0), 2),
         "counter_notes": reset_notes,
         "undocumented_codes": undocumented,
-        "passed": not undocumented
-        and sampler.error is None
-        and sampler.samples > 0
-        and sampler.max_depth <= queue_size,
+        "passed": overload_passed(
+            undocumented,
+            queue_size=queue_size,
+            max_depth=sampler.max_depth,
+            samples=sampler.samples,
+            sampling_error=sampler.error,
+        ),
     }
+
+
+def overload_passed(
+    undocumented: dict[str, int],
+    *,
+    queue_size: int,
+    max_depth: float,
+    samples: int,
+    sampling_error: str | None,
+) -> bool:
+    """The overload verdict: every call ended with a documented status, and the queue depth
+    was sampled (at least once, no scrape failed) and never passed the queue size."""
+    return not undocumented and sampling_error is None and samples > 0 and max_depth <= queue_size

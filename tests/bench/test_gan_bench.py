@@ -39,7 +39,7 @@ from ganserve.bench.load import (
     measure,
     server_figures_between,
 )
-from ganserve.bench.reliability import QueueSampler
+from ganserve.bench.reliability import QueueSampler, overload_passed
 from ganserve.serve.errors import ModelLoadError
 
 LOG = pathlib.Path("/dev/null")
@@ -619,6 +619,29 @@ def test_a_queue_sampler_that_cannot_scrape_fails_the_overload_verdict() -> None
         time.sleep(0.2)
     assert sampler.samples == 0
     assert sampler.error is not None and "cannot scrape metrics from" in sampler.error
+    verdict = {"queue_size": 64, "max_depth": sampler.max_depth, "samples": sampler.samples}
+    assert not overload_passed({}, **verdict, sampling_error=sampler.error)
+
+
+# A run that passes the overload verdict, then each way to fail it.
+SOUND_OVERLOAD = {"queue_size": 64, "max_depth": 64.0, "samples": 50, "sampling_error": None}
+
+
+@pytest.mark.parametrize(
+    ("undocumented", "change"),
+    [
+        ({"DEADLINE_EXCEEDED": 3}, {}),
+        ({}, {"sampling_error": "cannot scrape metrics from http://127.0.0.1:1/metrics"}),
+        ({}, {"samples": 0}),
+        ({}, {"max_depth": 65.0}),
+    ],
+    ids=["undocumented-code", "scrape-failed", "no-samples", "queue-over-its-size"],
+)
+def test_the_overload_verdict_fails_on_anything_it_cannot_vouch_for(
+    undocumented: dict[str, int], change: dict[str, object]
+) -> None:
+    assert overload_passed({}, **SOUND_OVERLOAD)  # a full queue is within its bound
+    assert not overload_passed(undocumented, **(SOUND_OVERLOAD | change))
 
 
 def test_a_server_that_does_not_start_fails_its_stage_and_keeps_the_rest(

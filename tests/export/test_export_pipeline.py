@@ -31,6 +31,13 @@ from ganserve.train import checkpoint
 # Why TensorRT cannot build here (None on a machine with it and a GPU, where the export also
 # writes model.plan and checks the FP16 copy on CUDA).
 NO_TENSORRT = tensorrt_build.unavailable()
+FLOAT, FLOAT16, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64
+
+
+def io_types(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    return [
+        (v.name, v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,14 @@ def test_export_writes_fp32_and_fp16_onnx_and_metadata(exported) -> None:
         "model.onnx",
         *plan,
     ]
+    fp32 = onnx.load(str(result.version.path / "model.onnx"))
+    fp16 = onnx.load(str(result.version.path / "model.fp16.onnx"))
+    # Every weight of the FP16 copy is FP16; it is fed and read like the FP32 one (casts
+    # inside, keep_io_types), so a server can swap one for the other.
+    assert {t.data_type for t in fp32.graph.initializer} == {FLOAT, INT64}
+    assert {t.data_type for t in fp16.graph.initializer} == {FLOAT16, INT64}
+    assert not [n.name for n in fp16.graph.node if n.op_type == "Constant"]  # optimised away
+    assert io_types(fp16) == io_types(fp32) == [("z", FLOAT), ("label", INT64), ("image", FLOAT)]
 
 
 @pytest.mark.skipif(not NO_TENSORRT, reason="TensorRT and a GPU are present: nothing is skipped")
@@ -537,6 +552,12 @@ def test_force_swaps_the_version_in_one_step_and_removes_the_old_one(
         "fsync",
         lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd),
     )
+    if exchange:  # only the one-step exchange can publish: a rename would fail the test
+
+        def no_rename(src, dst, *args, **kwargs) -> None:
+            raise AssertionError(f"renamed {src} to {dst} instead of exchanging them")
+
+        monkeypatch.setattr(publish.os, "rename", no_rename)
     publish.publish(staged)
     assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"new"
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
@@ -547,6 +568,37 @@ def test_force_swaps_the_version_in_one_step_and_removes_the_old_one(
     # The files and their folder reach the disk before the swap, the model folder after it.
     assert synced[:2] == [str(staged.folder / "model.onnx"), str(staged.folder)]
     assert synced[-1] == str(tmp_path / "tiny")
+
+
+def test_force_without_renameat2_puts_the_old_version_back_when_the_new_one_cannot_move(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renames: the old version aside, the new one into place. When the second fails the
+    old version goes back, and the export fails as one error with nothing of it left."""
+    monkeypatch.setattr(publish.ctypes, "CDLL", lambda *args, **kwargs: object())
+    (tmp_path / "tiny" / "1").mkdir(parents=True)
+    (tmp_path / "tiny" / "1" / "model.onnx").write_bytes(b"old")
+    staged = publish.stage(tmp_path, "tiny", 1, force=True)
+    (staged.folder / "model.onnx").write_bytes(b"new")
+    rename, renamed = os.rename, []
+
+    def failing_for_the_new_version(src, dst, *args, **kwargs) -> None:
+        renamed.append((pathlib.Path(src), pathlib.Path(dst)))
+        if pathlib.Path(src) == staged.folder:
+            raise OSError(errno.EIO, "Input/output error")
+        rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(publish.os, "rename", failing_for_the_new_version)
+    with pytest.raises(ExportError, match=r"^cannot write .*tiny/1: Input/output error$"):
+        publish.publish(staged)
+    aside = staged.folder.with_name(staged.folder.name + ".replaced")
+    assert renamed == [(staged.final, aside), (staged.folder, staged.final), (aside, staged.final)]
+    assert (tmp_path / "tiny" / "1" / "model.onnx").read_bytes() == b"old"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "tiny",
+        "tiny/1",
+        "tiny/1/model.onnx",
+    ]
 
 
 def test_a_runtime_failure_while_verifying_is_one_line(

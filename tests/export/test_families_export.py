@@ -34,6 +34,7 @@ SIGNATURES = {  # (truncation_mode, noise_dim, style_layers)
 }
 ONNX_TYPES = {"z": "float", "label": "int64", "truncation": "float", "noise": "float"}
 ONNX_TYPES |= {"z_mix": "float", "mix_layer": "int64"}
+FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[pathli
         )
         out[arch] = (ckpt, export_checkpoint(ckpt, export).version)
     return out
+
+
+def io_types(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    return [
+        (v.name, v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]
+    ]
 
 
 def session(version) -> ort.InferenceSession:
@@ -208,3 +215,12 @@ def test_stylegan_exports_fp16_without_the_optimiser(exported, tmp_path: pathlib
     )
     version = export_checkpoint(ckpt, config).version
     assert version.metadata.extra["onnx_fp16"]["verification"]["max_level_diff"] <= 4
+    fp16 = onnx.load(str(version.path / "model.fp16.onnx"))
+    constants = [n for n in fp16.graph.node if n.op_type == "Constant"]
+    float_attrs = [a.name for n in constants for a in n.attribute if a.name.startswith("value_f")]
+    assert float_attrs == []  # rewritten as tensors, which the converter does turn FP16
+    values = [a.t.data_type for n in constants for a in n.attribute if a.name == "value"]
+    weights = [t.data_type for t in fp16.graph.initializer] + values
+    assert FLOAT16 in weights and FLOAT not in weights
+    # Fed and read like the FP32 model (keep_io_types): casts are inside the graph.
+    assert io_types(fp16) == io_types(onnx.load(str(version.onnx_path)))

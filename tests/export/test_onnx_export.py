@@ -41,6 +41,25 @@ def _upsampling_model(path: pathlib.Path, constants: str) -> None:
     onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
 
 
+def weight_types(model: onnx.ModelProto) -> set[int]:
+    """The element types of the graph's initialisers and Constant values; a value_float(s)
+    attribute is an FP32 value."""
+    types = {t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        for attr in node.attribute if node.op_type == "Constant" else []:
+            if attr.name == "value":
+                types.add(attr.t.data_type)
+            elif attr.name in ("value_float", "value_floats"):
+                types.add(TensorProto.FLOAT)
+    return types
+
+
+def io_types(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    return [
+        (v.name, v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]
+    ]
+
+
 @pytest.mark.parametrize("constants", ["value_floats", "value"])
 def test_fp16_copy_of_float_constants_in_any_form_checks_and_matches(
     constants: str, tmp_path: pathlib.Path
@@ -55,6 +74,11 @@ def test_fp16_copy_of_float_constants_in_any_form_checks_and_matches(
         return session.run(None, {"x": x})[0]
 
     np.testing.assert_allclose(run(dst), run(src), atol=1e-3)
+    # The copy really is FP16 inside, and is still fed and read in FP32 (keep_io_types).
+    fp32, fp16 = onnx.load(str(src)), onnx.load(str(dst))
+    assert weight_types(fp32) == {TensorProto.FLOAT}
+    assert weight_types(fp16) == {TensorProto.FLOAT16}
+    assert io_types(fp16) == io_types(fp32) == [("x", TensorProto.FLOAT), ("y", TensorProto.FLOAT)]
 
 
 def test_fp16_conversion_that_does_not_check_is_a_conversion_error(

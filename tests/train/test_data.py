@@ -6,13 +6,15 @@ import logging
 import os
 import pathlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ganserve.train.data import DataError, _Decode, load, load_image_folder
+from ganserve.train import data
+from ganserve.train.data import DataError, _Decode, _decode_workers, load, load_image_folder
 
 
 def write_images(folder: pathlib.Path, count: int, mode: str = "RGB", size: int = 20) -> None:
@@ -33,16 +35,59 @@ def test_subfolders_are_classes(tmp_path: pathlib.Path) -> None:
     assert set(held.labels.tolist()) == {0, 1}  # stratified
 
 
-def test_decoding_workers_give_the_same_dataset(tmp_path: pathlib.Path) -> None:
+def decoding_pids(monkeypatch: pytest.MonkeyPatch, log: pathlib.Path) -> Callable[[], set[int]]:
+    """Makes each decode append its process id to ``log`` (worker processes are forked, so
+    they decode through the patched class too); returns what reads and clears the log."""
+    getitem = _Decode.__getitem__
+
+    def recording(self: _Decode, i: int):
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return getitem(self, i)
+
+    monkeypatch.setattr(_Decode, "__getitem__", recording)
+
+    def pids() -> set[int]:
+        seen = {int(line) for line in log.read_text().split()}
+        log.unlink()
+        return seen
+
+    return pids
+
+
+def test_decoding_workers_give_the_same_dataset(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DataLoader worker processes decode the files; order and pixels do not change."""
+    folder = tmp_path / "images"
     for name in ("a", "b"):
-        write_images(tmp_path / name, 12, size=16)
-    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    inline = load_image_folder(tmp_path, 16, workers=0)
-    parallel = load_image_folder(tmp_path, 16, workers=2)
+        write_images(folder / name, 12, size=16)
+    (folder / "a" / "broken.png").write_bytes(b"not a png")
+    pids = decoding_pids(monkeypatch, tmp_path / "pids.txt")
+    inline = load_image_folder(folder, 16, workers=0)
+    assert pids() == {os.getpid()}
+    parallel = load_image_folder(folder, 16, workers=2)
+    workers = pids()
+    assert len(workers) == 2 and os.getpid() not in workers
     for one, other in zip(inline, parallel, strict=True):
         assert np.array_equal(one.images.numpy(), other.images.numpy())
         assert one.labels.tolist() == other.labels.tolist()
+
+
+def test_large_folders_are_decoded_by_workers_by_default(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker costs a process: none below 512 files, a few (at most 4) from there on."""
+    assert _decode_workers(511) == 0
+    assert 1 <= _decode_workers(512) <= 4 and 1 <= _decode_workers(1_000_000) <= 4
+    # The count load_image_folder asks for (here 2 for its 10 files) is the one it uses.
+    asked: list[int] = []
+    monkeypatch.setattr(data, "_decode_workers", lambda files: asked.append(files) or 2)
+    write_images(tmp_path / "images", 10)
+    pids = decoding_pids(monkeypatch, tmp_path / "pids.txt")
+    load_image_folder(tmp_path / "images", 8)
+    workers = pids()
+    assert asked == [10] and len(workers) == 2 and os.getpid() not in workers
 
 
 def test_flat_folder_is_unconditional(tmp_path: pathlib.Path) -> None:

@@ -88,11 +88,18 @@ def tiny_dataset(n: int = 48) -> ImageDataset:
     return ImageDataset("tiny", images.clamp(-1, 1), labels, ("dark", "top"))
 
 
-def test_extractor_is_trained_once_then_loaded_from_the_cache(tmp_path: pathlib.Path) -> None:
+def test_extractor_is_trained_once_then_loaded_from_the_cache(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tiny_dataset()
     first, info = load_or_train(data, data, tmp_path)
     assert info["classifier_heldout_accuracy"] > 0.9
     (cached,) = tmp_path.glob("extractor-*.pt")
+
+    def no_training(*args, **kwargs) -> None:  # seeded training would give the same weights
+        raise AssertionError("trained the extractor again instead of loading the cached one")
+
+    monkeypatch.setattr(features, "_train", no_training)
     second, info2 = load_or_train(data, data, tmp_path)
     assert info2 == info
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
