@@ -166,8 +166,18 @@ async def soak(
         "rss_growth_mb": round(growth, 1),
         "rss_budget_mb": rss_budget_mb,
         "undocumented_codes": undocumented,
-        "passed": not undocumented and run.calls == calls and growth <= rss_budget_mb,
+        "passed": soak_passed(
+            undocumented, ended=run.calls, calls=calls, growth_mb=growth, budget_mb=rss_budget_mb
+        ),
     }
+
+
+def soak_passed(
+    undocumented: dict[str, int], *, ended: int, calls: int, growth_mb: float, budget_mb: float
+) -> bool:
+    """The soak verdict: every call ended (none hanging), each with a documented status, and
+    the server's memory grew by no more than the budget."""
+    return not undocumented and ended == calls and growth_mb <= budget_mb
 
 
 class QueueSampler:

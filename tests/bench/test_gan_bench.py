@@ -39,7 +39,7 @@ from ganserve.bench.load import (
     measure,
     server_figures_between,
 )
-from ganserve.bench.reliability import QueueSampler, overload_passed
+from ganserve.bench.reliability import QueueSampler, overload_passed, soak_passed
 from ganserve.serve.errors import ModelLoadError
 
 LOG = pathlib.Path("/dev/null")
@@ -642,6 +642,26 @@ def test_the_overload_verdict_fails_on_anything_it_cannot_vouch_for(
 ) -> None:
     assert overload_passed({}, **SOUND_OVERLOAD)  # a full queue is within its bound
     assert not overload_passed(undocumented, **(SOUND_OVERLOAD | change))
+
+
+# A soak run that passes its verdict, then each way to fail it.
+SOUND_SOAK = {"ended": 6000, "calls": 6000, "growth_mb": 50.0, "budget_mb": 50.0}
+
+
+@pytest.mark.parametrize(
+    ("undocumented", "change"),
+    [
+        ({"INTERNAL": 1}, {}),
+        ({}, {"ended": 5999}),
+        ({}, {"growth_mb": 50.1}),
+    ],
+    ids=["undocumented-code", "a-call-never-ended", "memory-over-budget"],
+)
+def test_the_soak_verdict_fails_on_anything_it_cannot_vouch_for(
+    undocumented: dict[str, int], change: dict[str, object]
+) -> None:
+    assert soak_passed({}, **SOUND_SOAK)  # growth up to the budget itself is within it
+    assert not soak_passed(undocumented, **(SOUND_SOAK | change))
 
 
 def test_a_server_that_does_not_start_fails_its_stage_and_keeps_the_rest(
