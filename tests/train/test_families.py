@@ -171,7 +171,10 @@ def test_stylegan_images_do_not_depend_on_the_rest_of_the_batch() -> None:
     batched = sampling.run_feeds(g, feeds)
     for i in range(4):
         alone = sampling.run_feeds(g, {k: v[i : i + 1] for k, v in feeds.items()})
-        assert torch.allclose(alone[0], batched[i], atol=1e-6)
+        # Float32 rounding, not the batch: PyTorch's CPU kernels may take another path for
+        # batch 1 than for 4 (up to 1.7e-6 apart on an AVX-512 machine). A batch that leaked
+        # into an image (batch statistics, a mixed-up row) moves it by orders more.
+        assert torch.allclose(alone[0], batched[i], rtol=0, atol=1e-5)
 
 
 def test_stylegan_without_noise_draws_fresh_noise() -> None:
