@@ -143,10 +143,8 @@ def provenance_mismatch(
     want = record.get("onnx_sha256")
     onnx = version_dir / MODEL_FILE
     if isinstance(want, str) and onnx.is_file():
-        digest = hashlib.sha256()
         with onnx.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+            digest = hashlib.file_digest(f, "sha256")
         if digest.hexdigest() != want:
             return (
                 f"{PLAN_FILE} was built from another {MODEL_FILE} (its SHA-256 differs from the "
