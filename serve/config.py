@@ -41,6 +41,22 @@ class LogFormat(enum.Enum):
     JSON = "json"
 
 
+class LogLevel(enum.Enum):
+    """The least severe log records written."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+    @classmethod
+    def _missing_(cls, value: object) -> LogLevel | None:
+        """Any case: ``debug`` is DEBUG, as in Python's own logging.basicConfig(level=...)."""
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        return None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BatchingConfig:
     """How one model version's requests are grouped into engine calls.
@@ -85,7 +101,7 @@ class BatchingConfig:
         _check_range("parallel_batch_us", self.parallel_batch_us, 0, 10_000_000)
         if not 0.01 <= self.engine_timeout_s <= 3600:
             raise ValueError(
-                f"engine_timeout_s must be in 0.01..3600 seconds, got {self.engine_timeout_s}"
+                f"engine_timeout must be in 0.01..3600 seconds, got {self.engine_timeout_s}"
             )
         for size in self.preferred_batch_sizes:
             if not 1 <= size <= self.max_batch_size:
@@ -204,6 +220,7 @@ class ServerConfig:
         auth_token_file: The file ``auth_token`` was read from, if any: the server reads it
             again when it changes (`ganserve.serve.credentials`).
         engine_cache_dir: Writable folder for TensorRT engine caches.
+        log_level: The least severe log records written.
         log_format: Text or JSON log lines.
         event_loop: uvloop, asyncio's own loop, or auto (uvloop when installed).
         access_log: Write one log line per request.
@@ -233,6 +250,7 @@ class ServerConfig:
     auth_token: str | None = None
     auth_token_file: pathlib.Path | None = None
     engine_cache_dir: pathlib.Path | None = None
+    log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
     event_loop: EventLoop = EventLoop.AUTO
     access_log: bool = False
@@ -253,12 +271,13 @@ class ServerConfig:
         for name in ("shutdown_delay_s", "drain_grace_s"):
             if not 0 <= getattr(self, name) <= MAX_DRAIN_S:
                 raise ValueError(
-                    f"{name} must be in 0..{MAX_DRAIN_S} seconds, got {getattr(self, name)}"
+                    f"{name.removesuffix('_s')} must be in 0..{MAX_DRAIN_S} seconds, "
+                    f"got {getattr(self, name)}"
                 )
         age = self.max_connection_age_s
         if not (age == 0 or 1 <= age <= MAX_CONNECTION_AGE_S):  # 0.0004 s: a GOAWAY storm
             raise ValueError(
-                f"max_connection_age_s must be 0 (off) or 1..{MAX_CONNECTION_AGE_S} seconds, "
+                f"max_connection_age must be 0 (off) or 1..{MAX_CONNECTION_AGE_S} seconds, "
                 f"got {age}"
             )
         if self.auth_token is not None:
@@ -322,8 +341,9 @@ def _typed(key: str, value: Any) -> Any:
         return value
     base = kind.removesuffix(" | None")
 
-    def wrong(expected: str) -> ValueError:
-        return ValueError(f"{key} must be {expected}, got {value!r}")
+    def wrong(expected: str) -> ValueError:  # named as the user wrote it: drain_grace
+        name = next((alias for alias, field in FILE_ALIASES.items() if field == key), key)
+        return ValueError(f"{name} must be {expected}, got {value!r}")
 
     if base == "bool":
         if not isinstance(value, bool):
@@ -452,7 +472,13 @@ def build_config(settings: Mapping[str, Any]) -> ServerConfig:
     unknown = sorted(set(settings) - SERVER_KEYS - {"models"})
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
-    for key, kind in (("backend", Backend), ("log_format", LogFormat), ("event_loop", EventLoop)):
+    enums = (
+        ("backend", Backend),
+        ("log_level", LogLevel),
+        ("log_format", LogFormat),
+        ("event_loop", EventLoop),
+    )
+    for key, kind in enums:
         if key in settings and not isinstance(settings[key], kind):
             try:
                 settings[key] = kind(settings[key])

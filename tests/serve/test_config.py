@@ -16,8 +16,10 @@ from click.testing import CliRunner, Result
 
 from conftest import write_certificates
 from ganserve.serve.backends import Backend
-from ganserve.serve.cli import main
+from ganserve.serve.cli import main, serve
 from ganserve.serve.config import (
+    FILE_ALIASES,
+    FILE_KEYS,
     BatchingConfig,
     LogFormat,
     ModelConfig,
@@ -178,10 +180,11 @@ def test_models_must_be_tables(tmp_path: pathlib.Path) -> None:
         ({"event_loop": "trio"}, r"event_loop 'trio' is not one of auto, uvloop, asyncio"),
         ({"concurrent_accepts": 1025}, r"concurrent_accepts must be in 0\.\.1024"),
         ({"max_items_per_call": 0}, r"max_items_per_call must be in 1\.\.65536"),
-        ({"drain_grace_s": -1.0}, r"drain_grace_s must be in 0..3600 seconds"),
-        ({"shutdown_delay_s": -0.5}, r"shutdown_delay_s must be in 0..3600 seconds"),
+        ({"drain_grace_s": -1.0}, r"drain_grace must be in 0..3600 seconds"),
+        ({"shutdown_delay_s": -0.5}, r"shutdown_delay must be in 0..3600 seconds"),
         ({"backend": "gpu"}, r"backend 'gpu' is not one of auto, onnxruntime-cpu"),
         ({"log_format": "xml"}, r"log_format 'xml' is not one of text, json"),
+        ({"log_level": "loud"}, r"log_level 'loud' is not one of DEBUG, INFO, WARNING, ERROR"),
         ({"tls_cert": "server.pem"}, r"TLS needs both tls_cert and tls_key"),
         ({"tls_key": "server.key"}, r"TLS needs both tls_cert and tls_key"),
         ({"auth_token": "fifteen-chars.."}, r"auth_token must be at least 16 characters"),
@@ -200,14 +203,14 @@ def test_invalid_settings_are_refused_naming_the_setting(
 def test_durations_must_be_finite(key: str, value: float) -> None:
     """An infinite shutdown delay would make SIGTERM wait forever; NaN compares false with
     every bound and would pass them all."""
-    with pytest.raises(ValueError, match=f"{key} must be a finite number"):
+    with pytest.raises(ValueError, match=f"{key.removesuffix('_s')} must be a finite number"):
         build_config({"model_repository": "m", key: value})
 
 
 @pytest.mark.parametrize("key", ["shutdown_delay", "drain_grace"])
 def test_durations_are_bounded(key: str) -> None:
     """1e300 s is finite, but SIGTERM would wait it out (the chart's schema has the same bound)."""
-    with pytest.raises(ValueError, match=f"{key}_s must be in 0..3600 seconds, got 1e"):
+    with pytest.raises(ValueError, match=f"{key} must be in 0..3600 seconds, got 1e"):
         build_config({"model_repository": "m", f"{key}_s": 1e300})
     assert getattr(build_config({"model_repository": "m", f"{key}_s": 3600}), f"{key}_s") == 3600
 
@@ -342,7 +345,8 @@ def test_token_and_token_file_together_are_refused(tmp_path: pathlib.Path) -> No
         ("max_queue_delay_us = 1.5", r"max_queue_delay_us must be an integer"),
         ('warmup = "no"', r"warmup must be true or false, got 'no'"),
         ("access_log = 1", r"access_log must be true or false"),
-        ('drain_grace = "soon"', r"drain_grace_s must be a number"),
+        ('drain_grace = "soon"', r"drain_grace must be a number"),
+        ("engine_timeout = true", r"engine_timeout must be a number"),
         ("preferred_batch_sizes = 8", r"preferred_batch_sizes must be a list of integers, got 8"),
         ("preferred_batch_sizes = [true]", r"preferred_batch_sizes must be a list of integers"),
         ("host = 5", r"host must be a string, got 5"),
@@ -472,6 +476,25 @@ def test_renamed_settings_follow_the_same_precedence(tmp_path: pathlib.Path) -> 
     out = resolved("--config", config, env=env)
     assert (out["drain_grace_s"], out["shutdown_delay_s"]) == (4.0, 1.0)
     assert resolved("--config", config, "--drain-grace", "5", env=env)["drain_grace_s"] == 5.0
+
+
+def test_every_setting_flag_is_a_config_file_key() -> None:
+    """The --help text says the file's keys are the flag names with underscores: each flag
+    but --config and --dry-run (the bearer token has no flag), under its flag's own name."""
+    renamed = {field: alias for alias, field in FILE_ALIASES.items()}
+    flags = {renamed.get(p.name, p.name) for p in serve.params if p.name != "dry_run"}
+    assert flags - {"config_file"} <= FILE_KEYS, sorted(flags - {"config_file"} - FILE_KEYS)
+
+
+def test_log_level_comes_from_the_file_in_any_case_and_follows_the_precedence(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = str(write_toml(tmp_path, 'log_level = "debug"\n'))
+    assert resolved()["log_level"] == "INFO"
+    assert resolved("--config", config)["log_level"] == "DEBUG"
+    env = {"GANSERVE_LOG_LEVEL": "warning"}
+    assert resolved("--config", config, env=env)["log_level"] == "WARNING"
+    assert resolved("--config", config, "--log-level", "ERROR", env=env)["log_level"] == "ERROR"
 
 
 def test_config_file_can_come_from_the_environment(tmp_path: pathlib.Path) -> None:

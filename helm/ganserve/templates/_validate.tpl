@@ -39,10 +39,10 @@ would silently ignore, naming the values and what to change. deployment.yaml inc
 {{- end }}
 {{- end }}
 {{- /* GANSERVE_* variables of `ganserve serve` beat the config file: the chart's values would be
-ignored. Others (GANSERVE_LOG_LEVEL, gan-client's GANSERVE_TARGET) pass. The config keys are
+ignored. Others (gan-client's GANSERVE_TARGET) pass. The config keys are
 the schema's config properties (a test keeps the two lists and the server's flags in step). */}}
 {{- $chartOwned := dict "GANSERVE_CONFIG" "config" "GANSERVE_PORT" "ports.grpc" "GANSERVE_METRICS_PORT" "ports.metrics" "GANSERVE_MODEL_REPOSITORY" "modelRepository" "GANSERVE_ENGINE_CACHE_DIR" "gpu.engineCache" "GANSERVE_AUTH_TOKEN_FILE" "auth" "GANSERVE_AUTH_TOKEN" "auth.existingSecret (or auth.token)" }}
-{{- $configKeys := list "access_log" "admin" "backend" "cache_bytes" "concurrent_accepts" "default_model" "drain_grace" "engine_timeout" "event_loop" "host" "instances" "intra_op_threads" "log_format" "max_batch_size" "max_connection_age" "max_items_per_call" "max_queue_delay_us" "max_queue_size" "max_request_bytes" "metrics_host" "parallel_batch_us" "preferred_batch_sizes" "shutdown_delay" "warmup" }}
+{{- $configKeys := list "access_log" "admin" "backend" "cache_bytes" "concurrent_accepts" "default_model" "drain_grace" "engine_timeout" "event_loop" "host" "instances" "intra_op_threads" "log_format" "log_level" "max_batch_size" "max_connection_age" "max_items_per_call" "max_queue_delay_us" "max_queue_size" "max_request_bytes" "metrics_host" "parallel_batch_us" "preferred_batch_sizes" "shutdown_delay" "warmup" }}
 {{- range $env := $v.extraEnv }}
 {{- $name := $env.name | default "" }}
 {{- $key := trimPrefix "GANSERVE_" $name | lower }}
