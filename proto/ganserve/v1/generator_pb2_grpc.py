@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class GeneratorStub:
-    """Generates images from a GAN generator. (model version, seed, class_label)
-    fully determines the image, whatever batch the request is computed in.
+    """Generates images from a GAN generator. (model version, seed, class_label,
+    truncation, style mix) fully determines the image, whatever batch the
+    request is computed in.
     """
 
     def __init__(self, channel):
@@ -59,8 +60,9 @@ class GeneratorStub:
 
 
 class GeneratorServicer:
-    """Generates images from a GAN generator. (model version, seed, class_label)
-    fully determines the image, whatever batch the request is computed in.
+    """Generates images from a GAN generator. (model version, seed, class_label,
+    truncation, style mix) fully determines the image, whatever batch the
+    request is computed in.
     """
 
     def Generate(self, request, context):
@@ -124,8 +126,9 @@ def add_GeneratorServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Generator:
-    """Generates images from a GAN generator. (model version, seed, class_label)
-    fully determines the image, whatever batch the request is computed in.
+    """Generates images from a GAN generator. (model version, seed, class_label,
+    truncation, style mix) fully determines the image, whatever batch the
+    request is computed in.
     """
 
     @staticmethod
