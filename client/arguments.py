@@ -47,7 +47,10 @@ def _check_address(target: str, given: str) -> None:
     if re.fullmatch(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", target):
         # An IPv6 address alone: gRPC reads no port in it and dials 443.
         raise ValueError(f"the target {given!r} has no port; write an IPv6 host as [addr]:port")
-    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\d+)", target)
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:/\[\]]*):(\s*[+-]?\s*\d+\s*)", target)
+    if match and not re.fullmatch(r"[0-9]+", match[2]):
+        # gRPC reads "+121537" as 121537, wrapped around to 56001, and "-1" as 65535.
+        raise ValueError(f"port {match[2][:12]!r} in {given!r} is not a number; write it as digits")
     if match and not (len(match[2].lstrip("0")) <= 5 and 1 <= int(match[2]) <= 65535):
         raise ValueError(
             f"port {match[2][:12]}{'...' if len(match[2]) > 12 else ''} is not in 1..65535"

@@ -372,6 +372,11 @@ def test_an_output_the_images_cannot_be_saved_to_is_refused_before_the_call(
         (["--target", "127.0.0.1:99999"], "port 99999 is not in 1..65535"),
         (["--target", "[::1]:70000"], "port 70000 is not in 1..65535"),
         (["--target", "127.0.0.1:" + "9" * 5000], "port 999999999999... is not in 1..65535"),
+        # gRPC reads a sign or spaces in the port: +121537 wraps around to 56001, -1 to 65535.
+        (["--target", "127.0.0.1:+121537"], "port '+121537' in '127.0.0.1:+121537' is not a"),
+        (["--target", "127.0.0.1:-1"], "port '-1' in '127.0.0.1:-1' is not a number"),
+        (["--target", "localhost: 50051"], "port ' 50051' in 'localhost: 50051' is not a"),
+        (["--target", "dns:///127.0.0.1:+5"], "port '+5' in 'dns:///127.0.0.1:+5' is not a"),
         (["--target", " "], "the target is empty; give host:port"),
         (["--target", "127.0.0.1"], "the target '127.0.0.1' has no port; give host:port"),
         (["--target", "[::1]"], "has no port"),
