@@ -148,7 +148,11 @@ def _pem(path: pathlib.Path | None, key: pathlib.Path | None = None) -> bytes | 
         else:
             context.load_cert_chain(path, key, password=b"")
     except ssl.SSLError as exc:
-        what = "a PEM CA certificate" if key is None else f"a PEM certificate for key {key}"
+        what = (
+            "a PEM CA certificate"
+            if key is None
+            else f"a PEM certificate matching the unencrypted PEM private key {key}"
+        )
         raise click.BadParameter(f"{path} is not {what} ({exc.reason or exc})") from None
     return path.read_bytes()
 
@@ -179,6 +183,11 @@ def _hint(exc: grpc.RpcError, ctx: click.Context | None) -> str:
         )
     if "Socket closed" in details:
         return " (a server with TLS closes plaintext connections: is --tls-ca needed?)"
+    if "Expected SETTINGS frame" in details:  # an HTTP/1 server answered
+        return (
+            " (that port answers HTTP/1, not gRPC: is it the /metrics port? give the server's "
+            "gRPC port, 50051 by default)"
+        )
     if "WRONG_VERSION_NUMBER" in details:  # a TLS handshake answered in plaintext
         return " (the server does not speak TLS: leave out --tls-ca for a plaintext one)"
     return ""
@@ -557,7 +566,9 @@ def info(client: GeneratorClient, model: str, model_version: str) -> None:
 def _print_statuses(statuses: Any) -> None:
     for s in statuses:
         state = admin_pb2.ModelState.Name(s.state).removeprefix("MODEL_STATE_")
-        line = f"{s.name:<16} v{s.version:<4} {state:<9} {s.backend} {s.precision}"
+        # A reload that failed as a whole (no version named): the repository's row.
+        where = f"{s.name:<16} v{s.version:<4}" if s.name else f"{'(repository)':<22}"
+        line = f"{where} {state:<9} {s.backend} {s.precision}"
         click.echo(f"{line}  {s.message}".rstrip())
 
 
@@ -582,6 +593,8 @@ def reload(ctx: click.Context) -> None:
         click.echo("no changes")
     _print_statuses(response.changes)
     failed = [s for s in response.changes if s.state == admin_pb2.MODEL_STATE_FAILED]
+    if any(not s.name for s in failed):
+        raise click.ClickException("the reload failed; the versions served before still serve")
     if failed:
         raise click.ClickException(f"{len(failed)} version(s) failed to load")
 

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerThread, scrape, write_certificates
+from conftest import BUNDLED_REPOSITORY, ServerThread, scrape, write_certificates
 from ganserve.client.cli import main
 from ganserve.client.client import GeneratorClient, ImageEncoding, RetryPolicy
 from ganserve.serve.config import TlsConfig
@@ -214,6 +215,20 @@ def test_models_lists_the_ready_model(server: ServerThread) -> None:
 
 def test_reload_without_changes_says_so(server: ServerThread) -> None:
     assert succeeded(gan_client(server.target, "reload")) == "no changes\n"
+
+
+def test_a_reload_that_failed_as_a_whole_names_the_repository(
+    start_server_module: Callable[..., ServerThread], tmp_path: pathlib.Path
+) -> None:
+    repository = tmp_path / "models"
+    shutil.copytree(BUNDLED_REPOSITORY, repository)
+    server = start_server_module(repository)
+    repository.rename(tmp_path / "moved")
+    result = gan_client(server.target, "reload")
+    assert result.exit_code == 1
+    (line,) = result.stdout.splitlines()
+    assert line.split()[:2] == ["(repository)", "FAILED"] and str(repository) in line
+    assert result.stderr == "Error: the reload failed; the versions served before still serve\n"
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -464,7 +479,8 @@ def test_tls_files_that_are_not_pem_are_named(tmp_path: pathlib.Path) -> None:
                 "--tls-key",
                 str(b / "tls.key"),
             ],
-            f"{a / 'tls.crt'} is not a PEM certificate for key {b / 'tls.key'}",
+            f"{a / 'tls.crt'} is not a PEM certificate matching the unencrypted PEM private "
+            f"key {b / 'tls.key'}",
         ),
     ]
     for args, message in cases:
@@ -498,6 +514,12 @@ def test_a_plaintext_call_to_a_tls_server_hints_at_tls(
             "seven.png",
         )
     )
+
+
+def test_a_call_to_the_metrics_port_hints_at_the_grpc_port(server: ServerThread) -> None:
+    """gRPC's own words are 'Failed parsing HTTP/2 (Expected SETTINGS frame ...)'."""
+    error = failed_cleanly(gan_client(f"127.0.0.1:{server.server.metrics_port}", "info"), 1)
+    assert error.startswith("Error: UNAVAILABLE: ") and "is it the /metrics port?" in error
 
 
 def test_a_tls_call_without_the_client_certificate_mtls_asks_for_hints_at_it(
