@@ -509,7 +509,8 @@ def compare(
     given = click.get_current_context().get_parameter_source("triton_python")
     if given is not ParameterSource.DEFAULT and not triton_python.is_file():
         raise click.BadParameter(f"{triton_python} is not a file", param_hint="'--triton-python'")
-    python = triton_python if triton_python.is_file() else None
+    # Absolute: a bare name ("python") would be looked up on PATH, not run from here.
+    python = triton_python.absolute() if triton_python.is_file() else None
     if python is not None:  # now, not as "Triton exited" minutes into the run
         _check_pytriton(python)
     engine_backend = Backend(backend)

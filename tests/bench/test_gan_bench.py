@@ -224,6 +224,22 @@ def test_a_triton_python_without_pytriton_is_refused_before_the_run(
     assert f"{sys.executable} cannot import pytriton (ModuleNotFoundError" in result.output
 
 
+def test_a_triton_python_named_without_a_folder_is_the_file_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """A bare name was looked up on PATH: "No such file or directory" for a file that exists."""
+    from ganserve.bench import compare as compare_module
+
+    monkeypatch.setattr(compare_module, "run_compare", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.chdir(tmp_path)
+    pathlib.Path("python").write_text("#!/bin/sh\necho no pytriton here >&2\nexit 3\n")
+    pathlib.Path("python").chmod(0o755)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = CliRunner().invoke(main, ["compare", "--triton-python", "python"])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'python'} cannot import pytriton (no pytriton here)" in result.output
+
+
 def test_a_reliability_run_whose_server_does_not_start_is_one_line_naming_its_log(
     tmp_path: pathlib.Path,
 ) -> None:
