@@ -206,6 +206,12 @@ def _export(
         raise click.ClickException(str(exc)) from None
     for note in result.notes:
         click.echo(note)
+    if result.removed:  # --force: what the old version had and the new one does not
+        click.echo(
+            f"warning: --force removed {', '.join(result.removed)} with the version it replaced "
+            f"({result.version.path}): the new version has no such file",
+            err=True,
+        )
     extra = result.version.metadata.extra
     for key, label in (
         ("onnx", "model.onnx"),

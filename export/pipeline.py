@@ -41,6 +41,9 @@ from ganserve.train.data import TRAIN_SUFFIX
 
 LOGGER = logging.getLogger(__name__)
 
+# What an export writes into a version folder.
+ARTIFACT_FILES = (MODEL_FILE, FP16_MODEL_FILE, PLAN_FILE, METADATA_FILE)
+
 __all__ = [
     "ExportConfig",
     "ExportError",
@@ -53,10 +56,12 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-    """What was published, and anything skipped (one line each)."""
+    """What was published, anything skipped (one line each), and the files of the version it
+    replaced (--force) that the new one lacks, which went with the old one."""
 
     version: repository.ModelVersionPath
     notes: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 def _torch_runner(generator: torch.nn.Module) -> Runner:
@@ -102,10 +107,13 @@ def export_checkpoint(
     """Export, verify and publish one model version. ``on_published`` gets the version's
     folder as soon as it is in place, before Ctrl-C is let through again."""
     try:
-        ckpt = checkpoint.load(ckpt_path)
-        generator = checkpoint.build_generator(ckpt, ema=True)
+        ckpt = checkpoint.load(ckpt_path)  # its messages name the file
     except checkpoint.CheckpointError as exc:
         raise ExportError(str(exc)) from exc
+    try:
+        generator = checkpoint.build_generator(ckpt, ema=True)
+    except checkpoint.CheckpointError as exc:
+        raise ExportError(f"{ckpt_path}: {exc}") from exc
     if config.name is None:
         config = dataclasses.replace(config, name=default_name(ckpt, ckpt_path))
     trt_reason = None if config.tensorrt is TensorRTMode.OFF else tensorrt_build.unavailable()
@@ -117,7 +125,7 @@ def export_checkpoint(
     with publish.model_lock(config.repository, config.name, known):
         version = config.version or _next_version(config.repository, config.name)
         metadata = _metadata(ckpt_path, ckpt, generator, config, version)
-        return _export(generator, metadata, config, version, trt_reason, on_published)
+        return _export(ckpt_path, generator, metadata, config, version, trt_reason, on_published)
 
 
 def default_name(ckpt: dict[str, Any], ckpt_path: pathlib.Path) -> str:
@@ -198,6 +206,7 @@ def _as_json(ckpt_path: pathlib.Path, where: str, value: Any) -> Any:
 
 
 def _export(
+    ckpt_path: pathlib.Path,
     generator: torch.nn.Module,
     metadata: ModelMetadata,
     config: ExportConfig,
@@ -211,19 +220,32 @@ def _export(
     # Up to the rename, a refusal, a crash or Ctrl-C leaves nothing behind (after it, the
     # staging folder is the version, and discard only removes folders left empty).
     try:
+        # A checkpoint exported from the version folder it replaces (re-exported to add
+        # --fp16-onnx, say) goes on to the new version: the folder keeps what it came from.
+        kept = publish.inside_version(staged, ckpt_path)
+        if kept is not None and kept.parts[0] in ARTIFACT_FILES:
+            raise ExportError(
+                f"cannot replace {staged.final}: the checkpoint {ckpt_path} is its {kept}, which "
+                "the export writes anew; move the checkpoint out of the folder, or pass another "
+                "--version"
+            )
         try:
             notes = _build(staged.folder, generator, metadata, config, trt_reason)
+            if kept is not None:
+                publish.carry(staged, kept)
         except OSError as exc:  # a full disk, say
             raise ExportError(
                 f"cannot write the export under {config.repository}, nothing written: "
                 f"{exc.strerror or exc}"
             ) from exc
         with publish.interrupts_held():
-            publish.publish(staged)
+            removed = publish.publish(staged)
             if on_published is not None:
                 on_published(staged.final)
             return ExportResult(
-                repository.open_version(config.repository, config.name, version), tuple(notes)
+                repository.open_version(config.repository, config.name, version),
+                tuple(notes),
+                removed,
             )
     except BaseException:
         publish.discard(staged)
@@ -286,11 +308,7 @@ def _build(
         if (staging / name).exists():
             onnx_export.embed_metadata(staging / name, metadata.to_dict())
     metadata.write(staging / METADATA_FILE)
-    stray = sorted(
-        p.name
-        for p in staging.iterdir()
-        if p.name not in (MODEL_FILE, FP16_MODEL_FILE, PLAN_FILE, METADATA_FILE)
-    )
+    stray = sorted(p.name for p in staging.iterdir() if p.name not in ARTIFACT_FILES)
     if stray:
         raise ExportError(f"export wrote unexpected files {stray}; expected single files")
     return notes

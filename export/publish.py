@@ -1,7 +1,8 @@
 """Where an export lands. `model_lock` makes the model's folder and holds an exclusive lock on
 it, so that exports of one model run one at a time (each picks a free version number and
 publishes it before the next looks); `stage` checks the destination and makes a staging folder
-beside the version's folder before any work; `publish` flushes the finished folder to the disk
+beside the version's folder before any work; `carry` puts a file of the version it replaces
+(the checkpoint being exported) into it; `publish` flushes the finished folder to the disk
 and moves it into place in one rename (over a version it replaces, one atomic exchange), with
 Ctrl-C held off meanwhile; `discard` removes the staging folder and any folders made for it.
 The repository never holds half a version, even after a power cut, and a failed export leaves
@@ -191,6 +192,36 @@ def stage(repository: pathlib.Path, name: str, version: int, *, force: bool) -> 
     return Staging(folder=folder, final=final, created=tuple(created), force=force)
 
 
+def inside_version(staging: Staging, path: pathlib.Path) -> pathlib.PurePath | None:
+    """Where ``path`` lies in the version folder that ``staging`` replaces (--force), relative
+    to it; None when it lies elsewhere or nothing is replaced. Its folders are resolved, its
+    own name not: a link in the version folder lies there, wherever it points."""
+    if not staging.force or not staging.final.is_dir():
+        return None
+    try:
+        return (path.parent.resolve() / path.name).relative_to(staging.final.resolve())
+    except ValueError:
+        return None
+
+
+def carry(staging: Staging, relative: pathlib.PurePath) -> None:
+    """Put the replaced version's file ``relative`` into the staging folder under the same
+    path, so that publishing keeps it: a hard link (no copy of the bytes; the old version's
+    removal leaves it) where the file system makes one, else a copy. It and its folders reach
+    the disk before `publish` renames the staging folder."""
+    source, target = staging.final / relative, staging.folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target, follow_symlinks=False)
+    if not target.is_symlink():
+        with target.open("rb") as f:
+            os.fsync(f.fileno())
+    for folder in relative.parents[:-1]:  # `publish` flushes the staging folder itself
+        sync_folder(staging.folder / folder)
+
+
 def discard(staging: Staging) -> None:
     """Remove the staging folder and the folders `stage` made (when still empty)."""
     shutil.rmtree(staging.folder, ignore_errors=True)
@@ -252,11 +283,12 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
-def publish(staging: Staging) -> None:
+def publish(staging: Staging) -> tuple[str, ...]:
     """Move the staging folder to its final name, once its files are on the disk; with
     --force, exchange it with the old version in one step (a server reloading meanwhile sees
-    one or the other, never neither) and remove the old one after. Call inside
-    `interrupts_held`."""
+    one or the other, never neither) and remove the old one after. Returns the files of the
+    old version that the new one does not have (paths relative to the version folder, sorted),
+    which its removal took. Call inside `interrupts_held`."""
     final = staging.final
     staging.folder.chmod(0o755)  # mkdtemp makes 0700; servers may run as another user
     try:
@@ -285,10 +317,23 @@ def publish(staging: Staging) -> None:
             final,
             exc.strerror or exc,
         )
-    if replaced:  # after the exchange the staging name holds the old version
-        shutil.rmtree(staging.folder, ignore_errors=True)
-        if os.path.lexists(staging.folder):
-            LOGGER.warning("replaced version left at %s: remove it by hand", staging.folder)
+    if not replaced:
+        return ()
+    # After the exchange the staging name holds the old version.
+    dropped = tuple(sorted(_files(staging.folder) - _files(final)))
+    shutil.rmtree(staging.folder, ignore_errors=True)
+    if os.path.lexists(staging.folder):
+        LOGGER.warning("replaced version left at %s: remove it by hand", staging.folder)
+    return dropped
+
+
+def _files(folder: pathlib.Path) -> set[str]:
+    """The files (and links) under ``folder``, as paths relative to it."""
+    found = set()
+    for root, folders, files in os.walk(folder):
+        for name in files + [d for d in folders if os.path.islink(os.path.join(root, d))]:
+            found.add(pathlib.Path(root, name).relative_to(folder).as_posix())
+    return found
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganserve.train.networks import GeneratorConfig, create_generator
+from ganserve.train.networks import GeneratorConfig, check_sizes, create_generator
 
 FORMAT = "ganserve-checkpoint"
 FORMAT_VERSION = 1
@@ -149,6 +149,7 @@ def _check_contents(ckpt: dict[str, Any]) -> None:
         if key in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt[key].values()):
             raise ValueError(f"{key} must map parameter names to tensors")
     config = GeneratorConfig.from_dict(ckpt["generator_config"])
+    check_sizes(config)  # before anything is built: a latent_dim of 10**9 asks for GBs
     dataset = ckpt.get("dataset", {})
     names = dataset.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -179,18 +180,42 @@ def _reason(exc: Exception) -> str:
 
 def build_generator(ckpt: dict[str, Any], *, ema: bool = True) -> nn.Module:
     """Rebuild the (EMA) generator of the checkpoint's family in eval mode; mismatched weights
-    are named in the error."""
+    are named in the error, before the generator's memory is allocated."""
     try:
         config = GeneratorConfig.from_dict(ckpt["generator_config"])
+        check_sizes(config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint generator_config is invalid: {exc}") from exc
-    generator = create_generator(config)
     key = "generator_ema" if ema else "generator"
+    if not isinstance(ckpt.get(key), dict):
+        raise CheckpointError(f"checkpoint has no {key} (a table of weights)")
+    _check_shapes(config, key, ckpt[key])
+    generator = create_generator(config)
     try:
         generator.load_state_dict(ckpt[key])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {key} does not fit its generator_config: {exc}") from exc
     return generator.eval()
+
+
+def _check_shapes(config: GeneratorConfig, key: str, weights: dict[str, Any]) -> None:
+    """CheckpointError naming the first weight the config's generator has and ``weights`` lack
+    or hold in another shape. Built on the meta device (no memory): a config that asks for
+    more than its weights hold (num_classes edited to 10**9, which gan-train's options do not
+    bound) is refused before its network is allocated."""
+    with torch.device("meta"):
+        expected = create_generator(config).state_dict()
+    for name, tensor in expected.items():
+        found = weights.get(name)
+        if not isinstance(found, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {key} does not fit its generator_config: no tensor {name}"
+            )
+        if tuple(found.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {key} does not fit its generator_config: {name} is "
+                f"{tuple(found.shape)}, the config makes {tuple(tensor.shape)}"
+            )
 
 
 def file_sha256(path: pathlib.Path) -> str:

@@ -23,12 +23,14 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
 import shlex
 import signal
 import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -45,7 +47,8 @@ from ganserve.train.data import DataError, load
 from ganserve.train.extras import BEFORE_TRAINING, exit_on_ctrl_c
 from ganserve.train.loop import Distributed, TrainConfig, TrainingStopped, train
 from ganserve.train.losses import Loss
-from ganserve.train.networks import ARCHITECTURES, GeneratorConfig
+from ganserve.train.monitor import same_file
+from ganserve.train.networks import ARCHITECTURES, IMAGE_SIZES, SIZE_RANGES, GeneratorConfig
 
 _positive = FiniteFloat(0, 10, min_open=True)  # learning rates: Adam's above 10 only overflow
 
@@ -145,30 +148,35 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
     default="dcgan",
     help="Generator family: DCGAN, the original fully-connected GAN, or StyleGAN-style.",
 )
-@click.option("--latent-dim", type=click.IntRange(1, 4096), default=64)
+@click.option("--latent-dim", type=click.IntRange(*SIZE_RANGES["latent_dim"]), default=64)
 @click.option(
     "--width",
-    type=click.IntRange(1, 1024),
+    type=click.IntRange(*SIZE_RANGES["width"]),
     default=32,
     help="dcgan, stylegan: feature maps of G's output-resolution layer (and D's first); "
     "gan: units of G's first hidden layer (and D's last).",
 )
 @click.option(
     "--embed-dim",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(*SIZE_RANGES["embed_dim"]),
     default=32,
     help="Label embedding length (conditional models).",
 )
 @click.option(
     "--fc-layers",
-    type=click.IntRange(1, 16),
+    type=click.IntRange(*SIZE_RANGES["fc_layers"]),
     default=3,
     help="gan: hidden layers of G and of D.",
 )
-@click.option("--w-dim", type=click.IntRange(1, 4096), default=128, help="stylegan: length of w.")
+@click.option(
+    "--w-dim",
+    type=click.IntRange(*SIZE_RANGES["w_dim"]),
+    default=128,
+    help="stylegan: length of w.",
+)
 @click.option(
     "--mapping-layers",
-    type=click.IntRange(1, 16),
+    type=click.IntRange(*SIZE_RANGES["mapping_layers"]),
     default=4,
     help="stylegan: layers of the mapping network z -> w.",
 )
@@ -190,7 +198,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
     default="fp32",
     help="bf16: mixed precision (bfloat16 autocast; on Ampere-or-newer GPUs it helps).",
 )
-@click.option("--image-size", type=click.Choice(["8", "16", "32", "64", "128"]), default="32")
+@click.option("--image-size", type=click.Choice([str(s) for s in IMAGE_SIZES]), default="32")
 @click.option("--unconditional", is_flag=True, help="Ignore class labels.")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0)
 @click.option(
@@ -236,7 +244,9 @@ def main(
         raise click.BadParameter("give 'digits', an image folder or a .npz", param_hint="'--data'")
     loss = Loss(options.pop("loss"))
     _refuse_options_that_do_not_apply(ctx, loss=loss, arch=arch, unconditional=unconditional)
+    run_dir_given = run_dir is not None
     run_dir = run_dir or out.with_name(out.stem + "-run")
+    _refuse_writing_over_data(data, out, run_dir, run_dir_given=run_dir_given)
     if out.exists() and not overwrite and not _continues_its_run(out, run_dir, resume):
         # --overwrite replaces the file, not the run folder beside it, which is refused next.
         held = run_dir.is_dir() and any(run_dir.iterdir())
@@ -289,7 +299,8 @@ def main(
                     stop_requested=stop.requested,
                 )
             except KeyboardInterrupt:
-                # A second Ctrl-C or SIGTERM (the first lets the step end), or one under torchrun.
+                # A second Ctrl-C or SIGTERM (the first lets the step end), or one under
+                # torchrun.
                 error = click.ClickException(
                     "interrupted: stopped at once, without saving the step in progress; the "
                     f"checkpoints saved so far are in {run_dir}"
@@ -370,6 +381,36 @@ def _refuse_options_that_do_not_apply(
             raise click.UsageError(f"{flag} {why}; drop {flag}", ctx)
 
 
+def _refuse_writing_over_data(
+    data: str, out: pathlib.Path, run_dir: pathlib.Path, *, run_dir_given: bool
+) -> None:
+    """A usage error for an output that would write over the training data: an --out that is
+    the --data file (the checkpoint replaced it, with --overwrite), or a run folder inside the
+    --data folder (its sample grids would be trained on next time, as a class of their own)."""
+    if data == "digits":
+        return
+    source = pathlib.Path(data)
+    if same_file(out, source):
+        raise click.BadParameter(
+            f"{out} is the --data file, which the checkpoint would replace; pick another --out",
+            param_hint="'--out'",
+        )
+    if not source.is_dir():
+        return
+    try:
+        inside = run_dir.resolve().relative_to(source.resolve())
+    except ValueError:
+        return
+    if any(part.startswith(".") for part in inside.parts):
+        return  # hidden: the data loader skips it
+    default = "" if run_dir_given else f" (beside --out {out} by default)"
+    raise click.BadParameter(
+        f"the run folder {run_dir}{default} lies in the --data folder {data}, whose images its "
+        "sample grids would join; pick another --run-dir",
+        param_hint="'--run-dir'",
+    )
+
+
 def _continues_its_run(
     out: pathlib.Path, run_dir: pathlib.Path, resume: pathlib.Path | None
 ) -> bool:
@@ -404,6 +445,7 @@ class ProgressBar:
         self._drawn = 0.0
         self._first: int | None = None  # the first step drawn (past 1 when resuming)
         self._on_line = False  # the cursor is at the end of the bar
+        self._gone = False  # the terminal is: a write failed (it hung up)
         # Log records start on a fresh line instead of after the bar; the bar redraws below.
         self._filter = logging.Filter()
         self._filter.filter = self._before_record  # type: ignore[method-assign]
@@ -412,9 +454,19 @@ class ProgressBar:
 
     def _before_record(self, record: logging.LogRecord) -> bool:
         if self._on_line:
-            click.echo("", err=True)
+            self._write("\n")
             self._on_line = False
         return True
+
+    def _write(self, text: str) -> None:
+        """A failed write (EIO from a terminal that hung up) ends the bar, not the run: it
+        would otherwise stop training before the step SIGHUP asked to save."""
+        if self._gone:
+            return
+        try:
+            click.echo(text, nl=False, err=True)
+        except OSError:
+            self._gone = True
 
     def __call__(self, step: int, steps: int, last: dict[str, float]) -> None:
         now = time.monotonic()
@@ -430,26 +482,30 @@ class ProgressBar:
             if last
             else ""
         )
-        click.echo(
+        self._write(
             f"\r[{'#' * done}{'.' * (self.WIDTH - done)}] {step}/{steps}{losses}  "
-            f"{left / 60:.1f} min left ",
-            nl=False,
-            err=True,
+            f"{left / 60:.1f} min left "
         )
         self._on_line = True
 
     def close(self) -> None:
-        click.echo("", err=True)
+        self._write("\n")
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._filter)
 
 
+# Signals that stop a run at the end of its step, besides Ctrl-C: SIGTERM (kill, timeout, docker
+# stop, a Kubernetes pod ending) and SIGHUP (the terminal closed, an ssh session dropped).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 class _StopAtStepEnd:
-    """Ctrl-C or SIGTERM (kill, timeout, docker stop, a Kubernetes pod ending) during training:
-    the first one lets the running step finish, so the loop can save a consistent checkpoint
-    and say how to resume; a second one raises KeyboardInterrupt at once. Under torchrun,
-    whose ranks would stop at different steps, the first Ctrl-C does, and SIGTERM is left to
-    torchrun. A SIGTERM already ignored stays ignored.
+    """Ctrl-C, SIGTERM or SIGHUP (`STOP_SIGNALS`) during training: the first one lets the
+    running step finish, so the loop can save a consistent checkpoint and say how to resume; a
+    second Ctrl-C or SIGTERM raises KeyboardInterrupt at once (a second SIGHUP does not: a
+    closing terminal sends two). Under torchrun, whose ranks would stop at
+    different steps, the first Ctrl-C does, and SIGTERM and SIGHUP are left to torchrun. A
+    signal already ignored stays ignored (SIGHUP under nohup: the run outlives its terminal).
 
     It takes over from the start-up's handling (`extras.exit_on_ctrl_c`), whose "nothing was
     written" stops being true here, and leaves Python's defaults behind."""
@@ -463,7 +519,8 @@ class _StopAtStepEnd:
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal, as shells report a process it ended (130: SIGINT, 143: SIGTERM)."""
+        """128 + the signal, as shells report a process it ended (130: SIGINT, 143: SIGTERM,
+        129: SIGHUP)."""
         return 128 + self.signum
 
     def requested(self) -> bool:
@@ -476,22 +533,30 @@ class _StopAtStepEnd:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             return self
         self._signals = [signal.SIGINT]
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._signals.append(signal.SIGTERM)
+        self._signals += [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
         for sig in self._signals:
             signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        self._hung_up(signum, frame)
         self._requested = True
         self.signum = signal.Signals(signum)
+        # SIGHUP never stops at once: a terminal that closes sends it twice (the shell passes
+        # its own on to its jobs, and the kernel sends another as the shell exits).
         for sig in self._signals:
-            signal.signal(sig, self._at_once)
+            signal.signal(sig, self._hung_up if sig == signal.SIGHUP else self._at_once)
         logging.getLogger(__name__).warning(
-            "%s: finishing this step to save a checkpoint (%s again to stop now)",
+            "%s: finishing this step to save a checkpoint (%s to stop now)",
             "interrupted" if signum == signal.SIGINT else f"stopped by {self.signum.name}",
-            "Ctrl-C" if signum == signal.SIGINT else self.signum.name,
+            {signal.SIGINT: "Ctrl-C again", signal.SIGTERM: "SIGTERM again"}.get(
+                self.signum, "SIGTERM"
+            ),
         )
+
+    def _hung_up(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            _leave_a_hung_up_terminal()
 
     def _at_once(self, signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -499,8 +564,29 @@ class _StopAtStepEnd:
     def __exit__(self, *exc: object) -> None:
         if self._main_thread:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            if signal.SIGTERM in self._signals:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for sig in STOP_SIGNALS:
+                if sig in self._signals:
+                    # Stopping: the closing terminal's second SIGHUP must not kill the run
+                    # before it exits as it says (129, how to resume).
+                    stopping = sig == signal.SIGHUP and self._requested
+                    signal.signal(sig, signal.SIG_IGN if stopping else signal.SIG_DFL)
+
+
+def _leave_a_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up (closed, or
+    its ssh session dropped): every write there fails with EIO, and the message saying how to
+    resume would end the run with a traceback and exit code 1 instead of 129. A terminal still
+    there (``kill -HUP``), a file or a pipe is left as it is."""
+    for fd in (1, 2):
+        try:
+            termios.tcgetattr(fd)
+            continue  # a terminal still there
+        except termios.error as exc:
+            if exc.args[0] != errno.EIO:  # ENOTTY: a file or a pipe
+                continue
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 # What torch.distributed's env:// rendezvous reads besides WORLD_SIZE; torchrun sets them all.

@@ -34,6 +34,7 @@ from ganserve.train.evaluation import EvaluationError, check_data, evaluate_gene
 from ganserve.train.extras import BEFORE_EVALUATION, ctrl_c_raises, exit_on_ctrl_c
 from ganserve.train.features import load_or_train
 from ganserve.train.inception import InceptionError, InceptionFeatures
+from ganserve.train.monitor import same_file
 
 ORDER = [
     "conditional_accuracy",
@@ -78,6 +79,27 @@ def _write_json(path: pathlib.Path, payload: dict) -> None:
         raise
 
 
+def _refuse_overwriting_inputs(
+    json_path: pathlib.Path,
+    checkpoint_path: pathlib.Path,
+    data: str,
+    inception_path: pathlib.Path | None,
+) -> None:
+    """A usage error when --json names one of the files the evaluation reads: the figures
+    would replace it (a checkpoint overwritten with JSON, exit 0)."""
+    inputs = [("the CHECKPOINT", checkpoint_path)]
+    if inception_path is not None:
+        inputs.append(("the --inception weight file", inception_path))
+    if data != "digits":
+        inputs.append(("the --data file", pathlib.Path(data)))
+    for what, path in inputs:
+        if same_file(json_path, path):
+            raise click.BadParameter(
+                f"{json_path} is {what}, which the figures would overwrite; give another file",
+                param_hint="'--json'",
+            )
+
+
 @click.command(help=__doc__, context_settings={"show_default": True})
 @click.argument(
     "checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False, path_type=pathlib.Path)
@@ -114,12 +136,17 @@ def main(
     json_path: pathlib.Path | None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if json_path is not None:  # a usage error, before any folder is made
+        _refuse_overwriting_inputs(json_path, checkpoint_path, data, inception_path)
     _writable_folder(cache_dir, f"--cache-dir {cache_dir}")
     if json_path is not None:
         _writable_folder(json_path.parent, f"--json {json_path}")
     try:
-        ckpt = checkpoint.load(checkpoint_path)
-        generator = checkpoint.build_generator(ckpt)
+        ckpt = checkpoint.load(checkpoint_path)  # its messages name the file
+        try:
+            generator = checkpoint.build_generator(ckpt)
+        except checkpoint.CheckpointError as exc:
+            raise checkpoint.CheckpointError(f"{checkpoint_path}: {exc}") from None
         train, heldout = load(data, generator.config.image_size)
         inception = InceptionFeatures(inception_path) if inception_path else None
     except (checkpoint.CheckpointError, DataError, InceptionError) as exc:

@@ -1,6 +1,6 @@
 """What a training run leaves for people to follow: a JSONL log, sample grids, a loss curve,
 and rotating checkpoints (the last K, plus the best by the evaluation metric); and the checks,
-before training, that it can be written there.
+before training, that it can be written there (and that no output names an input).
 
     <run_dir>/log.jsonl                one JSON object per logged step
     <run_dir>/samples/step_XXXXXX.png  fixed seeds, one row per class, from the EMA generator
@@ -115,6 +115,16 @@ def tile_grid(images: np.ndarray, columns: int) -> Image.Image:
         top, left = r * (h + 2) + 1, col * (w + 2) + 1
         grid[top : top + h, left : left + w] = tile
     return Image.fromarray(grid[:, :, 0] if c == 1 else grid)
+
+
+def same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: through symbolic or hard links where both exist,
+    by their resolved paths where one does not (yet). An output option that names an input
+    would write over it."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is absent (or unreadable): compare where they point
+        return a.resolve() == b.resolve()
 
 
 def check_outputs(

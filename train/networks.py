@@ -36,6 +36,20 @@ class Architecture(enum.Enum):
 
 ARCHITECTURES = tuple(a.value for a in Architecture)
 
+# The sizes gan-train's options allow (--latent-dim, --width, ...), (lowest, highest) each, and
+# so what a checkpoint's generator_config may hold: well beyond them a network needs more
+# memory than a machine has (a latent_dim of 10**9 is a 10**9-wide first layer), so the
+# checkpoint loader refuses such a config before anything is built.
+SIZE_RANGES: dict[str, tuple[int, int]] = {
+    "latent_dim": (1, 4096),
+    "width": (1, 1024),
+    "embed_dim": (1, 4096),
+    "fc_layers": (1, 16),
+    "w_dim": (1, 4096),
+    "mapping_layers": (1, 16),
+}
+IMAGE_SIZES = (8, 16, 32, 64, 128)  # gan-train's --image-size choices
+
 
 def _check_common(image_size: int, channels: int, width: int, num_classes: int) -> None:
     if image_size < 8 or image_size & (image_size - 1):
@@ -46,6 +60,25 @@ def _check_common(image_size: int, channels: int, width: int, num_classes: int) 
         raise ValueError(f"width must be >= 1, got {width}")
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+
+
+def check_sizes(config: GeneratorConfig) -> None:
+    """ValueError naming the first size of ``config`` that gan-train's options do not allow
+    (`SIZE_RANGES`, `IMAGE_SIZES`): what a checkpoint holds is checked before it is built."""
+    for field, (low, high) in SIZE_RANGES.items():
+        value = getattr(config, field)
+        if field == "embed_dim" and not config.num_classes:
+            continue  # an unconditional generator has no label embedding to size
+        if not low <= value <= high:
+            raise ValueError(
+                f"generator_config {field} {value} is out of range: gan-train's "
+                f"--{field.replace('_', '-')} allows {low}..{high}"
+            )
+    if config.image_size not in IMAGE_SIZES:
+        raise ValueError(
+            f"generator_config image_size {config.image_size} is out of range: gan-train's "
+            f"--image-size allows {', '.join(map(str, IMAGE_SIZES))}"
+        )
 
 
 def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:

@@ -90,6 +90,22 @@ def test_bad_checkpoint_is_one_line_and_writes_nothing(
     assert not repo.exists() or list(repo.rglob("*")) == []
 
 
+def test_a_size_gan_train_does_not_allow_is_one_line_before_anything_is_built(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A latent_dim of 10**9 was a traceback ending in "can't allocate memory"."""
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["generator_config"] = {**ckpt["generator_config"], "latent_dim": 10**9}
+    path = tmp_path / "huge.pt"
+    torch.save(ckpt, path)
+    repo = tmp_path / "repo"
+    assert refused(export_gan(str(path), "--repository", str(repo))) == (
+        f"Error: {path}: checkpoint generator_config latent_dim 1000000000 is out of range: "
+        "gan-train's --latent-dim allows 1..4096"
+    )
+    assert not repo.exists()
+
+
 def test_existing_version_needs_force(
     tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -115,6 +131,37 @@ def test_existing_version_needs_force(
         export_gan(*common)
     )
     assert export_gan(*common, "--force").returncode == 0
+
+
+def test_force_keeps_the_checkpoint_it_exports_from_and_names_what_it_removes(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Re-exporting a version from its own checkpoint (to add --fp16-onnx, say) deleted the
+    checkpoint with the old version, exit 0, and said nothing of the files it removed."""
+    version = tmp_path / "repo" / "tiny" / "1"
+    version.mkdir(parents=True)
+    source = version / "checkpoint.pt"
+    source.write_bytes(tiny_checkpoint.read_bytes())
+    (version / "model.fp16.onnx").write_bytes(b"the old version's")
+    (version / "notes.txt").write_text("the old version's")
+    result = export_gan(
+        str(source),
+        *("--repository", str(tmp_path / "repo"), "--name", "tiny", "--version", "1", "--force"),
+        *("--max-batch", "8", "--tensorrt", "off"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in version.iterdir()) == [
+        "checkpoint.pt",
+        "metadata.json",
+        "model.onnx",
+    ]
+    assert source.read_bytes() == tiny_checkpoint.read_bytes()
+    assert repository.open_version(tmp_path / "repo", "tiny", 1).metadata.name == "tiny"
+    assert result.stderr.splitlines() == [
+        f"warning: --force removed model.fp16.onnx, notes.txt with the version it replaced "
+        f"({version}): the new version has no such file"
+    ]
+    assert [p.name for p in version.parent.iterdir()] == ["1"]  # no staging folder left
 
 
 @needs_no_tensorrt

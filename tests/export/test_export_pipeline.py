@@ -570,6 +570,54 @@ def test_force_swaps_the_version_in_one_step_and_removes_the_old_one(
     assert synced[-1] == str(tmp_path / "tiny")
 
 
+def test_force_carries_a_file_of_the_old_version_over_and_names_the_ones_it_drops(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The checkpoint exported from inside the version it replaces goes on to the new one under
+    the same path (a subfolder too); what the old version had besides is returned."""
+    old = tmp_path / "tiny" / "1"
+    (old / "ckpt").mkdir(parents=True)
+    (old / "ckpt" / "source.pt").write_bytes(b"checkpoint")
+    (old / "model.onnx").write_bytes(b"old")
+    (old / "model.fp16.onnx").write_bytes(b"old")
+    staged = publish.stage(tmp_path, "tiny", 1, force=True)
+    kept = publish.inside_version(staged, tmp_path / "tiny" / "." / "1" / "ckpt" / "source.pt")
+    assert kept == pathlib.PurePath("ckpt/source.pt")
+    assert publish.inside_version(staged, tmp_path / "elsewhere.pt") is None
+    (staged.folder / "model.onnx").write_bytes(b"new")
+    publish.carry(staged, kept)
+    assert publish.publish(staged) == ("model.fp16.onnx",)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "tiny",
+        "tiny/1",
+        "tiny/1/ckpt",
+        "tiny/1/ckpt/source.pt",
+        "tiny/1/model.onnx",
+    ]
+    assert (old / "ckpt" / "source.pt").read_bytes() == b"checkpoint"
+    assert (old / "model.onnx").read_bytes() == b"new"
+
+
+def test_force_refuses_a_checkpoint_that_is_a_file_the_export_writes_before_the_work(
+    tiny_checkpoint: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint saved as the version's model.onnx would be replaced by the export."""
+    version = tmp_path / "tiny" / "1"
+    version.mkdir(parents=True)
+    source = version / "model.onnx"
+    source.write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", _no_work)
+    config = ExportConfig(repository=tmp_path, name="tiny", version=1, force=True)
+    with pytest.raises(ExportError) as caught:
+        export_checkpoint(source, config)
+    assert str(caught.value) == (
+        f"cannot replace {version}: the checkpoint {source} is its model.onnx, which the export "
+        "writes anew; move the checkpoint out of the folder, or pass another --version"
+    )
+    assert source.read_bytes() == tiny_checkpoint.read_bytes()
+    assert [p.name for p in tmp_path.rglob("*")] == ["tiny", "1", "model.onnx"]
+
+
 def test_force_without_renameat2_puts_the_old_version_back_when_the_new_one_cannot_move(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

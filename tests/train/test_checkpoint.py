@@ -218,3 +218,59 @@ def test_checkpoints_from_before_metrics_step_still_load_and_export(
     meta = json.loads((result.version.path / "metadata.json").read_text())
     assert meta["training_metrics"] == {"sample_class_accuracy": 0.5}
     assert meta["extra"]["metrics_step"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("latent_dim", 10**9, "--latent-dim allows 1..4096"),
+        ("width", 10**6, "--width allows 1..1024"),  # grew export-gan to 22 GB, then OOM
+        ("embed_dim", 10**6, "--embed-dim allows 1..4096"),
+        ("fc_layers", 64, "--fc-layers allows 1..16"),
+        ("w_dim", 10**6, "--w-dim allows 1..4096"),
+        ("mapping_layers", 1000, "--mapping-layers allows 1..16"),
+        ("image_size", 2**20, "--image-size allows 8, 16, 32, 64, 128"),
+    ],
+)
+def test_sizes_gan_train_does_not_allow_are_refused_on_loading(
+    tmp_path: pathlib.Path, tiny_checkpoint: pathlib.Path, field: str, value: int, allowed: str
+) -> None:
+    """export-gan and gan-eval built the network first: a traceback (can't allocate memory),
+    or the machine's memory filled until the kernel killed them."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["generator_config"] = {**ckpt["generator_config"], field: value}
+    path = tmp_path / "huge.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load(path)
+    assert str(caught.value) == (
+        f"{path}: checkpoint generator_config {field} {value} is out of range: gan-train's "
+        f"{allowed}"
+    )
+    with pytest.raises(CheckpointError, match=f"generator_config {field} {value} is out of"):
+        checkpoint.build_generator(ckpt)  # a table that did not come through `load`
+
+
+def test_the_sizes_a_checkpoint_may_hold_are_gan_trains_option_ranges() -> None:
+    from ganserve.train.cli import main
+    from ganserve.train.networks import IMAGE_SIZES, SIZE_RANGES
+
+    options = {p.name: p.type for p in main.params}
+    for field, (low, high) in SIZE_RANGES.items():
+        assert (options[field].min, options[field].max) == (low, high), field
+    assert list(options["image_size"].choices) == [str(s) for s in IMAGE_SIZES]
+
+
+def test_a_class_count_its_weights_do_not_have_is_refused_before_allocating(
+    tiny_checkpoint: pathlib.Path,
+) -> None:
+    """num_classes has no gan-train option to bound it (the data gives it): the config is
+    checked against the weights' shapes on the meta device, not by allocating the table."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["generator_config"] = {**ckpt["generator_config"], "num_classes": 10**12}
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.build_generator(ckpt)
+    assert str(caught.value) == (
+        "checkpoint generator_ema does not fit its generator_config: embed.weight is (10, 8), "
+        "the config makes (1000000000000, 8)"
+    )

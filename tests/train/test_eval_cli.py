@@ -135,3 +135,57 @@ def test_unwritable_output_is_refused_before_the_work(
     error = refused(gan_eval(tmp_path, files["digits"], option, where))
     assert error.startswith(f"Error: {message}"), error
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_a_size_gan_train_does_not_allow_is_one_line_before_anything_is_built(
+    files: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """A latent_dim of 10**9 was a traceback ending in "can't allocate memory"."""
+    ckpt = torch.load(files["digits"], weights_only=True)
+    ckpt["generator_config"] = {**ckpt["generator_config"], "latent_dim": 10**9}
+    path = tmp_path / "huge.pt"
+    torch.save(ckpt, path)
+    assert refused(gan_eval(tmp_path, str(path))) == (
+        f"Error: {path}: checkpoint generator_config latent_dim 1000000000 is out of range: "
+        "gan-train's --latent-dim allows 1..4096"
+    )
+
+
+@pytest.mark.parametrize("how", ["same-path", "other-spelling", "symbolic-link", "hard-link"])
+def test_json_that_names_the_checkpoint_is_a_usage_error_and_leaves_it_whole(
+    how: str, files: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """--json CHECKPOINT overwrote the checkpoint with the figures, exit 0."""
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(pathlib.Path(files["digits"]).read_bytes())
+    before = ckpt.read_bytes()
+    json_path = {
+        "same-path": ckpt,
+        "other-spelling": tmp_path / "sub" / ".." / "m.pt",
+        "symbolic-link": tmp_path / "link.json",
+        "hard-link": tmp_path / "hard.json",
+    }[how]
+    if how == "symbolic-link":
+        json_path.symlink_to(ckpt)
+    elif how == "hard-link":
+        json_path.hardlink_to(ckpt)
+    result = gan_eval(tmp_path, str(ckpt), "--json", str(json_path))
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--json': {json_path} is the CHECKPOINT, which the figures " in (
+        result.output
+    )
+    assert ckpt.read_bytes() == before
+    assert not (tmp_path / "cache").exists()
+
+
+def test_json_that_names_the_inception_weights_is_a_usage_error(
+    files: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"weights")
+    result = gan_eval(
+        tmp_path, files["digits"], "--inception", str(weights), "--json", str(weights)
+    )
+    assert result.exit_code == 2, result.output
+    assert "is the --inception weight file, which the figures would overwrite" in result.output
+    assert weights.read_bytes() == b"weights"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import pty
+import select
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -401,12 +405,15 @@ def test_the_resume_command_keeps_the_options_and_replaces_resume(given: list[st
     )
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
+)
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
     tmp_path: pathlib.Path, stop: signal.Signals
 ) -> None:
     """SIGTERM (kill, timeout, docker stop, Kubernetes) ended a run at once with nothing said
-    and up to --checkpoint-every steps lost."""
+    and up to --checkpoint-every steps lost; so did SIGHUP (exit 129), and its run folder
+    then blocked a plain rerun."""
     out = tmp_path / "m.pt"
     command = [
         str(pathlib.Path(sys.executable).parent / "gan-train"),
@@ -430,6 +437,53 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
     assert again[: len(command)] == ["gan-train", *command[1:]]
     assert again[len(command)] == "--resume"
     saved = pathlib.Path(again[-1])
+    assert checkpoint.load(saved)["step"] >= 10
+
+
+def test_a_terminal_that_closes_saves_a_checkpoint_and_exits_129(tmp_path: pathlib.Path) -> None:
+    """The terminal hangs up (closed, or its ssh session dropped): SIGHUP comes twice (from
+    the shell and from the kernel), and every write to the terminal fails from then on (EIO).
+    The second SIGHUP must not stop the run before it saves; the progress bar and the message
+    saying how to resume would end it with exit code 1, the bar's before the step was saved:
+    once the terminal has hung up they go to /dev/null instead."""
+    out = tmp_path / "m.pt"
+    command = [
+        str(pathlib.Path(sys.executable).parent / "gan-train"),
+        *("--out", str(out), "--steps", "100000", "--width", "8", "--image-size", "8"),
+        *("--eval-per-class", "0", "--batch-size", "4", "--log-every", "10"),
+    ]
+    master, terminal = pty.openpty()
+    name = os.ttyname(terminal)
+
+    def session_with_its_own_terminal() -> None:  # as a login shell or sshd sets up
+        os.setsid()
+        os.close(os.open(name, os.O_RDWR))  # the first terminal opened becomes the session's
+
+    proc = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=session_with_its_own_terminal,
+    )
+    os.close(terminal)
+    try:
+        shown, deadline = b"", time.monotonic() + 60
+        while b"step 10/100000" not in shown and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                shown += os.read(master, 4096)
+        assert b"step 10/100000" in shown, shown.decode(errors="replace")
+        assert b"] 1" in shown  # the progress bar was drawn: stderr is the terminal
+        os.close(master)  # the terminal closes: SIGHUP from the kernel
+        master = -1
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGHUP)  # and from the shell, passing its own on to its jobs
+        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+    finally:
+        proc.kill()
+        if master >= 0:
+            os.close(master)
+    (saved,) = run_checkpoints(tmp_path / "m-run")
     assert checkpoint.load(saved)["step"] >= 10
 
 
@@ -683,6 +737,50 @@ def test_a_refused_run_leaves_no_folder_behind(
     result = gan_train("--out", "new/x.pt", *args)
     assert result.exit_code == 1 and message in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-checkpoint.pt"]
+
+
+def test_an_out_that_is_the_data_file_is_a_usage_error_and_leaves_the_data(
+    tmp_path: pathlib.Path,
+) -> None:
+    """With --overwrite the checkpoint replaced the .npz it was trained on."""
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    data = tmp_path / "plain.npz"
+    np.savez(data, images=images)
+    before = data.read_bytes()
+    result = gan_train("--out", str(data), "--data", str(data), "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert (
+        f"Invalid value for '--out': {data} is the --data file, which the checkpoint would "
+        "replace; pick another --out"
+    ) in " ".join(result.output.split())
+    assert data.read_bytes() == before and list(tmp_path.iterdir()) == [data]
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["run-dir", "beside-out"])
+def test_a_run_folder_inside_the_data_folder_is_a_usage_error(
+    tmp_path: pathlib.Path, given: bool
+) -> None:
+    """Its sample grids (PNGs) became training images of a class named after the folder."""
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    before = sorted(tmp_path.rglob("*"))
+    data = tmp_path / "data"
+    if given:
+        args, run_dir, default = ["--out", str(tmp_path / "m.pt"), "--run-dir", str(data)], data, ""
+    else:
+        args, run_dir = ["--out", str(data / "m.pt")], data / "m-run"
+        default = f" (beside --out {data / 'm.pt'} by default)"
+    result = gan_train(*args, "--data", str(data))
+    assert result.exit_code == 2, result.output
+    assert (
+        f"Invalid value for '--run-dir': the run folder {run_dir}{default} lies in the --data "
+        f"folder {data}, whose images its sample grids would join; pick another --run-dir"
+    ) in " ".join(result.output.split())
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_an_earlier_runs_checkpoint_is_overwritten_only_when_asked(tmp_path: pathlib.Path) -> None:
