@@ -184,6 +184,87 @@ class EngineThreads(concurrent.futures.Executor):
                 thread.join()
 
 
+def compute(
+    engine: Engine, works: Sequence[Work], preferred: Sequence[int] = ()
+) -> tuple[list[bytes | Exception], float, float]:
+    """Worker thread: seeds -> model inputs -> engine -> uint8 -> encoded bytes, all that the
+    engine timeout bounds. Returns one result per work (an EngineError for an image that came
+    out non-finite), the seconds until encoding began, and the seconds encoding took.
+    ``preferred``: ascending batch sizes the engine runs at (`run_at_sizes`)."""
+    started = time.monotonic()
+    m = engine.metadata
+    n, d = len(works), m.latent_dim
+    draws = np.empty((n, d + m.noise_dim), dtype=np.float32)  # (N, latent_dim + noise_dim)
+    psi = np.empty(n, dtype=np.float32)
+    mixing = m.style_layers and any(w.mix_seed is not None for w in works)
+    mix = np.empty((n, d), dtype=np.float32) if mixing else None
+    mix_layer = np.full(n, m.style_layers, dtype=np.int64) if mixing else None
+    for i, work in enumerate(works):
+        draws[i] = model_inputs.seed_vector(m, work.seed) if work.latent is None else work.latent
+        psi[i] = work.truncation
+        if mixing:
+            if work.mix_seed is None:
+                mix[i] = draws[i, :d]
+            else:
+                mix[i] = latent.seed_to_latent(work.mix_seed, d)
+                mix_layer[i] = work.mix_layer
+    labels = None
+    if m.conditional:
+        labels = np.fromiter((w.label for w in works), dtype=np.int64, count=n)
+    feeds = model_inputs.assemble(
+        m, draws, labels=labels, truncation=psi, mix=mix, mix_layer=mix_layer
+    )
+    images = run_at_sizes(engine, feeds, preferred)  # (N, C, H, W) float32 in [-1, 1]
+    finite = np.isfinite(images).reshape(n, -1).all(axis=1)  # (N,)
+    pixels = imaging.to_uint8(images)  # (N, H, W, C) uint8
+    encoding_started = time.monotonic()
+    results: list[bytes | Exception] = []
+    for i, work in enumerate(works):
+        if finite[i]:
+            results.append(imaging.encode(pixels[i], work.encoding))
+        else:
+            LOGGER.error(
+                "model %s v%s produced non-finite pixels for seed %d", m.name, m.version, work.seed
+            )
+            results.append(EngineError(f"model {m.name!r} produced an invalid image"))
+    return results, encoding_started - started, time.monotonic() - encoding_started
+
+
+def run_at_sizes(
+    engine: Engine, feeds: dict[str, np.ndarray], preferred: Sequence[int]
+) -> np.ndarray:
+    """Run at the preferred batch sizes (ascending; empty: the batch's own size): pad up to
+    the smallest that fits, split above the largest. Each sample's output is independent of
+    its batch-mates, so padding rows (copies of the chunk's first row) change nothing and are
+    cut off."""
+    if not preferred:
+        return engine.run(feeds)
+    outputs, start, n = [], 0, len(feeds["z"])
+    while start < n:
+        remaining = n - start
+        size = next((p for p in preferred if p >= remaining), preferred[-1])
+        take = min(size, remaining)
+        index = np.full(size, start)  # padding rows repeat the chunk's first row
+        index[:take] = np.arange(start, start + take)
+        out = engine.run({name: value[index] for name, value in feeds.items()})
+        outputs.append(out[:take])
+        start += take
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+def batch_seconds(engine: Engine, config: BatchingConfig) -> float:
+    """Seconds a full batch (``max_batch_size`` PNG images) takes on a warm, idle ``engine``,
+    counted as the engine timeout counts it: latents, the engine and encoding (`compute`)."""
+    m = engine.metadata
+    works = [
+        Work(seed, seed % m.num_classes if m.conditional else None, imaging.Encoding.PNG)
+        for seed in range(config.max_batch_size)
+    ]
+    started = time.monotonic()
+    compute(engine, works, sorted(set(config.preferred_batch_sizes)))
+    return time.monotonic() - started
+
+
 class Batcher:
     """Queues requests for one model version and runs them in batches on its engines."""
 
@@ -463,7 +544,10 @@ class Batcher:
             results = call.result()
         except Exception:
             LOGGER.exception(
-                "batch of %d for model %s v%s failed", len(batch), self.model, self.version
+                "batch of %d images for model %s v%s failed",
+                sum(len(request.works) for request in batch),
+                self.model,
+                self.version,
             )
             self._m_failures.inc()
             error = EngineError(f"inference failed for model {self.model!r}; see the server log")
@@ -495,11 +579,11 @@ class Batcher:
         """Fail a batch whose engine call outlived the timeout, and keep the pool whole."""
         timeout = self._config.engine_timeout_s
         LOGGER.error(
-            "engine of model %s v%s still running a batch of %d after %.2fs; failing the batch "
-            "and replacing the instance",
+            "engine of model %s v%s still running a batch of %d images after %.2fs; failing "
+            "the batch and replacing the instance",
             self.model,
             self.version,
-            len(batch),
+            sum(len(request.works) for request in batch),
             timeout,
         )
         self._m_failures.inc()
@@ -563,70 +647,12 @@ class Batcher:
         return True
 
     def _compute(self, engine: Engine, batch: list[_Request]) -> list[bytes | Exception]:
-        """Worker thread: seeds -> model inputs -> engine -> uint8 -> encoded bytes."""
-        started = time.monotonic()
-        m = self._metadata
+        """Worker thread: the batch's images, one result per image (`compute`)."""
         works = [work for request in batch for work in request.works]
-        n, d = len(works), m.latent_dim
-        draws = np.empty((n, d + m.noise_dim), dtype=np.float32)  # (N, latent_dim + noise_dim)
-        psi = np.empty(n, dtype=np.float32)
-        mixing = m.style_layers and any(w.mix_seed is not None for w in works)
-        mix = np.empty((n, d), dtype=np.float32) if mixing else None
-        mix_layer = np.full(n, m.style_layers, dtype=np.int64) if mixing else None
-        for i, work in enumerate(works):
-            draws[i] = (
-                model_inputs.seed_vector(m, work.seed) if work.latent is None else work.latent
-            )
-            psi[i] = work.truncation
-            if mixing:
-                if work.mix_seed is None:
-                    mix[i] = draws[i, :d]
-                else:
-                    mix[i] = latent.seed_to_latent(work.mix_seed, d)
-                    mix_layer[i] = work.mix_layer
-        labels = None
-        if m.conditional:
-            labels = np.fromiter((w.label for w in works), dtype=np.int64, count=n)
-        feeds = model_inputs.assemble(
-            m, draws, labels=labels, truncation=psi, mix=mix, mix_layer=mix_layer
-        )
-        images = self._run_engine(engine, feeds)  # (N, C, H, W) float32 in [-1, 1]
-        finite = np.isfinite(images).reshape(n, -1).all(axis=1)  # (N,)
-        pixels = imaging.to_uint8(images)  # (N, H, W, C) uint8
-        encoding_started = time.monotonic()
-        self._m_infer_time.observe(encoding_started - started)
-        results: list[bytes | Exception] = []
-        for i, work in enumerate(works):
-            if finite[i]:
-                results.append(imaging.encode(pixels[i], work.encoding))
-            else:
-                LOGGER.error(
-                    "model %s v%s produced non-finite pixels for seed %d",
-                    self.model,
-                    self.version,
-                    work.seed,
-                )
-                results.append(EngineError(f"model {self.model!r} produced an invalid image"))
-        self._m_encode_time.observe(time.monotonic() - encoding_started)
+        results, infer_s, encode_s = compute(engine, works, self._preferred)
+        self._m_infer_time.observe(infer_s)
+        self._m_encode_time.observe(encode_s)
         return results
-
-    def _run_engine(self, engine: Engine, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run at the preferred batch sizes: pad up to the smallest that fits, split above the
-        largest. Each sample's output is independent of its batch-mates, so padding rows (copies
-        of the chunk's first row) change nothing and are cut off."""
-        if not self._preferred:
-            return engine.run(feeds)
-        outputs, start, n = [], 0, len(feeds["z"])
-        while start < n:
-            remaining = n - start
-            size = next((p for p in self._preferred if p >= remaining), self._preferred[-1])
-            take = min(size, remaining)
-            index = np.full(size, start)  # padding rows repeat the chunk's first row
-            index[:take] = np.arange(start, start + take)
-            out = engine.run({name: value[index] for name, value in feeds.items()})
-            outputs.append(out[:take])
-            start += take
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     async def close(self, grace_s: float, *, stall_s: float = math.inf) -> None:
         """Stop accepting, let queued and running batches finish within grace_s (math.inf: all

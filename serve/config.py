@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ganserve.serve.backends import Backend
+from ganserve.serve.metadata import MAX_DIM
+from ganserve.v1 import generator_pb2 as pb
 
 
 class EventLoop(enum.Enum):
@@ -204,7 +206,8 @@ class ServerConfig:
         cache_bytes: Byte budget of the response cache; 0 disables it.
         max_items_per_call: Cap on GenerateBatch items and Interpolate frames (never more than
             max_queue_size, since a call's items are queued together).
-        max_request_bytes: Largest request message accepted.
+        max_request_bytes: Largest request message accepted; at least a GenerateBatch request
+            of max_items_per_call items at their largest (`batch_request_bytes`).
         concurrent_accepts: Pending accepts per Generator method beyond grpcio's one, so
             calls do not queue behind its accept loop (`ganserve.serve.accept`); 0 leaves
             grpcio's loop alone.
@@ -266,6 +269,7 @@ class ServerConfig:
         _check_range("max_items_per_call", self.max_items_per_call, 1, 65536)
         _check_range("max_request_bytes", self.max_request_bytes, 1024, 2**30)
         _check_range("concurrent_accepts", self.concurrent_accepts, 0, 1024)
+        self._check_request_fits()
         # Bounded, like the chart's schema: a delay of 1e300 s is finite but SIGTERM would
         # never end it.
         for name in ("shutdown_delay_s", "drain_grace_s"):
@@ -294,6 +298,27 @@ class ServerConfig:
                     "an international one)"
                 )
 
+    def _check_request_fits(self) -> None:
+        """gRPC refuses a request over max_request_bytes before any handler runs, with a
+        message that names neither setting: a GenerateBatch of as many items as a call may
+        carry must fit, whatever seeds and labels they hold."""
+        # A call's items are queued together: no call carries more than the queue holds.
+        items = min(self.max_items_per_call, self.batching.max_queue_size)
+        needed = batch_request_bytes(items)
+        if needed <= self.max_request_bytes:
+            return
+        fits = (self.max_request_bytes - BATCH_REQUEST_BYTES) // BATCH_ITEM_BYTES
+        if items == self.max_items_per_call:
+            call = f"max_items_per_call ({items}) items"
+        else:
+            call = f"max_queue_size ({items}) items, the cap on max_items_per_call"
+        raise ValueError(
+            f"max_request_bytes {self.max_request_bytes} cannot hold a GenerateBatch of {call}: "
+            f"at their largest that is {needed} bytes ({BATCH_REQUEST_BYTES} + "
+            f"{BATCH_ITEM_BYTES} per item); raise max_request_bytes to at least {needed}, or "
+            f"lower max_items_per_call to at most {fits}"
+        )
+
     def model(self, name: str) -> ModelConfig:
         """The settings of model ``name``, falling back to the server-wide backend."""
         return self.models.get(name) or ModelConfig(backend=self.backend)
@@ -302,6 +327,33 @@ class ServerConfig:
 MAX_TOKEN_FILE_BYTES = 4096
 MAX_DRAIN_S = 3600
 MAX_CONNECTION_AGE_S = 86400  # gRPC takes milliseconds in a 32-bit int: 24.8 days at most
+# The most bytes of a file name (Linux's NAME_MAX): model names and versions are folder names.
+MAX_NAME_BYTES = 255
+
+
+def largest_batch_request(items: int) -> pb.GenerateBatchRequest:
+    """A GenerateBatch request of ``items`` items with every field at the largest wire size
+    the server accepts: a model name and version of a folder name's full length, encoding and
+    truncation set; per item, a seed of 2**64 - 1 (ten varint bytes) and the top class label a
+    model may have (metadata.json's num_classes is at most MAX_DIM)."""
+    item = pb.BatchItem(seed=2**64 - 1, class_label=MAX_DIM - 1)
+    return pb.GenerateBatchRequest(
+        items=[item] * items,
+        model="m" * MAX_NAME_BYTES,
+        model_version="9" * MAX_NAME_BYTES,
+        encoding=pb.IMAGE_ENCODING_RAW_UINT8,
+        truncation=2.0,
+    )
+
+
+# Serialised once: the request without items, and what each item adds (tag, length, fields).
+BATCH_REQUEST_BYTES = largest_batch_request(0).ByteSize()
+BATCH_ITEM_BYTES = largest_batch_request(1).ByteSize() - BATCH_REQUEST_BYTES
+
+
+def batch_request_bytes(items: int) -> int:
+    """The largest a GenerateBatch request of ``items`` items the server accepts can be."""
+    return BATCH_REQUEST_BYTES + items * BATCH_ITEM_BYTES
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from ganserve.serve import backends, repository
 from ganserve.serve.backends import Backend, EngineOptions, cpu
-from ganserve.serve.batcher import Batcher, EngineThreads
+from ganserve.serve.batcher import Batcher, EngineThreads, batch_seconds
 from ganserve.serve.config import ServerConfig
 from ganserve.serve.errors import ModelLoadError, ModelNotFoundError, shown
 from ganserve.serve.metadata import (
@@ -130,6 +130,8 @@ class ModelManager:
         self._routes: dict[str, dict[str, ServedVersion]] = {}
         self._failed: dict[tuple[str, str], str] = {}
         self._default: str | None = config.default_model
+        # The models a reload last warned about (`_warn_restart_needs_default`).
+        self._warned_models: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
         # Versions a reload has retired, closing once their queues drain: task -> batcher.
         self._retiring: dict[asyncio.Task[None], Batcher] = {}
@@ -220,6 +222,13 @@ class ModelManager:
                     choices[i + 1].value,
                 )
         batching = config.batching
+        if config.warmup:  # timings of cold engines say nothing
+            try:
+                self._check_batch_time(engines[0])
+            except BaseException:
+                for engine in engines:
+                    engine.close()
+                raise
         batcher = Batcher(engines, batching, self._metrics, spawn, image_s=image_s)
         seconds = time.monotonic() - started
         self._metrics.model_load_duration.labels(name, version).set(seconds)
@@ -238,6 +247,30 @@ class ModelManager:
         else:
             precision = model_config.precision
         return ServedVersion(opened.metadata, backend, batcher, fingerprint, precision)
+
+    def _check_batch_time(self, engine: backends.Engine) -> None:
+        """Refuse a version whose full batch cannot finish within the engine timeout: each
+        one would fail with DEADLINE_EXCEEDED and cost its instance, and no retry could ever
+        succeed. Timed as the timeout counts it (latents, engine, encoding); a time at or over
+        the timeout is taken again, so a one-off stall during the load does not fail it."""
+        batching, m = self._config.batching, engine.metadata
+        timeout = batching.engine_timeout_s
+        try:
+            seconds = batch_seconds(engine, batching)
+            if seconds >= timeout:
+                seconds = min(seconds, batch_seconds(engine, batching))
+        except Exception as exc:  # ORT and TensorRT raise many unrelated types
+            raise ModelLoadError(
+                f"model {m.name!r} v{m.version}: timing a full batch failed ({exc})"
+            ) from exc
+        if seconds >= timeout:
+            raise ModelLoadError(
+                f"model {m.name!r} v{m.version}: a full batch of {batching.max_batch_size} "
+                f"images took {seconds:.3g}s at load, at or over the engine timeout "
+                f"({timeout:g}s), so every full batch would fail; raise --engine-timeout "
+                f"(engine_timeout) above {seconds:.3g}s, or lower --max-batch-size "
+                "(max_batch_size)"
+            )
 
     def _open_engines(
         self,
@@ -455,12 +488,34 @@ class ModelManager:
         for served in retiring:
             self._retire(served)
         self._publish_info()
+        self._warn_restart_needs_default(sorted({name for name, _ in wanted}))
         self._metrics.reloads.labels("ok").inc()
         LOGGER.info(
             "reload: %s",
             ", ".join(f"{c.name} v{c.version} {c.state.name}" for c in changes) or "no changes",
         )
         return changes
+
+    def _warn_restart_needs_default(self, names: list[str]) -> None:
+        """A reload may leave the repository holding several models where the server started
+        with one and no --default-model: unnamed requests still go to that one, but a restart
+        with the same settings refuses to start (`start`), a crash loop under Kubernetes. Say
+        so once for each such set of models, not on every reload."""
+        if self._config.default_model is not None or len(names) < 2:
+            self._warned_models = ()
+            return
+        if tuple(names) == self._warned_models:
+            return
+        self._warned_models = tuple(names)
+        LOGGER.warning(
+            "model repository %s now holds several models (%s) and no --default-model is set: "
+            "requests that name no model still go to %s, but a restart will refuse to start "
+            "without --default-model %s (default_model in the config file); set it now",
+            self._config.model_repository,
+            ", ".join(names),
+            self._default,
+            self._default,
+        )
 
     def _only_survivor(self, routes: dict, wanted: dict, errors: dict, name: str) -> bool:
         """True when ``name`` would lose its last version although the repository still lists

@@ -8,6 +8,7 @@ record batch sizes, hold a batch, or inject a fault.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -490,6 +491,38 @@ def test_a_drain_without_end_stops_when_no_instance_comes_back(real_engine: Onnx
             engine.gate.set()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("fault", "logged"),
+    [
+        ("hang", "still running a batch of 4 images after 0.10s"),
+        ("raise", "batch of 4 images for model digits v"),
+    ],
+)
+def test_a_failed_batch_is_logged_with_its_image_count(
+    real_engine: OnnxEngine, caplog: pytest.LogCaptureFixture, fault: str, logged: str
+) -> None:
+    """The log counted the batch's requests: one GenerateBatch call of 4 images (one group)
+    was "a batch of 1"."""
+    engine = RecordingEngine(real_engine)
+    if fault == "hang":
+        engine.gate.clear()
+    else:
+        engine.fail_next = True
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_size=4, engine_timeout_s=0.1)
+        batcher.start()
+        (group,) = batcher.submit_many([Work(s, s, Encoding.RAW_UINT8) for s in range(4)])
+        with pytest.raises((DeadlineExceededError, EngineError)):
+            await group
+        engine.gate.set()
+        await batcher.close(1)
+
+    with caplog.at_level(logging.ERROR, logger="ganserve.serve.batcher"):
+        run(scenario())
+    assert logged in caplog.text
 
 
 def test_with_parallel_batches_off_a_free_instance_takes_any_request(

@@ -24,9 +24,12 @@ from ganserve.serve.config import (
     LogFormat,
     ModelConfig,
     ServerConfig,
+    batch_request_bytes,
     build_config,
+    largest_batch_request,
     read_config_file,
 )
+from ganserve.serve.metadata import MAX_DIM
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -196,6 +199,61 @@ def test_invalid_settings_are_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         build_config({"model_repository": "models", **settings})
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (
+            {"max_request_bytes": 1024},
+            r"max_request_bytes 1024 cannot hold a GenerateBatch of max_items_per_call \(1024\) "
+            r"items: .*raise max_request_bytes to at least 17931, or lower max_items_per_call "
+            r"to at most 29$",
+        ),
+        (
+            {"max_request_bytes": 8192, "max_items_per_call": 1024, "max_queue_size": 500},
+            r"of max_queue_size \(500\) items, the cap on max_items_per_call: .* at least 9023,",
+        ),
+        (  # the largest cap the flag allows needs more than the default 1 MiB
+            {"max_items_per_call": 65536, "max_queue_size": 65536},
+            r"max_request_bytes 1048576 cannot hold .* at most 61650$",
+        ),
+    ],
+)
+def test_max_request_bytes_too_small_for_a_full_call_is_refused_naming_both(
+    settings: dict[str, Any], match: str
+) -> None:
+    """gRPC refused such calls before any handler ran ("Received message larger than max
+    (1270 vs. 1024)"), naming neither setting, while GetModelInfo advertised the cap."""
+    with pytest.raises(ValueError, match=match):
+        build_config({"model_repository": "models", **settings})
+
+
+@pytest.mark.parametrize("items", [1, 29, 1024, 4096])
+def test_the_smallest_max_request_bytes_for_a_cap_is_accepted(items: int) -> None:
+    needed = max(batch_request_bytes(items), 1024)
+    settings = {"model_repository": "m", "max_items_per_call": items}
+    assert build_config({**settings, "max_request_bytes": needed}).max_request_bytes == needed
+    if needed > 1024:
+        with pytest.raises(ValueError, match=f"at least {needed},"):
+            build_config({**settings, "max_request_bytes": needed - 1})
+
+
+def test_the_largest_batch_request_sets_every_field_the_server_reads() -> None:
+    """The size check counts each field at its largest: a field added to the messages must be
+    set here too, or requests that use it could pass the limit the config promised."""
+    request = largest_batch_request(1)
+    assert {f.name for f, _ in request.ListFields()} == set(request.DESCRIPTOR.fields_by_name)
+    (item,) = request.items
+    assert {f.name for f, _ in item.ListFields()} == set(item.DESCRIPTOR.fields_by_name)
+    assert item.seed == 2**64 - 1 and item.class_label == MAX_DIM - 1
+    for items in (0, 1, 1000, 65536):  # the per-item size does not grow with the count
+        assert largest_batch_request(items).ByteSize() == batch_request_bytes(items)
+
+
+def test_the_default_limits_hold_a_full_call() -> None:
+    defaults = ServerConfig(model_repository=pathlib.Path("m"))
+    assert batch_request_bytes(defaults.max_items_per_call) <= defaults.max_request_bytes
 
 
 @pytest.mark.parametrize("key", ["shutdown_delay_s", "drain_grace_s", "engine_timeout_s"])

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,9 @@ from conftest import (
     scrape,
 )
 from ganserve.client import GeneratorClient, ImageEncoding, RetryPolicy
+from ganserve.serve.backends import Backend, cpu
 from ganserve.serve.config import ModelConfig
+from ganserve.serve.errors import ModelLoadError
 from ganserve.serve.metrics import ServerMetrics
 from ganserve.serve.models import ModelManager, State
 from ganserve.serve.server import grpc_address
@@ -276,6 +280,80 @@ def test_a_broken_new_version_is_reported_and_the_old_keeps_serving(
     assert 'ganserve_model_load_failures_total{model="digits"} 1.0' in scrape(server)["_text"]
 
 
+def test_a_new_version_whose_full_batch_outlasts_the_engine_timeout_fails_and_the_old_serves(
+    start_server, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, it went READY and every full batch then failed with DEADLINE_EXCEEDED and
+    replaced its instance, again and again. Version 2's engine is made slow here (planted in
+    the real CPU engine) so that only it misses the timeout."""
+    repo = copy_repository(tmp_path)
+    server = start_server(
+        repo,
+        backend=Backend.ONNXRUNTIME_CPU,
+        intra_op_threads=1,
+        max_batch_size=4,
+        engine_timeout_s=0.2,
+    )
+    run = cpu.OnnxCpuEngine.run
+
+    def slow_at_full_batches_of_v2(engine: cpu.OnnxCpuEngine, feeds):
+        if engine.metadata.version == "2" and len(feeds["z"]) == 4:
+            time.sleep(0.25)
+        return run(engine, feeds)
+
+    monkeypatch.setattr(cpu.OnnxCpuEngine, "run", slow_at_full_batches_of_v2)
+    add_version(repo, 2)
+    with admin(server) as client:
+        (change,) = client.reload_models().changes
+        assert (change.version, change.state) == ("2", admin_pb2.MODEL_STATE_FAILED)
+        assert re.search(
+            r"model 'digits' v2: a full batch of 4 images took [\d.]+s at load, at or over the "
+            r"engine timeout \(0\.2s\).*raise --engine-timeout \(engine_timeout\) above "
+            r"[\d.]+s, or lower --max-batch-size \(max_batch_size\)",
+            change.message,
+        ), change.message
+        assert client.generate(1, 1).response.model_version == "1"
+
+
+def add_model(repo: pathlib.Path, name: str) -> None:
+    """A second model: digits/1 copied under ``name``."""
+    shutil.copytree(repo / "digits" / "1", repo / name / "1")
+    path = repo / name / "1" / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": name}))
+
+
+def test_a_reload_that_leaves_several_models_without_a_default_warns_once(
+    start_server, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unnamed requests keep going to the model the server started with, but a restart with
+    the same flags refuses to start (a crash loop under Kubernetes); before, the reload said
+    nothing of it. Said once per set of models, and again when the set changes."""
+    repo = copy_repository(tmp_path)
+    server = start_server(repo)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "several models" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="ganserve.serve.models"), admin(server) as client:
+        add_model(repo, "faces")
+        (change,) = client.reload_models().changes
+        assert (change.name, change.state) == ("faces", admin_pb2.MODEL_STATE_READY)
+        assert client.generate(1, 1).response.model == "digits"
+        assert client.reload_models().changes == []  # nothing changed: not said again
+        (said,) = warnings()
+        assert "holds several models (digits, faces) and no --default-model is set" in said
+        assert "requests that name no model still go to digits" in said
+        assert "a restart will refuse to start without --default-model digits" in said
+        add_model(repo, "cats")
+        client.reload_models()
+        assert len(warnings()) == 2 and "(cats, digits, faces)" in warnings()[-1]
+
+    # What it warns of: a restart with the same settings refuses to start.
+    metrics = ServerMetrics(max_batch_size=64)
+    with pytest.raises(ModelLoadError, match=r"several models \(cats, digits, faces\); choose"):
+        asyncio.run(ModelManager(make_config(repo), metrics).start())
+
+
 def test_pinned_versions_are_served_side_by_side(start_server, tmp_path: pathlib.Path) -> None:
     repo = copy_repository(tmp_path)
     add_version(repo, 2)
@@ -404,6 +482,20 @@ def test_a_repository_that_cannot_be_served_is_one_line_at_start(
         (repo / "digits" / "1" / "model.onnx").write_bytes(b"\x08\x07 not a model")
     args = ["--model-repository", str(repo), "--port", "0", "--metrics-port", "0"]
     assert message in serve_fails(*args)
+
+
+def test_an_engine_timeout_no_full_batch_can_meet_is_one_line_at_start() -> None:
+    """`--engine-timeout 0.01` was accepted; then every full batch failed with
+    DEADLINE_EXCEEDED and replaced its instance, so no retry could succeed."""
+    args = ["--model-repository", str(BUNDLED_REPOSITORY), "--port", "0", "--metrics-port", "0"]
+    args += ["--backend", "onnxruntime-cpu", "--max-batch-size", "1024"]
+    error = serve_fails(*args, "--engine-timeout", "0.01")
+    assert re.search(
+        r"model 'digits' v\d+: a full batch of 1024 images took [\d.e-]+s at load, at or over "
+        r"the engine timeout \(0\.01s\), so every full batch would fail; raise "
+        r"--engine-timeout \(engine_timeout\) above [\d.e-]+s, or lower --max-batch-size",
+        error,
+    ), error
 
 
 @pytest.mark.parametrize(

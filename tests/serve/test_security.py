@@ -26,7 +26,7 @@ from conftest import BUNDLED_REPOSITORY as BUNDLED
 from conftest import ServerThread
 from ganserve.client.client import GeneratorClient
 from ganserve.serve import credentials
-from ganserve.serve.config import TlsConfig
+from ganserve.serve.config import TlsConfig, batch_request_bytes, largest_batch_request
 from ganserve.serve.logs import REQUEST_ID
 from ganserve.serve.server import GanServer
 from ganserve.v1 import admin_pb2, admin_pb2_grpc, generator_pb2_grpc
@@ -646,7 +646,8 @@ def test_credential_files_are_polled_without_a_signal(
 def test_request_over_max_request_bytes_is_resource_exhausted(
     start_server: Callable[..., ServerThread],
 ) -> None:
-    server = start_server(max_request_bytes=2048)
+    # As many items as fit the smallest requests; the config refuses a cap they cannot hold.
+    server = start_server(max_request_bytes=2048, max_items_per_call=64)
     request = pb.GenerateBatchRequest(
         items=[pb.BatchItem(seed=2**63, class_label=1) for _ in range(500)]
     )
@@ -663,6 +664,31 @@ def test_request_over_max_request_bytes_is_resource_exhausted(
         small = pb.GenerateBatchRequest(items=[pb.BatchItem(seed=s, class_label=1) for s in (1, 2)])
         assert small.ByteSize() < 2048
         assert len(stub.GenerateBatch(small, timeout=TIMEOUT_S).images) == 2
+
+
+def test_a_call_of_max_items_per_call_items_at_their_largest_fits_max_request_bytes(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """The smallest max_request_bytes the config allows for a cap still takes a full call
+    whatever its fields hold (before, --max-request-bytes 1024 was accepted beside a cap of
+    1024 items, and gRPC refused 200 of them naming neither setting)."""
+    items = 30  # 1033 bytes at most: just over the flag's minimum
+    server = start_server(max_request_bytes=batch_request_bytes(items), max_items_per_call=items)
+    largest = largest_batch_request(items)
+    served = pb.GenerateBatchRequest(
+        items=[pb.BatchItem(seed=2**64 - 1, class_label=9) for _ in range(items)],
+        model="digits",
+        encoding=pb.IMAGE_ENCODING_RAW_UINT8,
+        truncation=2.0,
+    )
+    with grpc.insecure_channel(server.target) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        # Past gRPC's size check: the handler answers (no model has that 255-byte name).
+        expect_status(
+            grpc.StatusCode.NOT_FOUND, lambda: stub.GenerateBatch(largest, timeout=TIMEOUT_S)
+        )
+        reply = stub.GenerateBatch(served, timeout=TIMEOUT_S)
+    assert [image.seed for image in reply.images] == [2**64 - 1] * items
 
 
 @pytest.fixture(scope="module")
