@@ -405,6 +405,13 @@ def test_the_resume_command_keeps_the_options_and_replaces_resume(given: list[st
     )
 
 
+def default_stop_signals() -> None:
+    """In the child: the stop signals at their default action, as in a terminal's session.
+    Under `nohup` (a CI runner, say) SIGHUP comes ignored, and gan-train rightly keeps it so."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
 )
@@ -420,7 +427,9 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(
         *("--out", str(out), "--steps", "100000", "--width", "8", "--image-size", "8"),
         *("--eval-per-class", "0", "--batch-size", "4", "--log-every", "10"),
     ]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals
+    )
     try:
         for line in proc.stderr:  # wait until it is training
             if "step 10/100000" in line:
@@ -456,6 +465,7 @@ def test_a_terminal_that_closes_saves_a_checkpoint_and_exits_129(tmp_path: pathl
     name = os.ttyname(terminal)
 
     def session_with_its_own_terminal() -> None:  # as a login shell or sshd sets up
+        default_stop_signals()
         os.setsid()
         os.close(os.open(name, os.O_RDWR))  # the first terminal opened becomes the session's
 
